@@ -1,0 +1,191 @@
+//! The command line: parse and check arguments, then hand typed values to the library.
+//!
+//! Exit status: 0 success, 1 the command failed at run time, 2 bad usage or bad config
+//! (nothing was changed on disk), 3 the command is not available in this build yet.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+use crate::daemon::{self, DaemonError};
+use crate::params;
+
+/// Onion-service load balancer with an embedded Tor client.
+///
+/// RustBalance publishes one descriptor for a master .onion address that merges the
+/// introduction points of several backend onion services, so clients of the master address
+/// are spread over the backends and a lost backend drops out. Several balancer nodes form a
+/// cluster that elects one publisher and fails over on its own.
+///
+/// First node: `rustbalance init`. Further nodes: `rustbalance join <token>`.
+/// Then `rustbalance status` to look.
+#[derive(Debug, Parser)]
+#[command(name = "rustbalance", version, max_term_width = 100)]
+pub struct Cli {
+    /// Directory holding config.toml and the key files.
+    #[arg(long, global = true, env = "RUSTBALANCE_CONFIG_DIR", default_value = params::DEFAULT_CONFIG_DIR, value_name = "DIR")]
+    pub config_dir: PathBuf,
+
+    /// Directory for state: Arti's cache, fetched descriptors, state.json.
+    #[arg(long, global = true, env = "RUSTBALANCE_STATE_DIR", default_value = params::DEFAULT_STATE_DIR, value_name = "DIR")]
+    pub state_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Set up the first node of a new cluster (not available yet in this build).
+    ///
+    /// Creates the master identity key (or imports one), this node's WireGuard key pair,
+    /// config.toml and a join token, then starts the daemon.
+    Init(InitArgs),
+
+    /// Add this machine to an existing cluster (not available yet in this build).
+    ///
+    /// TOKEN is the `rb1:...` string printed by `rustbalance init` or `rustbalance token` on
+    /// any member. It carries the master key: handle it like the key itself.
+    Join(JoinArgs),
+
+    /// Run the node in the foreground (what the systemd unit starts).
+    ///
+    /// Loads config.toml, bootstraps the embedded Tor client and logs its progress and the
+    /// consensus it holds. Stops cleanly on SIGTERM or Ctrl-C. Log verbosity follows RUST_LOG
+    /// (default `info`; e.g. RUST_LOG=debug).
+    Run,
+
+    /// Show this node, the cluster and the backends (not available yet in this build).
+    Status(StatusArgs),
+
+    /// Create a master identity key (not available yet in this build).
+    ///
+    /// Writes a directory exactly as tor writes a HiddenServiceDir (hs_ed25519_secret_key,
+    /// hs_ed25519_public_key, hostname) and prints the address.
+    Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Search for a master address starting with this base32 prefix (a-z, 2-7).
+    #[arg(long, value_name = "PREFIX")]
+    pub vanity_prefix: Option<String>,
+    /// How other nodes reach this one over UDP (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+    /// A backend onion service to balance over; repeat for each backend.
+    #[arg(long = "backend", value_name = "NAME=ADDRESS")]
+    pub backends: Vec<String>,
+    /// Use this existing master key instead of creating one.
+    #[arg(long, value_name = "PATH")]
+    pub import_key: Option<PathBuf>,
+    /// Write everything but do not start the daemon.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// The join token (`rb1:...`).
+    pub token: String,
+    /// How other nodes reach this one over UDP (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+    /// Join and write the config but do not start the daemon.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print machine-readable JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Directory to write the key into (created; must not hold a key already).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Search for an address starting with this base32 prefix (a-z, 2-7).
+    #[arg(long, value_name = "PREFIX")]
+    pub vanity_prefix: Option<String>,
+    /// Search threads (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Measure the search rate for this many seconds instead of stopping at a hit.
+    #[arg(long, value_name = "SECONDS")]
+    pub bench: Option<u64>,
+}
+
+/// Why a command failed; decides the exit status.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Daemon(#[from] DaemonError),
+    #[error("`rustbalance {0}` is not available in this build yet; nothing was changed")]
+    NotAvailable(&'static str),
+}
+
+impl CliError {
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            CliError::Config(_) => ExitCode::from(2),
+            CliError::Daemon(_) => ExitCode::from(1),
+            CliError::NotAvailable(_) => ExitCode::from(3),
+        }
+    }
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match execute(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("rustbalance: {err}");
+            err.exit_code()
+        }
+    }
+}
+
+fn execute(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Run => {
+            let config = Config::load(&cli.config_dir, &cli.state_dir)?;
+            daemon::run(config)?;
+            Ok(())
+        }
+        Command::Init(_) => Err(CliError::NotAvailable("init")),
+        Command::Join(_) => Err(CliError::NotAvailable("join")),
+        Command::Status(_) => Err(CliError::NotAvailable("status")),
+        Command::Keygen(_) => Err(CliError::NotAvailable("keygen")),
+    }
+}
+
+/// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the `info` default.
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,186 @@
+//! The cluster of balancer nodes that share one master key.
+//!
+//! Every node carries an identity ([`NodeId`]), a [`Priority`] (1 is the first choice for
+//! publisher) and an [`Endpoint`] where its peers reach it over UDP. These types are parsed
+//! once, at the edge (config file, join token, wire), and trusted everywhere after that.
+
+use std::fmt;
+use std::num::NonZeroU32;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A node's name, unique within its cluster, e.g. `node-alpha-7f3a`.
+///
+/// Lower-case letters, digits and `-`, starting with a letter or digit, at most 64 characters:
+/// it appears in file names, log lines and status tables, so it must be safe in all three.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct NodeId(String);
+
+/// The longest node id we accept.
+const NODE_ID_MAX_LEN: usize = 64;
+
+impl TryFrom<String> for NodeId {
+    type Error = String;
+
+    fn try_from(id: String) -> Result<Self, Self::Error> {
+        if id.is_empty() || id.len() > NODE_ID_MAX_LEN {
+            return Err(format!(
+                "node id must be 1 to {NODE_ID_MAX_LEN} characters long"
+            ));
+        }
+        if id.starts_with('-') {
+            return Err("node id must start with a letter or digit".into());
+        }
+        if let Some(bad) = id
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(format!(
+                "node id may only contain a-z, 0-9 and '-', found {bad:?}"
+            ));
+        }
+        Ok(NodeId(id))
+    }
+}
+
+impl From<NodeId> for String {
+    fn from(id: NodeId) -> String {
+        id.0
+    }
+}
+
+impl NodeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "NodeId({})", self.0)
+    }
+}
+
+/// Publisher preference: 1 is the first choice, larger numbers stand by.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Priority(NonZeroU32);
+
+impl TryFrom<u32> for Priority {
+    type Error = &'static str;
+
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        NonZeroU32::new(value)
+            .map(Priority)
+            .ok_or("priority must be 1 or more (1 is the first choice for publisher)")
+    }
+}
+
+impl From<Priority> for u32 {
+    fn from(priority: Priority) -> u32 {
+        priority.0.get()
+    }
+}
+
+impl fmt::Display for Priority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Where peers reach a node: `HOST:PORT`, HOST a DNS name, an IPv4 address or a bracketed
+/// IPv6 address. Resolved when used, so a VPS can keep its name across address changes.
+#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Endpoint {
+    host: String,
+    port: u16,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("{s:?} is not HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{port:?} is not a port number (1-65535)"))?;
+        let bare_host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        let valid_host = !bare_host.is_empty()
+            && (bare_host.parse::<std::net::IpAddr>().is_ok()
+                || bare_host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
+        if !valid_host {
+            return Err(format!("{host:?} is not a host name or IP address"));
+        }
+        Ok(Endpoint {
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for Endpoint {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<Endpoint> for String {
+    fn from(endpoint: Endpoint) -> String {
+        endpoint.to_string()
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_lowercase_names() {
+        assert!(NodeId::try_from("node-alpha-7f3a".to_owned()).is_ok());
+        for bad in ["", "-node", "Node", "node_1", "node alpha", &"n".repeat(65)] {
+            assert!(NodeId::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn priority_zero_is_rejected() {
+        assert!(Priority::try_from(0).is_err());
+        assert_eq!(u32::from(Priority::try_from(3).unwrap()), 3);
+    }
+
+    #[test]
+    fn endpoints_take_names_and_addresses() {
+        for good in ["vps1.example.net:51820", "203.0.113.5:51820", "[2001:db8::1]:51820"] {
+            assert_eq!(good.parse::<Endpoint>().unwrap().to_string(), good);
+        }
+        for bad in ["vps1", "vps1:", "vps1:0", "vps1:70000", ":51820", "bad host:1"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} accepted");
+        }
+    }
+}

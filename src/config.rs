@@ -1,0 +1,396 @@
+//! `config.toml`: what an operator writes, parsed once and checked completely.
+//!
+//! Loading either yields a [`Config`] whose every field is already valid (typed addresses,
+//! non-zero intervals, an Arti configuration Arti itself accepted) or a [`ConfigError`] that
+//! fits on one line and names the offending key, e.g.
+//! `/etc/rustbalance/config.toml line 9: backends[1].address: bad checksum`.
+//! Unknown keys are errors, not warnings: a misspelt key silently ignored is a setting the
+//! operator believes is in force and is not. Loading never writes anything.
+//!
+//! The key-by-key reference lives in README.md ("Configuration reference").
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::cluster::{Endpoint, NodeId, Priority};
+use crate::onion_address::OnionAddress;
+use crate::params;
+use crate::tor::ArtiSettings;
+
+/// A complete, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub cluster: ClusterConfig,
+    pub backends: Vec<BackendConfig>,
+    pub timing: TimingConfig,
+    /// The `[arti]` table, already resolved by Arti's own loader.
+    pub arti: ArtiSettings,
+    /// The directory the config was read from; relative key paths are resolved against it.
+    pub config_dir: PathBuf,
+    /// Where the daemon keeps state (Arti's cache by default, fetched descriptors, state.json).
+    pub state_dir: PathBuf,
+}
+
+/// `[node]`: this node's identity within the cluster.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    pub id: NodeId,
+    pub priority: Priority,
+    /// File holding the master identity key, relative to the config directory.
+    #[serde(default = "default_master_key")]
+    pub master_key: PathBuf,
+}
+
+/// `[cluster]`: how this node talks to its peers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Local UDP address of the cluster tunnel.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// How peers reach this node (`HOST:PORT`); needed before others can join through it.
+    #[serde(default)]
+    pub endpoint: Option<Endpoint>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            listen: default_listen(),
+            endpoint: None,
+        }
+    }
+}
+
+/// `[[backends]]`: one onion service whose introduction points we balance over.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    pub name: BackendName,
+    pub address: OnionAddress,
+}
+
+/// A backend's short name: used in logs, status and as a file name under the state directory.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BackendName(String);
+
+impl TryFrom<String> for BackendName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let valid_chars = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if name.is_empty() || name.len() > 64 || !valid_chars || name.starts_with('.') {
+            return Err(format!(
+                "{name:?} is not a valid backend name (1-64 characters of A-Z a-z 0-9 - _ . , not starting with '.')"
+            ));
+        }
+        Ok(BackendName(name))
+    }
+}
+
+impl BackendName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BackendName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `[timing]`: every interval of the daemon's loops. Shortened in tests, so that the
+/// end-to-end scenarios finish in minutes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimingConfig {
+    pub health_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub publish_interval: Duration,
+    pub publisher_timeout: Duration,
+    pub takeover_grace: Duration,
+    pub max_clock_skew: Duration,
+    pub descriptor_max_age: Duration,
+}
+
+impl Default for TimingConfig {
+    fn default() -> Self {
+        TimingConfig {
+            health_interval: params::DEFAULT_HEALTH_INTERVAL,
+            heartbeat_interval: params::DEFAULT_HEARTBEAT_INTERVAL,
+            publish_interval: params::DEFAULT_PUBLISH_INTERVAL,
+            publisher_timeout: params::DEFAULT_PUBLISHER_TIMEOUT,
+            takeover_grace: params::DEFAULT_TAKEOVER_GRACE,
+            max_clock_skew: params::DEFAULT_MAX_CLOCK_SKEW,
+            descriptor_max_age: params::DEFAULT_DESCRIPTOR_MAX_AGE,
+        }
+    }
+}
+
+/// The file as written: `[timing]` in whole seconds, `[arti]` still raw.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    node: NodeConfig,
+    #[serde(default)]
+    cluster: ClusterConfig,
+    #[serde(default)]
+    backends: Vec<BackendConfig>,
+    #[serde(default)]
+    timing: TimingFile,
+    #[serde(default)]
+    arti: toml::Table,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TimingFile {
+    health_interval_secs: Seconds,
+    heartbeat_interval_secs: Seconds,
+    publish_interval_secs: Seconds,
+    publisher_timeout_secs: Seconds,
+    takeover_grace_secs: Seconds,
+    max_clock_skew_secs: Seconds,
+    descriptor_max_age_secs: Seconds,
+}
+
+impl Default for TimingFile {
+    fn default() -> Self {
+        let d = TimingConfig::default();
+        TimingFile {
+            health_interval_secs: Seconds(d.health_interval),
+            heartbeat_interval_secs: Seconds(d.heartbeat_interval),
+            publish_interval_secs: Seconds(d.publish_interval),
+            publisher_timeout_secs: Seconds(d.publisher_timeout),
+            takeover_grace_secs: Seconds(d.takeover_grace),
+            max_clock_skew_secs: Seconds(d.max_clock_skew),
+            descriptor_max_age_secs: Seconds(d.descriptor_max_age),
+        }
+    }
+}
+
+/// A whole, non-zero number of seconds. Zero would make a loop spin or a timeout fire at once.
+#[derive(Clone, Copy)]
+struct Seconds(Duration);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match u64::deserialize(deserializer)? {
+            0 => Err(serde::de::Error::custom("must be at least 1 second")),
+            secs => Ok(Seconds(Duration::from_secs(secs))),
+        }
+    }
+}
+
+fn default_master_key() -> PathBuf {
+    PathBuf::from(params::DEFAULT_MASTER_KEY_FILE)
+}
+
+fn default_listen() -> SocketAddr {
+    params::DEFAULT_CLUSTER_LISTEN
+        .parse()
+        .expect("DEFAULT_CLUSTER_LISTEN is a valid socket address")
+}
+
+/// Why a configuration was refused. Every message is one line and names the file or key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source} (create it with `rustbalance init`, or pass --config-dir)")]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}{}: {key}{message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        /// The dotted key followed by ": ", or empty when the error concerns the whole file.
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Read and check `<config_dir>/config.toml`.
+    pub fn load(config_dir: &Path, state_dir: &Path) -> Result<Config, ConfigError> {
+        let path = config_dir.join(params::CONFIG_FILE_NAME);
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Unreadable {
+            path: path.clone(),
+            source,
+        })?;
+        Config::parse(&text, &path, config_dir, state_dir)
+    }
+
+    /// Check the text of a config file; `path` is only used in error messages.
+    pub fn parse(
+        text: &str,
+        path: &Path,
+        config_dir: &Path,
+        state_dir: &Path,
+    ) -> Result<Config, ConfigError> {
+        let invalid = |line: Option<usize>, key: &str, message: String| ConfigError::Invalid {
+            path: path.to_owned(),
+            line,
+            key: if key.is_empty() {
+                String::new()
+            } else {
+                format!("{key}: ")
+            },
+            message,
+        };
+
+        let file: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+            .map_err(|err| {
+                let key = err.path().to_string();
+                let key = if key == "." { String::new() } else { key };
+                let toml_err = err.into_inner();
+                let line = toml_err.span().map(|span| line_of(text, span.start));
+                invalid(line, &key, one_line(toml_err.message()))
+            })?;
+
+        let timing = TimingConfig {
+            health_interval: file.timing.health_interval_secs.0,
+            heartbeat_interval: file.timing.heartbeat_interval_secs.0,
+            publish_interval: file.timing.publish_interval_secs.0,
+            publisher_timeout: file.timing.publisher_timeout_secs.0,
+            takeover_grace: file.timing.takeover_grace_secs.0,
+            max_clock_skew: file.timing.max_clock_skew_secs.0,
+            descriptor_max_age: file.timing.descriptor_max_age_secs.0,
+        };
+        if timing.heartbeat_interval >= timing.publisher_timeout {
+            return Err(invalid(
+                None,
+                "timing.publisher_timeout_secs",
+                format!(
+                    "must be longer than timing.heartbeat_interval_secs ({} s), or a live publisher is suspected between two heartbeats",
+                    timing.heartbeat_interval.as_secs()
+                ),
+            ));
+        }
+
+        check_backends_unique(&file.backends).map_err(|(key, message)| invalid(None, &key, message))?;
+
+        if file.node.master_key.as_os_str().is_empty() {
+            return Err(invalid(None, "node.master_key", "must name a file".into()));
+        }
+
+        let arti = ArtiSettings::from_table(&file.arti, state_dir)
+            .map_err(|err| invalid(None, &format!("arti.{}", err.key), err.message))?;
+
+        Ok(Config {
+            node: file.node,
+            cluster: file.cluster,
+            backends: file.backends,
+            timing,
+            arti,
+            config_dir: config_dir.to_owned(),
+            state_dir: state_dir.to_owned(),
+        })
+    }
+
+    /// The master key file, resolved against the config directory.
+    pub fn master_key_path(&self) -> PathBuf {
+        self.config_dir.join(&self.node.master_key)
+    }
+}
+
+/// Two backends with one name would share a descriptor file; two with one address would be
+/// counted twice in the merge.
+fn check_backends_unique(backends: &[BackendConfig]) -> Result<(), (String, String)> {
+    let mut names = HashSet::new();
+    let mut addresses = HashSet::new();
+    for (index, backend) in backends.iter().enumerate() {
+        if !names.insert(&backend.name) {
+            return Err((
+                format!("backends[{index}].name"),
+                format!("{:?} is used by an earlier backend", backend.name.as_str()),
+            ));
+        }
+        if !addresses.insert(backend.address) {
+            return Err((
+                format!("backends[{index}].address"),
+                format!("{} is listed twice", backend.address),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// 1-based line number of byte offset `offset` in `text`.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// Collapse a possibly multi-line message onto one line.
+pub(crate) fn one_line(message: &str) -> String {
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            text,
+            Path::new("config.toml"),
+            Path::new("/etc/rustbalance"),
+            Path::new("/var/lib/rustbalance"),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_design_defaults() {
+        let config = parse("[node]\nid = \"node-a\"\npriority = 1\n").unwrap();
+        assert_eq!(config.timing, TimingConfig::default());
+        assert_eq!(config.timing.heartbeat_interval, Duration::from_secs(10));
+        assert_eq!(config.cluster.listen.to_string(), "0.0.0.0:51820");
+        assert_eq!(
+            config.master_key_path(),
+            Path::new("/etc/rustbalance/master.key")
+        );
+        assert!(config.backends.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let text = format!(
+            "[node]\nid = \"node-a\"\npriority = 1\n\n[[backends]]\nname = \"a\"\naddress = \"{A}\"\n\n[[backends]]\nname = \"b\"\naddress = \"{}\"\n",
+            A.replacen("2gzy", "2gzz", 1)
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert_eq!(err, "config.toml line 11: backends[1].address: bad checksum (is a character mistyped?)");
+    }
+
+    #[test]
+    fn heartbeat_must_be_shorter_than_publisher_timeout() {
+        let err = parse("[node]\nid = \"n\"\npriority = 1\n[timing]\nheartbeat_interval_secs = 30\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config.toml: timing.publisher_timeout_secs: must be longer"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_backends_are_rejected() {
+        let text = format!(
+            "[node]\nid = \"n\"\npriority = 1\n[[backends]]\nname = \"a\"\naddress = \"{A}\"\n[[backends]]\nname = \"b\"\naddress = \"{A}\"\n"
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("backends[1].address: "), "{err}");
+    }
+}

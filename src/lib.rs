@@ -1,0 +1,14 @@
+//! RustBalance: an onion-service load balancer with an embedded Tor client (Arti).
+//!
+//! The master `.onion` address's descriptor is built from the introduction points of several
+//! backend onion services, so clients are spread over the backends and a lost backend drops
+//! out. See `README.md` for operators and `../shared/DESIGN.md` for the architecture; each
+//! module's documentation says which part of the design it implements.
+
+pub mod cli;
+pub mod cluster;
+pub mod config;
+pub mod daemon;
+pub mod onion_address;
+pub mod params;
+pub mod tor;

@@ -1,0 +1,5 @@
+//! The `rustbalance` binary; all logic lives in the library (`rustbalance::cli`).
+
+fn main() -> std::process::ExitCode {
+    rustbalance::cli::main()
+}

@@ -1,0 +1,44 @@
+//! Every tunable number of RustBalance in one place, with where it comes from.
+//!
+//! Intervals are configurable under `[timing]` (see `config`); the constants here are their
+//! defaults. Numbers fixed by the Tor protocol are not configurable and say which spec section
+//! fixes them.
+
+use std::time::Duration;
+
+/// How often each backend's descriptor is fetched and checked (`timing.health_interval_secs`).
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// How often a node tells its peers it is alive (`timing.heartbeat_interval_secs`).
+pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the publisher re-uploads the master descriptor (`timing.publish_interval_secs`).
+pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_secs(10 * 60);
+/// Silence after which the publisher is suspected dead (`timing.publisher_timeout_secs`).
+pub const DEFAULT_PUBLISHER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Extra wait after suspicion before a standby takes over (`timing.takeover_grace_secs`).
+pub const DEFAULT_TAKEOVER_GRACE: Duration = Duration::from_secs(90);
+/// Largest accepted difference between a peer's timestamp and ours (`timing.max_clock_skew_secs`).
+pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// A backend whose descriptor has not changed for this long is Stale
+/// (`timing.descriptor_max_age_secs`).
+///
+/// C tor re-uploads a service descriptor every 60-120 minutes (with a new revision counter) and
+/// at each time-period change, and HSDirs drop a descriptor after its 180-minute lifetime
+/// (rend-spec-v3 §2.4). A healthy backend therefore shows a new revision at least every 120
+/// minutes; 180 minutes leaves room for one slow or failed upload without flagging a healthy
+/// backend, and is the point where the HSDirs would stop serving the old copy anyway.
+pub const DEFAULT_DESCRIPTOR_MAX_AGE: Duration = Duration::from_secs(180 * 60);
+
+/// UDP address the cluster transport listens on by default (WireGuard's customary port).
+pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:51820";
+/// File name of the master identity key inside the config directory.
+pub const DEFAULT_MASTER_KEY_FILE: &str = "master.key";
+/// Name of the config file inside the config directory.
+pub const CONFIG_FILE_NAME: &str = "config.toml";
+/// Default config directory (overridden by `--config-dir` / `RUSTBALANCE_CONFIG_DIR`).
+pub const DEFAULT_CONFIG_DIR: &str = "/etc/rustbalance";
+/// Default state directory (overridden by `--state-dir` / `RUSTBALANCE_STATE_DIR`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rustbalance";
+/// Arti's persistent state, below the state directory unless `[arti.storage]` says otherwise.
+pub const ARTI_STATE_SUBDIR: &str = "arti/state";
+/// Arti's directory cache, below the state directory unless `[arti.storage]` says otherwise.
+pub const ARTI_CACHE_SUBDIR: &str = "arti/cache";

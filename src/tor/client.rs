@@ -1,0 +1,143 @@
+//! The in-process Arti client: bootstrap it and say which consensus it holds.
+//!
+//! Bootstrap progress is logged as it happens, so an operator watching `journalctl` sees
+//! whether the node is stuck dialling fallbacks or fetching microdescriptors. Arti's own
+//! `timely_netdir()` accepts a consensus days old, which would give the wrong time period on
+//! a network with short periods (and a stale HSDir ring anywhere); everything that computes
+//! periods or HSDirs must therefore use [`EmbeddedTor::live_consensus`], which waits for a
+//! consensus that is live right now (`Timeliness::Strict`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arti_client::TorClient;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+use tor_netdir::{NetDir, Timeliness};
+use tor_rtcompat::PreferredRuntime;
+
+use super::ArtiSettings;
+
+/// A bootstrapped embedded Tor client.
+pub struct EmbeddedTor {
+    client: Arc<TorClient<PreferredRuntime>>,
+}
+
+/// What went wrong inside the embedded Tor client.
+#[derive(Debug, thiserror::Error)]
+pub enum TorError {
+    #[error("cannot start Tor's async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("cannot create the Tor client (check the [arti] table and the state directory's permissions): {0}")]
+    Create(#[source] arti_client::Error),
+    #[error("Tor bootstrap failed: {0}")]
+    Bootstrap(#[source] arti_client::Error),
+    #[error("the Tor client shut down while waiting for a live consensus")]
+    Shutdown,
+}
+
+/// The facts of one consensus an operator wants to see in the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsensusSummary {
+    pub valid_after: SystemTime,
+    pub valid_until: SystemTime,
+    /// Relays listed in the consensus.
+    pub relays: usize,
+    /// Relays we also hold descriptors for, i.e. can build circuits through.
+    pub usable_relays: usize,
+    /// Usable relays with the HSDir flag: the ring that stores onion-service descriptors.
+    pub hsdirs: usize,
+}
+
+impl ConsensusSummary {
+    fn of(netdir: &NetDir) -> Self {
+        let lifetime = netdir.lifetime();
+        ConsensusSummary {
+            valid_after: lifetime.valid_after(),
+            valid_until: lifetime.valid_until(),
+            relays: netdir.all_relays().count(),
+            usable_relays: netdir.relays().count(),
+            hsdirs: netdir
+                .relays()
+                .filter(|relay| relay.rs().is_flagged_hsdir())
+                .count(),
+        }
+    }
+}
+
+impl fmt::Display for ConsensusSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "valid-after {}, valid-until {}, {} relays ({} usable), {} HSDirs",
+            humantime::format_rfc3339_seconds(self.valid_after),
+            humantime::format_rfc3339_seconds(self.valid_until),
+            self.relays,
+            self.usable_relays,
+            self.hsdirs
+        )
+    }
+}
+
+impl EmbeddedTor {
+    /// Create the client from `settings` and bootstrap it, logging progress as it goes.
+    /// Must run inside the tokio runtime.
+    pub async fn bootstrap(settings: &ArtiSettings) -> Result<Self, TorError> {
+        super::install_crypto_provider();
+        let runtime = PreferredRuntime::current().map_err(TorError::Runtime)?;
+        let client = TorClient::with_runtime(runtime)
+            .config(settings.client_config().clone())
+            .create_unbootstrapped()
+            .map_err(TorError::Create)?;
+
+        let progress = tokio::spawn(log_bootstrap_progress(client.bootstrap_events()));
+        let outcome = client.bootstrap().await;
+        progress.abort();
+        outcome.map_err(TorError::Bootstrap)?;
+        tracing::info!("Tor bootstrap complete");
+        Ok(EmbeddedTor { client })
+    }
+
+    /// Wait for a consensus that is live now, and summarise it.
+    pub async fn live_consensus(&self) -> Result<ConsensusSummary, TorError> {
+        let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;
+        let netdir = dirmgr
+            .wait_for_netdir(Timeliness::Strict)
+            .await
+            .map_err(|_| TorError::Shutdown)?;
+        Ok(ConsensusSummary::of(&netdir))
+    }
+
+    /// A summary of every new live consensus from now on. Ends when the client shuts down.
+    pub fn consensus_updates(&self) -> Result<BoxStream<'static, ConsensusSummary>, TorError> {
+        let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;
+        let events = dirmgr.events();
+        Ok(events
+            .filter_map(move |_| {
+            let summary = dirmgr
+                .netdir(Timeliness::Strict)
+                .ok()
+                .map(|netdir| ConsensusSummary::of(&netdir));
+            async move { summary }
+        })
+        .boxed())
+    }
+}
+
+/// Log each bootstrap step: at info when the whole percentage moves by ten or Arti reports a
+/// blockage (the operator needs to act), at debug otherwise.
+async fn log_bootstrap_progress(mut events: arti_client::status::BootstrapEvents) {
+    let mut last_logged_percent = None;
+    while let Some(status) = events.next().await {
+        let percent = (status.as_frac() * 100.0).round() as u32;
+        if let Some(blockage) = status.blocked() {
+            tracing::warn!("Tor bootstrap blocked at {percent}%: {blockage}");
+        } else if last_logged_percent.is_none_or(|last| percent >= last + 10) {
+            tracing::info!("Tor bootstrap {percent}%: {status}");
+            last_logged_percent = Some(percent);
+        } else {
+            tracing::debug!("Tor bootstrap {percent}%: {status}");
+        }
+    }
+}

@@ -1,0 +1,63 @@
+//! Test support: a private Tor network on 127.0.0.1 and the small tools around it.
+//!
+//! RustBalance's end-to-end tests need real onion services, real HSDirs and a real client that
+//! is independent of Arti, with no internet. This module builds that from Debian's C tor:
+//! three directory authorities, a handful of relays, one C-tor client with a SOCKS port, and
+//! C-tor onion-service backends, each serving its own web page (see DESIGN.md §5).
+//!
+//! Every test binary (and `examples/tornet.rs`) includes this directory with `mod support;`,
+//! and each uses only part of it, hence the `dead_code` allowance below.
+//!
+//! - [`tornet`]: the network and its public API ([`TorNetwork`]).
+//! - [`http`]: a tiny HTTP/1.0 server per backend and an HTTP GET through a SOCKS5 proxy.
+//! - [`process`]: a guard that stops a child process by PID when dropped, also on panic.
+//! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod process;
+pub mod tornet;
+
+mod consensus;
+mod control;
+mod node;
+mod ports;
+mod torrc;
+
+use std::fmt;
+
+#[allow(unused_imports)]
+pub use tornet::{NetworkOptions, TorNetwork};
+
+/// What went wrong while building, waiting for or talking to the test network.
+///
+/// One sentence saying what was attempted and why it failed; readiness timeouts also carry the
+/// tail of the failing tor's log, so a failed CI run can be diagnosed from its output alone.
+pub struct HarnessError(String);
+
+impl HarnessError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        HarnessError(message.into())
+    }
+
+    /// Prefix the message with what the caller was doing.
+    pub(crate) fn context(self, what: impl fmt::Display) -> Self {
+        HarnessError(format!("{what}: {}", self.0))
+    }
+}
+
+impl fmt::Display for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+// `Result::unwrap` in a test prints the Debug form: keep the log tails readable (real line
+// breaks, no escaping) instead of a one-line quoted string.
+impl fmt::Debug for HarnessError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "HarnessError: {}", self.0)
+    }
+}
+
+impl std::error::Error for HarnessError {}
