@@ -204,7 +204,9 @@ fn default_listen() -> SocketAddr {
 /// Why a configuration was refused. Every message is one line and names the file or key.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source} (create it with `rustbalance init`, or pass --config-dir)")]
+    #[error(
+        "cannot read {path}: {source} (create it with `rustbalance init`, or pass --config-dir)"
+    )]
     Unreadable {
         path: PathBuf,
         source: std::io::Error,
@@ -277,14 +279,20 @@ impl Config {
             ));
         }
 
-        check_backends_unique(&file.backends).map_err(|(key, message)| invalid(None, &key, message))?;
+        check_backends_unique(&file.backends)
+            .map_err(|(key, message)| invalid(None, &key, message))?;
 
         if file.node.master_key.as_os_str().is_empty() {
             return Err(invalid(None, "node.master_key", "must name a file".into()));
         }
 
-        let arti = ArtiSettings::from_table(&file.arti, state_dir)
-            .map_err(|err| invalid(None, &format!("arti.{}", err.key), err.message))?;
+        let arti = ArtiSettings::from_table(&file.arti, state_dir).map_err(|err| {
+            let key = match err.key.as_str() {
+                "" => "arti".to_owned(),
+                below => format!("arti.{below}"),
+            };
+            invalid(None, &key, err.message)
+        })?;
 
         Ok(Config {
             node: file.node,
@@ -374,15 +382,22 @@ mod tests {
             A.replacen("2gzy", "2gzz", 1)
         );
         let err = parse(&text).unwrap_err().to_string();
-        assert_eq!(err, "config.toml line 11: backends[1].address: bad checksum (is a character mistyped?)");
+        assert_eq!(
+            err,
+            "config.toml line 11: backends[1].address: bad checksum (is a character mistyped?)"
+        );
     }
 
     #[test]
     fn heartbeat_must_be_shorter_than_publisher_timeout() {
-        let err = parse("[node]\nid = \"n\"\npriority = 1\n[timing]\nheartbeat_interval_secs = 30\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("config.toml: timing.publisher_timeout_secs: must be longer"), "{err}");
+        let err =
+            parse("[node]\nid = \"n\"\npriority = 1\n[timing]\nheartbeat_interval_secs = 30\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("config.toml: timing.publisher_timeout_secs: must be longer"),
+            "{err}"
+        );
     }
 
     #[test]

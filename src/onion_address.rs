@@ -177,24 +177,40 @@ mod tests {
 
     #[test]
     fn accepts_upper_case_and_missing_suffix() {
-        let address: OnionAddress = TORPROJECT.trim_end_matches(".onion").to_uppercase().parse().unwrap();
+        let address: OnionAddress = TORPROJECT
+            .trim_end_matches(".onion")
+            .to_uppercase()
+            .parse()
+            .unwrap();
         assert_eq!(address.to_string(), TORPROJECT);
     }
 
     #[test]
     fn one_mistyped_character_is_a_bad_checksum() {
         let typo = TORPROJECT.replacen("2gzy", "2gzz", 1);
-        assert_eq!(typo.parse::<OnionAddress>(), Err(OnionAddressError::BadChecksum));
+        assert_eq!(
+            typo.parse::<OnionAddress>(),
+            Err(OnionAddressError::BadChecksum)
+        );
     }
 
     #[test]
     fn rejects_wrong_length_characters_and_version() {
-        assert_eq!("abc.onion".parse::<OnionAddress>(), Err(OnionAddressError::WrongLength(3)));
+        assert_eq!(
+            "abc.onion".parse::<OnionAddress>(),
+            Err(OnionAddressError::WrongLength(3))
+        );
         let bad_char = TORPROJECT.replacen('2', "1", 1);
-        assert_eq!(bad_char.parse::<OnionAddress>(), Err(OnionAddressError::BadCharacter('1')));
+        assert_eq!(
+            bad_char.parse::<OnionAddress>(),
+            Err(OnionAddressError::BadCharacter('1'))
+        );
         // The last character carries the version's low bits: 'd' decodes to version 3, 'e' to 4.
         let version4 = TORPROJECT.replacen("wid.onion", "wie.onion", 1);
-        assert!(matches!(version4.parse::<OnionAddress>(), Err(OnionAddressError::WrongVersion(_))));
+        assert!(matches!(
+            version4.parse::<OnionAddress>(),
+            Err(OnionAddressError::WrongVersion(_))
+        ));
     }
 
     #[test]

@@ -164,7 +164,10 @@ mod tests {
     fn node_ids_are_lowercase_names() {
         assert!(NodeId::try_from("node-alpha-7f3a".to_owned()).is_ok());
         for bad in ["", "-node", "Node", "node_1", "node alpha", &"n".repeat(65)] {
-            assert!(NodeId::try_from(bad.to_owned()).is_err(), "{bad:?} accepted");
+            assert!(
+                NodeId::try_from(bad.to_owned()).is_err(),
+                "{bad:?} accepted"
+            );
         }
     }
 
@@ -176,10 +179,21 @@ mod tests {
 
     #[test]
     fn endpoints_take_names_and_addresses() {
-        for good in ["vps1.example.net:51820", "203.0.113.5:51820", "[2001:db8::1]:51820"] {
+        for good in [
+            "vps1.example.net:51820",
+            "203.0.113.5:51820",
+            "[2001:db8::1]:51820",
+        ] {
             assert_eq!(good.parse::<Endpoint>().unwrap().to_string(), good);
         }
-        for bad in ["vps1", "vps1:", "vps1:0", "vps1:70000", ":51820", "bad host:1"] {
+        for bad in [
+            "vps1",
+            "vps1:",
+            "vps1:0",
+            "vps1:70000",
+            ":51820",
+            "bad host:1",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad:?} accepted");
         }
     }

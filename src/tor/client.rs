@@ -115,13 +115,13 @@ impl EmbeddedTor {
         let events = dirmgr.events();
         Ok(events
             .filter_map(move |_| {
-            let summary = dirmgr
-                .netdir(Timeliness::Strict)
-                .ok()
-                .map(|netdir| ConsensusSummary::of(&netdir));
-            async move { summary }
-        })
-        .boxed())
+                let summary = dirmgr
+                    .netdir(Timeliness::Strict)
+                    .ok()
+                    .map(|netdir| ConsensusSummary::of(&netdir));
+                async move { summary }
+            })
+            .boxed())
     }
 }
 

@@ -42,10 +42,15 @@ impl ArtiSettings {
     /// Resolve `table` (the contents of `[arti]`) the way Arti resolves arti.toml, with the
     /// storage defaults described in the module documentation.
     pub fn from_table(table: &toml::Table, state_dir: &Path) -> Result<Self, ArtiConfigError> {
-        if let Some(section) = ARTI_PROGRAM_SECTIONS.iter().find(|s| table.contains_key(**s)) {
+        if let Some(section) = ARTI_PROGRAM_SECTIONS
+            .iter()
+            .find(|s| table.contains_key(**s))
+        {
             return Err(ArtiConfigError {
                 key: (*section).to_owned(),
-                message: "configures the `arti` command-line program, not the embedded client; remove it".into(),
+                message:
+                    "configures the `arti` command-line program, not the embedded client; remove it"
+                        .into(),
             });
         }
 
@@ -76,8 +81,9 @@ impl ArtiSettings {
         if let Some(unknown) = resolved.unrecognized.first() {
             return Err(ArtiConfigError {
                 key: unknown.to_string(),
-                message: "not a key of Arti's client configuration (see Arti's arti.toml reference)"
-                    .into(),
+                message:
+                    "not a key of Arti's client configuration (see Arti's arti.toml reference)"
+                        .into(),
             });
         }
         Ok(ArtiSettings {

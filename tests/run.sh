@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+#
+# 1. Installs what the tests need from Debian if it is missing: tor (with tor-gencert) for the
+#    private Tor network, iproute2 and util-linux for the network namespace.
+# 2. Builds everything (this needs crates.io the first time).
+# 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
+#    fresh network namespace with only loopback up, so nothing can leave 127.0.0.1 (Arti's
+#    defaults would dial the public Tor network). Without the privileges for a namespace, it
+#    says so and runs the tests directly: they only ever use 127.0.0.1.
+#
+# Extra arguments go to `cargo test` (e.g. `bash tests/run.sh --test e2e_bootstrap`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v tor >/dev/null || missing+=(tor)
+command -v tor-gencert >/dev/null || missing+=(tor)
+command -v ip >/dev/null || missing+=(iproute2)
+command -v unshare >/dev/null || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "tests/run.sh: installing ${missing[*]}"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian's tor package starts a system tor service where systemd runs; the tests need none.
+
+cargo build --locked --all-targets
+
+in_namespace='ip link set lo up && exec cargo test --locked --offline "$@"'
+if [ "$(id -u)" -eq 0 ] && unshare -n true 2>/dev/null; then
+    exec unshare -n -- bash -c "$in_namespace" bash "$@"
+elif unshare -rn true 2>/dev/null; then
+    exec unshare -rn -- bash -c "$in_namespace" bash "$@"
+else
+    echo "tests/run.sh: cannot create a network namespace here; running the tests directly (they only use 127.0.0.1)"
+    exec cargo test --locked --offline "$@"
+fi
