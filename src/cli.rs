@@ -3,6 +3,7 @@
 //! Exit status: 0 success, 1 the command failed at run time, 2 bad usage or bad config
 //! (nothing was changed on disk), 3 the command is not available in this build yet.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -176,6 +177,7 @@ fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 }
 

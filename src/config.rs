@@ -28,6 +28,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub backends: Vec<BackendConfig>,
     pub timing: TimingConfig,
+    pub health: HealthConfig,
     /// The `[arti]` table, already resolved by Arti's own loader.
     pub arti: ArtiSettings,
     /// The directory the config was read from; relative key paths are resolved against it.
@@ -74,6 +75,65 @@ impl Default for ClusterConfig {
 pub struct BackendConfig {
     pub name: BackendName,
     pub address: OnionAddress,
+    /// Keep this backend out of the descriptor (maintenance) without removing it.
+    #[serde(default)]
+    pub exclude: bool,
+}
+
+/// `[health]`: when a backend counts as dead.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Consecutive failed descriptor fetches after which a backend is Dead.
+    pub dead_after_failures: u32,
+    /// `[health.probe]`: an HTTP request to each backend through Tor; a failure is Dead at
+    /// once. Without it, a backend whose tor died stays listed until its descriptor ages out.
+    pub probe: Option<ProbeConfig>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            dead_after_failures: params::DEFAULT_DEAD_AFTER_FAILURES,
+            probe: None,
+        }
+    }
+}
+
+/// `[health.probe]`: `GET <path>` on `<backend>.onion:<port>` must answer `expected_status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default = "default_probe_path")]
+    pub path: String,
+    #[serde(default = "default_probe_port")]
+    pub port: u16,
+    #[serde(default = "default_probe_status")]
+    pub expected_status: u16,
+    #[serde(default = "default_probe_timeout", rename = "timeout_secs")]
+    timeout: Seconds,
+}
+
+impl ProbeConfig {
+    pub fn timeout(&self) -> Duration {
+        self.timeout.0
+    }
+}
+
+fn default_probe_path() -> String {
+    "/".into()
+}
+
+fn default_probe_port() -> u16 {
+    80
+}
+
+fn default_probe_status() -> u16 {
+    200
+}
+
+fn default_probe_timeout() -> Seconds {
+    Seconds(params::DEFAULT_PROBE_TIMEOUT)
 }
 
 /// A backend's short name: used in logs, status and as a file name under the state directory.
@@ -148,6 +208,8 @@ struct ConfigFile {
     #[serde(default)]
     timing: TimingFile,
     #[serde(default)]
+    health: HealthConfig,
+    #[serde(default)]
     arti: toml::Table,
 }
 
@@ -179,7 +241,7 @@ impl Default for TimingFile {
 }
 
 /// A whole, non-zero number of seconds. Zero would make a loop spin or a timeout fire at once.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seconds(Duration);
 
 impl<'de> Deserialize<'de> for Seconds {
@@ -282,6 +344,41 @@ impl Config {
         check_backends_unique(&file.backends)
             .map_err(|(key, message)| invalid(None, &key, message))?;
 
+        if file.health.dead_after_failures == 0 {
+            return Err(invalid(
+                None,
+                "health.dead_after_failures",
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(probe) = &file.health.probe {
+            if !probe.path.starts_with('/')
+                || probe
+                    .path
+                    .chars()
+                    .any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            {
+                return Err(invalid(
+                    None,
+                    "health.probe.path",
+                    format!(
+                        "{:?} is not an absolute URL path like \"/health\"",
+                        probe.path
+                    ),
+                ));
+            }
+            if probe.port == 0 {
+                return Err(invalid(None, "health.probe.port", "must be 1-65535".into()));
+            }
+            if !(100..=599).contains(&probe.expected_status) {
+                return Err(invalid(
+                    None,
+                    "health.probe.expected_status",
+                    format!("{} is not an HTTP status code", probe.expected_status),
+                ));
+            }
+        }
+
         if file.node.master_key.as_os_str().is_empty() {
             return Err(invalid(None, "node.master_key", "must name a file".into()));
         }
@@ -299,6 +396,7 @@ impl Config {
             cluster: file.cluster,
             backends: file.backends,
             timing,
+            health: file.health,
             arti,
             config_dir: config_dir.to_owned(),
             state_dir: state_dir.to_owned(),

@@ -1,18 +1,31 @@
 //! `rustbalance run`: the long-running node.
 //!
-//! The daemon owns the tokio runtime and wires the loops of the design together. Today it
-//! bootstraps the embedded Tor client, reports the consensus it holds and keeps reporting
-//! new ones; the health, heartbeat, election and publish loops plug in here as they land.
+//! The daemon owns the tokio runtime and wires the loops of the design together:
+//!
+//! - the **health loop** checks every backend at start and then every `health_interval`, and
+//!   passes the Healthy backends' introduction points to the publisher through a `watch`
+//!   channel;
+//! - the **publish loop** publishes as soon as the first health round is done, then whenever
+//!   the publisher's schedule says a period is due, the healthy set changes, or a new
+//!   consensus arrives (new HSDirs or time periods);
+//! - a **consensus watcher** logs each new consensus at debug level.
+//!
 //! SIGTERM (what systemd sends) and SIGINT (Ctrl-C) stop it cleanly with exit status 0.
 
-use std::fs;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
 
 use crate::config::Config;
+use crate::descriptor::build::MasterIdentity;
+use crate::fsutil;
+use crate::health::{HealthMonitor, HealthyBackends};
+use crate::keys::files::{load_master_key, KeyFileError};
+use crate::publish::Publisher;
 use crate::tor::{EmbeddedTor, TorError};
 
 /// Why the daemon stopped with an error.
@@ -23,6 +36,10 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    MasterKey(#[from] KeyFileError),
+    #[error("the master key in {0} cannot sign descriptors: {1}")]
+    UnusableMasterKey(PathBuf, String),
     #[error("cannot start the async runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("cannot install signal handlers: {0}")]
@@ -33,46 +50,66 @@ pub enum DaemonError {
 
 /// Run the node in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config) -> Result<(), DaemonError> {
-    create_private_dir(&config.state_dir)?;
+    let master = load_master_identity(&config)?;
+    fsutil::create_private_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
+        path: config.state_dir.clone(),
+        source,
+    })?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(run_async(config))
+    runtime.block_on(run_async(config, master))
 }
 
-async fn run_async(config: Config) -> Result<(), DaemonError> {
+fn load_master_identity(config: &Config) -> Result<MasterIdentity, DaemonError> {
+    let path = config.master_key_path();
+    let key = load_master_key(&path)?;
+    MasterIdentity::from_expanded_secret(key.expanded_secret())
+        .map_err(|err| DaemonError::UnusableMasterKey(path, err.to_string()))
+}
+
+async fn run_async(config: Config, master: MasterIdentity) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     tracing::info!(
         node = %config.node.id,
         priority = %config.node.priority,
         backends = config.backends.len(),
-        "starting"
+        "starting as master {}",
+        master.address()
     );
     if config.backends.is_empty() {
         tracing::warn!("no [[backends]] configured: there is nothing to balance yet");
     }
 
     let work = async {
-        let tor = EmbeddedTor::bootstrap(&config.arti).await?;
+        let tor = Arc::new(EmbeddedTor::bootstrap(&config.arti).await?);
         let consensus = tor.live_consensus().await?;
         tracing::info!("consensus: {consensus}");
-        let mut updates = tor.consensus_updates()?;
-        let mut last_valid_after = consensus.valid_after;
-        while let Some(consensus) = updates.next().await {
-            // Arti also signals new parameters and descriptors for the same consensus;
-            // only a new valid-after is news to an operator.
-            if consensus.valid_after != last_valid_after {
-                tracing::debug!("new consensus: {consensus}");
-                last_valid_after = consensus.valid_after;
-            }
+
+        let (healthy_tx, healthy_rx) = watch::channel(None);
+        let health = tokio::spawn(health_loop(
+            tor.clone(),
+            HealthMonitor::new(&config),
+            config.timing.health_interval,
+            healthy_tx,
+        ));
+        let publish = tokio::spawn(publish_loop(
+            tor.clone(),
+            Publisher::new(master, config.timing.publish_interval),
+            healthy_rx,
+        ));
+        let watch_consensus = consensus_watcher(&tor, consensus.valid_after);
+        tokio::select! {
+            result = watch_consensus => result,
+            _ = health => Err(TorError::Shutdown),
+            _ = publish => Err(TorError::Shutdown),
         }
-        Err::<(), DaemonError>(TorError::Shutdown.into())
     };
 
     tokio::select! {
-        result = work => result,
+        result = work => result.map_err(DaemonError::from),
         _ = sigterm.recv() => {
             tracing::info!("SIGTERM received, shutting down");
             Ok(())
@@ -84,15 +121,64 @@ async fn run_async(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-/// Create `path` (and its parents) with mode 0700 if it does not exist yet: it will hold
-/// Arti's state and, later, key material.
-fn create_private_dir(path: &Path) -> Result<(), DaemonError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)
-        .map_err(|source| DaemonError::StateDir {
-            path: path.to_owned(),
-            source,
-        })
+/// Log every new consensus (at debug: on a test network one arrives every 20 s).
+async fn consensus_watcher(
+    tor: &EmbeddedTor,
+    mut last_valid_after: SystemTime,
+) -> Result<(), TorError> {
+    let mut updates = tor.consensus_updates()?;
+    while let Some(consensus) = updates.next().await {
+        // Arti also signals new parameters and descriptors for the same consensus; only a
+        // new valid-after is news.
+        if consensus.valid_after != last_valid_after {
+            tracing::debug!("new consensus: {consensus}");
+            last_valid_after = consensus.valid_after;
+        }
+    }
+    Err(TorError::Shutdown)
+}
+
+/// Check the backends at start and every `interval`; publish the healthy set after each round.
+async fn health_loop(
+    tor: Arc<EmbeddedTor>,
+    mut monitor: HealthMonitor,
+    interval: Duration,
+    healthy_tx: watch::Sender<Option<HealthyBackends>>,
+) {
+    loop {
+        let healthy = monitor.run_round(&tor).await;
+        // No receiver left means the publisher stopped, and the daemon with it.
+        let _ = healthy_tx.send(Some(healthy));
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Publish once the first health round is done, then whenever something is due.
+async fn publish_loop(
+    tor: Arc<EmbeddedTor>,
+    mut publisher: Publisher,
+    mut healthy_rx: watch::Receiver<Option<HealthyBackends>>,
+) {
+    let Ok(mut consensus_updates) = tor.consensus_updates() else {
+        return;
+    };
+    loop {
+        let Some(healthy) = healthy_rx.borrow_and_update().clone() else {
+            if healthy_rx.changed().await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let wake_at = publisher.publish_due(&tor, &healthy).await;
+        let sleep = match wake_at {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+            // Nothing to publish until the healthy set changes.
+            None => Duration::from_secs(24 * 3600),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            changed = healthy_rx.changed() => if changed.is_err() { return },
+            _ = consensus_updates.next() => {}
+        }
+    }
 }

@@ -28,6 +28,13 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// backend, and is the point where the HSDirs would stop serving the old copy anyway.
 pub const DEFAULT_DESCRIPTOR_MAX_AGE: Duration = Duration::from_secs(180 * 60);
 
+/// Consecutive failed descriptor fetches that make a backend Dead (`health.dead_after_failures`).
+/// One failure can be an unlucky circuit; two in a row, each having tried several HSDirs, means
+/// the descriptor is gone.
+pub const DEFAULT_DEAD_AFTER_FAILURES: u32 = 2;
+/// How long the HTTP probe may take, circuit and rendezvous included (`health.probe.timeout_secs`).
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// UDP address the cluster transport listens on by default (WireGuard's customary port).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:51820";
 /// File name of the master identity key inside the config directory.

@@ -77,7 +77,10 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
 
     balancer.terminate();
     let status = wait_for_exit(&mut balancer, Duration::from_secs(15));
-    assert!(status.success(), "rustbalance exited with {status} after SIGTERM");
+    assert!(
+        status.success(),
+        "rustbalance exited with {status} after SIGTERM"
+    );
     let log = fs::read_to_string(&log_path).unwrap();
     assert!(log.contains("SIGTERM received, shutting down"), "{log}");
     assert!(!log.contains("ERROR"), "errors logged:\n{log}");
@@ -105,7 +108,10 @@ fn wait_for_exit(process: &mut ProcessGuard, timeout: Duration) -> std::process:
         if let Some(status) = process.exit_status() {
             return status;
         }
-        assert!(Instant::now() < deadline, "rustbalance did not exit within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "rustbalance did not exit within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -113,5 +119,8 @@ fn wait_for_exit(process: &mut ProcessGuard, timeout: Duration) -> std::process:
 /// The integer just before `suffix` in `line` (`"..., 9 HSDirs"` → 9).
 fn number_before(line: &str, suffix: &str) -> Option<usize> {
     let head = &line[..line.find(suffix)?];
-    head.rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    head.rsplit(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }

@@ -21,7 +21,7 @@ use super::ArtiSettings;
 
 /// A bootstrapped embedded Tor client.
 pub struct EmbeddedTor {
-    client: Arc<TorClient<PreferredRuntime>>,
+    pub(super) client: Arc<TorClient<PreferredRuntime>>,
 }
 
 /// What went wrong inside the embedded Tor client.
@@ -101,12 +101,17 @@ impl EmbeddedTor {
 
     /// Wait for a consensus that is live now, and summarise it.
     pub async fn live_consensus(&self) -> Result<ConsensusSummary, TorError> {
+        let netdir = self.live_netdir().await?;
+        Ok(ConsensusSummary::of(&netdir))
+    }
+
+    /// The network directory of a consensus that is live now, waiting for one if needed.
+    pub(super) async fn live_netdir(&self) -> Result<Arc<NetDir>, TorError> {
         let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;
-        let netdir = dirmgr
+        dirmgr
             .wait_for_netdir(Timeliness::Strict)
             .await
-            .map_err(|_| TorError::Shutdown)?;
-        Ok(ConsensusSummary::of(&netdir))
+            .map_err(|_| TorError::Shutdown)
     }
 
     /// A summary of every new live consensus from now on. Ends when the client shuts down.

@@ -7,9 +7,13 @@
 //! `vendor-notes/arti.md`) and the deciding logic elsewhere is tested without a network.
 
 mod client;
+mod hsdir;
+mod probe;
 mod settings;
 
 pub use client::{ConsensusSummary, EmbeddedTor, TorError};
+pub use hsdir::{BackendDescriptor, FetchError, HsDirUpload, PublishTarget};
+pub use probe::HttpProbe;
 pub use settings::{ArtiConfigError, ArtiSettings};
 
 /// Make rustls usable. Arti is built with its `rustls` feature (no OpenSSL, so the binary can

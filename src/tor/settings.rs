@@ -9,6 +9,9 @@
 //! * Arti's storage defaults to the user's home directory. A daemon keeps its state in its
 //!   state directory instead, so `storage.state_dir` and `storage.cache_dir` default to
 //!   `<state-dir>/arti/state` and `<state-dir>/arti/cache` (the table can still override them).
+//! * A balancer never opens exit streams, so Arti's preemptive exit circuits (built for ports
+//!   80 and 443 by default) would only cost relays' and our own resources:
+//!   `preemptive_circuits.initial_predicted_ports` defaults to `[]`.
 //! * Keys Arti does not recognise are errors (Arti itself only warns), like everywhere else in
 //!   our config: a misspelt `fallback_caches` would otherwise send us to the public network.
 
@@ -40,7 +43,7 @@ const ARTI_PROGRAM_SECTIONS: &[&str] = &["application", "proxy", "logging", "rpc
 
 impl ArtiSettings {
     /// Resolve `table` (the contents of `[arti]`) the way Arti resolves arti.toml, with the
-    /// storage defaults described in the module documentation.
+    /// defaults described in the module documentation.
     pub fn from_table(table: &toml::Table, state_dir: &Path) -> Result<Self, ArtiConfigError> {
         if let Some(section) = ARTI_PROGRAM_SECTIONS
             .iter()
@@ -56,7 +59,7 @@ impl ArtiSettings {
 
         let mut sources = ConfigurationSources::new_empty();
         sources.push_source(
-            ConfigurationSource::from_verbatim(storage_defaults(state_dir)),
+            ConfigurationSource::from_verbatim(balancer_defaults(state_dir)),
             MustRead::MustRead,
         );
         let user_table = toml::to_string(table).map_err(|err| ArtiConfigError {
@@ -96,8 +99,8 @@ impl ArtiSettings {
     }
 }
 
-/// TOML that puts Arti's state and cache below our state directory.
-fn storage_defaults(state_dir: &Path) -> String {
+/// Our defaults for Arti, applied below the operator's `[arti]` table (see the module docs).
+fn balancer_defaults(state_dir: &Path) -> String {
     let mut storage = toml::Table::new();
     for (key, subdir) in [
         ("state_dir", params::ARTI_STATE_SUBDIR),
@@ -108,8 +111,14 @@ fn storage_defaults(state_dir: &Path) -> String {
             toml::Value::String(state_dir.join(subdir).to_string_lossy().into_owned()),
         );
     }
+    let mut preemptive = toml::Table::new();
+    preemptive.insert(
+        "initial_predicted_ports".into(),
+        toml::Value::Array(Vec::new()),
+    );
     let mut root = toml::Table::new();
     root.insert("storage".into(), toml::Value::Table(storage));
+    root.insert("preemptive_circuits".into(), toml::Value::Table(preemptive));
     root.to_string()
 }
 

@@ -1,0 +1,358 @@
+//! Building and signing the master descriptor (rend-spec-v3 §2.4-2.5).
+//!
+//! For one time period: blind the master identity key for that period (the blinded key is
+//! what the HSDirs index and what signs the descriptor-signing certificate), make a fresh
+//! descriptor-signing key, certify it for [`CERT_LIFETIME`], and let Arti's `HsDescBuilder`
+//! write, encrypt and sign the document. The builder re-certifies every backend introduction
+//! point's auth-key and enc-key under our descriptor-signing key (certificate types 09 and
+//! 0B), which is what makes a client accept backend introduction points under the master
+//! address.
+//!
+//! The revision counter follows rend-spec-v3 Appendix F.2: an order-preserving encryption of
+//! the seconds since the start of the SRV period. The key is derived from the master key, so
+//! every node holding the key produces increasing counters without any handover.
+//!
+//! This module uses Arti's pure document and key crates (tor-netdoc, tor-hscrypto,
+//! tor-llcrypto) but nothing that touches the network.
+
+use std::time::{Duration, SystemTime};
+
+use rand::{CryptoRng, Rng};
+use sha3::{Digest, Sha3_256};
+use tor_cell::chancell::msg::HandshakeType;
+use tor_hscrypto::ope::{AesOpeKey, SrvPeriodOffset};
+use tor_hscrypto::pk::{HsBlindId, HsIdKey, HsIdKeypair};
+use tor_hscrypto::time::TimePeriod;
+use tor_hscrypto::{RevisionCounter, Subcredential};
+use tor_llcrypto::pk::ed25519;
+use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, HsDescBuilder, IntroPointDesc};
+use tor_netdoc::NetdocBuilder;
+
+use crate::onion_address::OnionAddress;
+
+/// Lifetime written into the descriptor: how long HSDirs and clients keep it (rend-spec-v3
+/// §2.4 "descriptor-lifetime"; C tor uses 180 minutes for services).
+pub const DESCRIPTOR_LIFETIME_MINUTES: u16 = 180;
+/// Validity of the descriptor-signing certificate and of the re-certified introduction-point
+/// certificates (C tor: 54 hours, comfortably past the longest descriptor lifetime).
+pub const CERT_LIFETIME: Duration = Duration::from_secs(54 * 3600);
+
+/// The master identity, ready to blind and sign. Never printed.
+pub struct MasterIdentity {
+    keypair: HsIdKeypair,
+    address: OnionAddress,
+    revision_key: AesOpeKey,
+}
+
+/// Why a descriptor could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("the master key is not a valid ed25519 expanded key")]
+    BadMasterKey,
+    #[error("cannot blind the master key for time period {0}")]
+    Blinding(u64),
+    #[error("cannot certify the descriptor-signing key: {0}")]
+    Certificate(String),
+    #[error("cannot encode the descriptor: {0}")]
+    Encode(String),
+    #[error("the descriptor would be {limit} bytes or more, the HSDirs' limit")]
+    TooLarge { limit: usize },
+}
+
+impl MasterIdentity {
+    /// From tor's 64-byte expanded secret key `a ‖ h` (the body of `hs_ed25519_secret_key`).
+    pub fn from_expanded_secret(expanded_secret: &[u8; 64]) -> Result<Self, BuildError> {
+        let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(*expanded_secret)
+            .ok_or(BuildError::BadMasterKey)?;
+        let public: [u8; 32] = expanded.public().to_bytes();
+        // A secret derived from (not equal to) the master key: knowing the OPE key must not
+        // help anyone towards the signing key.
+        let revision_secret: [u8; 32] = Sha3_256::new()
+            .chain_update(b"rustbalance revision counter key v1")
+            .chain_update(expanded_secret)
+            .finalize()
+            .into();
+        Ok(MasterIdentity {
+            keypair: HsIdKeypair::from(expanded),
+            address: OnionAddress::from_public_key(public),
+            revision_key: AesOpeKey::from_secret(&revision_secret),
+        })
+    }
+
+    pub fn address(&self) -> OnionAddress {
+        self.address
+    }
+
+    /// The revision counter for a descriptor built `srv_offset_secs` seconds after the start
+    /// of the SRV period its time period belongs to.
+    pub fn revision_counter(&self, srv_offset: SrvPeriodOffset) -> u64 {
+        self.revision_key.encrypt(srv_offset)
+    }
+}
+
+impl std::fmt::Debug for MasterIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "MasterIdentity({})", self.address)
+    }
+}
+
+/// The blinded id and subcredential of `address` in `period`: what a client (or our health
+/// check) needs to find and decrypt that service's descriptor.
+pub fn blinded_id_and_subcredential(
+    address: &OnionAddress,
+    period: TimePeriod,
+) -> Option<(HsBlindId, Subcredential)> {
+    let id_key = HsIdKey::try_from(tor_hscrypto::pk::HsId::from(*address.public_key())).ok()?;
+    let (blinded, subcredential) = id_key.compute_blinded_key(period).ok()?;
+    Some((HsBlindId::from(blinded), subcredential))
+}
+
+/// Everything that varies between two descriptors of the same master key.
+pub struct DescriptorParams<'a> {
+    pub period: TimePeriod,
+    pub intro_points: &'a [IntroPointDesc],
+    pub revision_counter: u64,
+    pub now: SystemTime,
+    /// The HSDirs reject a descriptor of this many bytes or more (`HSV3MaxDescriptorSize`).
+    pub size_limit: usize,
+}
+
+/// Build, encrypt and sign the master descriptor.
+pub fn build_descriptor<R: Rng + CryptoRng>(
+    master: &MasterIdentity,
+    params: &DescriptorParams<'_>,
+    rng: &mut R,
+) -> Result<String, BuildError> {
+    let (blinded_public, blinded_keypair, subcredential) = master
+        .keypair
+        .compute_blinded_key(params.period)
+        .map_err(|_| BuildError::Blinding(params.period.interval_num()))?;
+
+    let mut signing_seed = [0u8; 32];
+    rng.fill_bytes(&mut signing_seed);
+    let desc_signing = ed25519::Keypair::from_bytes(&signing_seed);
+    let cert_expiry = params.now + CERT_LIFETIME;
+    let desc_signing_cert =
+        create_desc_sign_key_cert(&desc_signing.verifying_key(), &blinded_keypair, cert_expiry)
+            .map_err(|err| BuildError::Certificate(err.to_string()))?;
+
+    HsDescBuilder::default()
+        .blinded_id(&blinded_public)
+        .hs_desc_sign(&desc_signing)
+        .hs_desc_sign_cert(desc_signing_cert)
+        .create2_formats(&[HandshakeType::NTOR])
+        .auth_required(None)
+        .is_single_onion_service(false)
+        .intro_points(params.intro_points)
+        .intro_auth_key_cert_expiry(cert_expiry)
+        .intro_enc_key_cert_expiry(cert_expiry)
+        .lifetime(DESCRIPTOR_LIFETIME_MINUTES.into())
+        .revision_counter(RevisionCounter::from(params.revision_counter))
+        .subcredential(subcredential)
+        // The builder allows `len <= max`; the HSDirs require `len < limit`.
+        .max_generated_len(params.size_limit.saturating_sub(1))
+        .build_sign(rng)
+        .map_err(|err| match err {
+            tor_bytes::EncodeError::BadLengthValue => BuildError::TooLarge {
+                limit: params.size_limit,
+            },
+            other => BuildError::Encode(other.to_string()),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use curve25519_dalek::Scalar;
+    use sha2::Sha512;
+    use tor_checkable::Timebound;
+    use tor_netdoc::doc::hsdesc::HsDesc;
+
+    /// A tor-style expanded key whose scalar is *not* derived from a seed (as vanity keys).
+    fn random_expanded_secret() -> [u8; 64] {
+        let mut secret = [0u8; 64];
+        rand::rng().fill_bytes(&mut secret);
+        secret[0] &= 248;
+        secret[31] &= 63;
+        secret[31] |= 64;
+        secret
+    }
+
+    fn period(interval_num: u64) -> TimePeriod {
+        // 1440-minute periods with the 12-hour rotation offset of the public network.
+        let when =
+            SystemTime::UNIX_EPOCH + Duration::from_secs(interval_num * 86_400 + 12 * 3600 + 3600);
+        TimePeriod::new(
+            Duration::from_secs(86_400),
+            when,
+            Duration::from_secs(12 * 3600),
+        )
+        .unwrap()
+    }
+
+    fn intro_points(count: usize) -> Vec<IntroPointDesc> {
+        use tor_llcrypto::pk::curve25519;
+        let curve_key = || {
+            let secret = curve25519::StaticSecret::random_from_rng(&mut rand::rng());
+            curve25519::PublicKey::from(&secret)
+        };
+        (0..count)
+            .map(|i| {
+                IntroPointDesc::builder()
+                    .link_specifiers(vec![tor_linkspec::LinkSpec::OrPort(
+                        std::net::Ipv4Addr::LOCALHOST.into(),
+                        9000 + i as u16,
+                    )
+                    .encode()
+                    .unwrap()])
+                    .ipt_kp_ntor(curve_key())
+                    .kp_hs_ipt_sid(
+                        ed25519::Keypair::generate(&mut rand::rng())
+                            .verifying_key()
+                            .into(),
+                    )
+                    .kp_hss_ntor(curve_key().into())
+                    .build()
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    fn params(period: TimePeriod, intro_points: &[IntroPointDesc]) -> DescriptorParams<'_> {
+        DescriptorParams {
+            period,
+            intro_points,
+            revision_counter: 42,
+            now: SystemTime::now(),
+            size_limit: 50_000,
+        }
+    }
+
+    /// What a client does: blind the *public* key from the address, then verify and decrypt.
+    fn client_view(
+        address: &OnionAddress,
+        period: TimePeriod,
+        text: &str,
+    ) -> Result<HsDesc, String> {
+        let (blind_id, subcredential) = blinded_id_and_subcredential(address, period).unwrap();
+        HsDesc::parse_decrypt_validate(text, &blind_id, &subcredential, None)
+            .map_err(|e| e.to_string())
+            .map(|bound| bound.dangerously_assume_timely())
+    }
+
+    #[test]
+    fn descriptors_from_expanded_keys_verify_for_the_master_address() {
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let ips = intro_points(3);
+        for interval in [20_000, 20_001, 20_500] {
+            let text = build_descriptor(&master, &params(period(interval), &ips), &mut rand::rng())
+                .unwrap();
+            let descriptor = client_view(&master.address(), period(interval), &text)
+                .unwrap_or_else(|e| panic!("period {interval}: {e}"));
+            assert_eq!(descriptor.intro_points().len(), 3);
+            assert_eq!(u64::from(descriptor.revision()), 42);
+            // A client of the next period derives another blinded key and must not accept it.
+            assert!(client_view(&master.address(), period(interval + 1), &text).is_err());
+        }
+    }
+
+    /// Checks the blinded signing key against rend-spec-v3 Appendix A.2, computed here
+    /// independently of Arti: scalar a' = clamp(h)·a, public A' = a'·B, and the nonce prefix
+    /// RH' = SHA-512("Derive temporary signing key hash input" ‖ RH)[..32]. An empty or
+    /// unblinded prefix would leak the master key from a single published descriptor.
+    #[test]
+    fn blinded_signing_key_matches_the_spec() {
+        let expanded = random_expanded_secret();
+        let master = MasterIdentity::from_expanded_secret(&expanded).unwrap();
+        for interval in [19_000, 20_000, 21_000] {
+            let period = period(interval);
+            let (_, blinded, _) = master.keypair.compute_blinded_key(period).unwrap();
+            let blinded: &ed25519::ExpandedKeypair = blinded.as_ref();
+            let blinded_secret = blinded.to_secret_key_bytes();
+
+            let mut h: [u8; 32] = Sha3_256::new()
+                .chain_update(b"Derive temporary signing key\0")
+                .chain_update(master.address().public_key())
+                .chain_update(b"(15112221349535400772501151409588531511454012693041857206046113283949847762202, 46316835694926478169428394003475163141307993866256225615783033603165251855960)")
+                .chain_update(b"key-blind")
+                .chain_update(interval.to_be_bytes())
+                .chain_update(1440u64.to_be_bytes())
+                .finalize()
+                .into();
+            h[0] &= 248;
+            h[31] &= 63;
+            h[31] |= 64;
+            let a = Scalar::from_bytes_mod_order(expanded[..32].try_into().unwrap());
+            let expected_scalar = Scalar::from_bytes_mod_order(h) * a;
+            assert_eq!(blinded_secret[..32], expected_scalar.to_bytes());
+
+            let expected_prefix = Sha512::new()
+                .chain_update(b"Derive temporary signing key hash input")
+                .chain_update(&expanded[32..])
+                .finalize();
+            assert_eq!(blinded_secret[32..], expected_prefix[..32]);
+
+            let expected_public =
+                curve25519_dalek::EdwardsPoint::mul_base(&expected_scalar).compress();
+            assert_eq!(blinded.public().to_bytes(), expected_public.to_bytes());
+            let (client_blinded, _) =
+                blinded_id_and_subcredential(&master.address(), period).unwrap();
+            assert_eq!(<[u8; 32]>::from(client_blinded), expected_public.to_bytes());
+        }
+    }
+
+    #[test]
+    fn a_descriptor_signed_by_another_key_is_rejected() {
+        let real = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let forger = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let ips = intro_points(2);
+        let forged =
+            build_descriptor(&forger, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
+        assert!(client_view(&real.address(), period(20_000), &forged).is_err());
+    }
+
+    #[test]
+    fn size_limit_is_strict_at_the_boundary() {
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let ips = intro_points(20);
+        let text =
+            build_descriptor(&master, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
+        // Same inputs give the same length (fixed-size keys, padded encrypted layers).
+        let len = text.len();
+        let with_limit = |size_limit| DescriptorParams {
+            size_limit,
+            ..params(period(20_000), &ips)
+        };
+        assert!(build_descriptor(&master, &with_limit(len + 1), &mut rand::rng()).is_ok());
+        assert!(matches!(
+            build_descriptor(&master, &with_limit(len), &mut rand::rng()),
+            Err(BuildError::TooLarge { limit }) if limit == len
+        ));
+    }
+
+    #[test]
+    fn revision_counters_agree_across_instances_and_only_grow() {
+        let secret = random_expanded_secret();
+        let node_a = MasterIdentity::from_expanded_secret(&secret).unwrap();
+        let node_b = MasterIdentity::from_expanded_secret(&secret).unwrap();
+        let mut previous = 0;
+        // Offsets across a whole 24-hour SRV period, in uneven steps.
+        let mut offset = 0u32;
+        while offset < 86_400 {
+            let counter_a = node_a.revision_counter(SrvPeriodOffset::from(offset));
+            assert_eq!(
+                counter_a,
+                node_b.revision_counter(SrvPeriodOffset::from(offset))
+            );
+            assert!(counter_a > previous, "not increasing at offset {offset}");
+            previous = counter_a;
+            offset += 1 + offset % 997;
+        }
+        let other = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        assert_ne!(
+            other.revision_counter(SrvPeriodOffset::from(1000)),
+            node_a.revision_counter(SrvPeriodOffset::from(1000)),
+            "the counter key must depend on the master key"
+        );
+    }
+}

@@ -1,0 +1,123 @@
+//! Files that survive crashes and keep secrets: atomic writes and private directories.
+//!
+//! Every file the program writes goes through [`write_atomic`]: the content goes to a
+//! temporary file in the same directory, which is flushed to disk and then renamed over the
+//! target, and the directory itself is flushed so the rename survives a power cut. A reader
+//! (or the program after a crash) therefore sees the old file or the new one, never half of
+//! one. Files are created with the mode asked for from the start (no window in which a secret
+//! is readable by others).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Mode of every file we write: readable by the owner only.
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+/// Mode of every directory we create: usable by the owner only.
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+
+/// Replace `path` with `contents` atomically, creating it with `mode`.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = temp_path(dir, path);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        // Best effort: the temporary file is garbage either way.
+        let _ = fs::remove_file(&temp);
+    }
+    result
+}
+
+/// Create `path` and any missing parents with mode 0700. Existing directories are left as
+/// they are.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+}
+
+/// A fresh name beside `target` that no concurrent writer in this process or another uses.
+fn temp_path(dir: &Path, target: &Path) -> PathBuf {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rb-fsutil-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        create_private_dir(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn writes_replace_the_whole_file_with_the_asked_mode() {
+        let dir = scratch("replace");
+        let path = dir.join("state.json");
+        write_atomic(&path, b"first version, longer", PRIVATE_FILE_MODE).unwrap();
+        write_atomic(&path, b"second", PRIVATE_FILE_MODE).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temporary files are left behind.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_leaves_the_old_file() {
+        let dir = scratch("fail");
+        let path = dir.join("keep");
+        write_atomic(&path, b"old", PRIVATE_FILE_MODE).unwrap();
+        // Renaming over a directory fails; the old content must survive.
+        let blocked = dir.join("blocked");
+        create_private_dir(&blocked).unwrap();
+        fs::write(blocked.join("x"), b"").unwrap();
+        assert!(write_atomic(&blocked, b"new", PRIVATE_FILE_MODE).is_err());
+        assert_eq!(fs::read(&path).unwrap(), b"old");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn private_dirs_are_0700() {
+        let dir = scratch("dirs");
+        let nested = dir.join("a/b");
+        create_private_dir(&nested).unwrap();
+        assert_eq!(
+            fs::metadata(&nested).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

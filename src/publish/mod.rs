@@ -1,0 +1,229 @@
+//! The publisher: merge the healthy backends' introduction points, build and sign the master
+//! descriptor for every time period Arti reports, and upload it to the responsible HSDirs.
+//!
+//! [`schedule`] decides when a period needs a new upload; [`Publisher::publish_due`] does the
+//! work for every period that does and says when to look again. If no backend is healthy,
+//! nothing is uploaded (an empty descriptor cannot exist, and an old one pointing at dead
+//! backends is no better than the HSDir copies already out there) and an alert is logged
+//! once, until a backend comes back.
+
+pub mod schedule;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tor_netdoc::doc::hsdesc::IntroPointDesc;
+
+use crate::descriptor::build::{build_descriptor, DescriptorParams, MasterIdentity};
+use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
+use crate::health::HealthyBackends;
+use crate::tor::{EmbeddedTor, PublishTarget};
+use schedule::{next_due, publish_reason, PublishRecord};
+
+/// Clients reject descriptors listing more introduction points (rend-spec-v3 §2.5.2.2).
+pub const MAX_INTRO_POINTS: usize = 20;
+/// How soon to try again after a publish attempt in which no HSDir accepted the descriptor.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// Publishes the master descriptor; remembers what it uploaded per time period.
+pub struct Publisher {
+    master: MasterIdentity,
+    interval: Duration,
+    /// Keyed by time-period number.
+    records: HashMap<u64, PublishRecord>,
+    all_dead_alerted: bool,
+}
+
+impl Publisher {
+    pub fn new(master: MasterIdentity, interval: Duration) -> Self {
+        Publisher {
+            master,
+            interval,
+            records: HashMap::new(),
+            all_dead_alerted: false,
+        }
+    }
+
+    /// Upload for every period that needs it. Returns when to call again at the latest
+    /// (`None`: only when the healthy backends change).
+    pub async fn publish_due(
+        &mut self,
+        tor: &EmbeddedTor,
+        healthy: &HealthyBackends,
+    ) -> Option<SystemTime> {
+        if healthy.iter().all(|(_, ips)| ips.is_empty()) {
+            if !self.all_dead_alerted {
+                tracing::error!(
+                    "ALERT: no healthy backend: not publishing the descriptor for {} until one recovers",
+                    self.master.address()
+                );
+                self.all_dead_alerted = true;
+            }
+            return None;
+        }
+        if self.all_dead_alerted {
+            tracing::info!("a backend is healthy again: publishing resumes");
+            self.all_dead_alerted = false;
+        }
+
+        let targets = match tor.publish_targets().await {
+            Ok(targets) => targets,
+            Err(err) => {
+                tracing::warn!("cannot publish yet: {err}");
+                return Some(SystemTime::now() + RETRY_AFTER_FAILURE);
+            }
+        };
+        let periods: Vec<u64> = targets
+            .iter()
+            .map(|t| t.time_period().interval_num())
+            .collect();
+        self.records.retain(|period, _| periods.contains(period));
+
+        let mut wake_at: Option<SystemTime> = None;
+        for target in &targets {
+            let due = self.publish_period(tor, target, healthy).await;
+            wake_at = Some(wake_at.map_or(due, |w| w.min(due)));
+        }
+        wake_at
+    }
+
+    /// Publish one period if it is due; returns when it is due next.
+    async fn publish_period(
+        &mut self,
+        tor: &EmbeddedTor,
+        target: &PublishTarget,
+        healthy: &HealthyBackends,
+    ) -> SystemTime {
+        let period = target.time_period().interval_num();
+        let address = self.master.address();
+        let hsdirs = target.hsdir_ids(&address);
+        let now = SystemTime::now();
+
+        let inputs: Vec<BackendIntroPoints<'_, IntroPointDesc>> = healthy
+            .iter()
+            .map(|(name, ips)| BackendIntroPoints {
+                backend: name,
+                intro_points: ips,
+            })
+            .collect();
+        let base = DescriptorParams {
+            period: target.time_period(),
+            intro_points: &[],
+            revision_counter: 0,
+            now,
+            size_limit: target.size_limit(),
+        };
+        let merged = merge(&inputs, MAX_INTRO_POINTS, period, |ips| {
+            let params = DescriptorParams {
+                intro_points: ips,
+                ..base
+            };
+            build_descriptor(&self.master, &params, &mut rand::rng()).is_ok()
+        });
+        let intro_ids: Vec<String> = merged.intro_points.iter().map(intro_point_id).collect();
+
+        let last = self.records.get(&period);
+        let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdirs) else {
+            return last.map_or(now, |l| next_due(l, self.interval));
+        };
+        for left in &merged.left_out {
+            let why = match left.reason {
+                LeftOutReason::Cap => "the 20-introduction-point cap",
+                LeftOutReason::Size => "the HSDirs' descriptor size limit",
+            };
+            tracing::info!(
+                period,
+                "left out {} introduction point(s) of {} because of {why}",
+                left.count,
+                left.backend
+            );
+        }
+
+        let Some(revision_counter) = self.next_revision_counter(target, period).await else {
+            tracing::warn!(period, "no usable revision counter (clock outside the SRV period, or stepped back): not publishing this period now");
+            return now + RETRY_AFTER_FAILURE;
+        };
+        let descriptor = match build_descriptor(
+            &self.master,
+            &DescriptorParams {
+                intro_points: &merged.intro_points,
+                revision_counter,
+                ..base
+            },
+            &mut rand::rng(),
+        ) {
+            Ok(text) => text,
+            Err(err) => {
+                tracing::error!(period, "cannot build the descriptor: {err}");
+                return now + RETRY_AFTER_FAILURE;
+            }
+        };
+
+        let results = tor
+            .upload_descriptor(target, &address, Arc::from(descriptor))
+            .await;
+        let accepted = results.iter().filter(|r| r.outcome.is_ok()).count();
+        for failure in results
+            .iter()
+            .filter_map(|r| r.outcome.as_ref().err().map(|e| (&r.hsdir, e)))
+        {
+            tracing::warn!(period, hsdir = %failure.0, "upload failed: {}", failure.1);
+        }
+        let backends = merged
+            .sources
+            .iter()
+            .collect::<std::collections::BTreeSet<_>>();
+        tracing::info!(
+            period,
+            revision_counter,
+            "published descriptor ({reason}): {accepted}/{} HSDirs accepted, {} introduction points from {} backend(s): {}",
+            results.len(),
+            merged.intro_points.len(),
+            backends.len(),
+            backends.into_iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        if accepted == 0 {
+            return SystemTime::now() + RETRY_AFTER_FAILURE;
+        }
+        let record = PublishRecord {
+            published_at: now,
+            intro_points: intro_ids,
+            hsdirs,
+            revision_counter,
+        };
+        let due = next_due(&record, self.interval);
+        self.records.insert(period, record);
+        due
+    }
+
+    /// A revision counter strictly above the last one we uploaded for `period`. The counter
+    /// has one-second resolution, so two uploads within one second wait for the next; a clock
+    /// that went backwards by more than a few seconds gives up (the HSDirs would refuse it).
+    async fn next_revision_counter(&self, target: &PublishTarget, period: u64) -> Option<u64> {
+        const WAIT_STEP: Duration = Duration::from_millis(250);
+        const MAX_WAIT_STEPS: u32 = 20;
+        let last = self.records.get(&period).map(|r| r.revision_counter);
+        for _ in 0..MAX_WAIT_STEPS {
+            let counter = self
+                .master
+                .revision_counter(target.srv_offset(SystemTime::now())?);
+            if last.is_none_or(|last| counter > last) {
+                return Some(counter);
+            }
+            tokio::time::sleep(WAIT_STEP).await;
+        }
+        None
+    }
+
+    pub fn master_address(&self) -> crate::onion_address::OnionAddress {
+        self.master.address()
+    }
+}
+
+/// A stable identity for an introduction point: its auth key (`KP_hs_ipt_sid`), unique per
+/// introduction point and unchanged while the backend keeps it.
+pub fn intro_point_id(intro_point: &IntroPointDesc) -> String {
+    let key: &tor_llcrypto::pk::ed25519::PublicKey = intro_point.ipt_sid_key().as_ref();
+    key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
