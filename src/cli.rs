@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError};
+use crate::keys::files::{write_hidden_service_dir, KeyFileError};
+use crate::keys::{MasterKey, RandomnessError};
 use crate::params;
 
 /// Onion-service load balancer with an embedded Tor client.
@@ -61,10 +63,12 @@ pub enum Command {
     /// Show this node, the cluster and the backends (not available yet in this build).
     Status(StatusArgs),
 
-    /// Create a master identity key (not available yet in this build).
+    /// Create a master identity key and print its onion address.
     ///
     /// Writes a directory exactly as tor writes a HiddenServiceDir (hs_ed25519_secret_key,
-    /// hs_ed25519_public_key, hostname) and prints the address.
+    /// hs_ed25519_public_key, hostname; directory 0700, files 0600), which tor, mkp224o and
+    /// Onionbalance all read. Point `[node] master_key` at the directory to use it. Never
+    /// overwrites an existing key. (--vanity-prefix is not available in this build yet.)
     Keygen(KeygenArgs),
 }
 
@@ -109,6 +113,7 @@ pub struct StatusArgs {
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Directory to write the key into (created; must not hold a key already).
+    /// Default: a directory named after the address, in the current directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Search for an address starting with this base32 prefix (a-z, 2-7).
@@ -129,6 +134,10 @@ enum CliError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Daemon(#[from] DaemonError),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Randomness(#[from] RandomnessError),
     #[error("`rustbalance {0}` is not available in this build yet; nothing was changed")]
     NotAvailable(&'static str),
 }
@@ -137,7 +146,9 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Config(_) => ExitCode::from(2),
-            CliError::Daemon(_) => ExitCode::from(1),
+            CliError::Daemon(_) | CliError::KeyFile(_) | CliError::Randomness(_) => {
+                ExitCode::from(1)
+            }
             CliError::NotAvailable(_) => ExitCode::from(3),
         }
     }
@@ -166,8 +177,25 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Init(_) => Err(CliError::NotAvailable("init")),
         Command::Join(_) => Err(CliError::NotAvailable("join")),
         Command::Status(_) => Err(CliError::NotAvailable("status")),
-        Command::Keygen(_) => Err(CliError::NotAvailable("keygen")),
+        Command::Keygen(args) => keygen(args),
     }
+}
+
+/// `rustbalance keygen`: a new random key, written as tor writes a HiddenServiceDir.
+fn keygen(args: KeygenArgs) -> Result<(), CliError> {
+    if args.vanity_prefix.is_some() || args.threads.is_some() || args.bench.is_some() {
+        return Err(CliError::NotAvailable("keygen --vanity-prefix/--threads/--bench"));
+    }
+    let key = MasterKey::generate()?;
+    let address = key.onion_address();
+    let dir = args.out.unwrap_or_else(|| PathBuf::from(address.to_string()));
+    write_hidden_service_dir(&dir, &key)?;
+    println!("{address}");
+    eprintln!(
+        "rustbalance: key written to {} (keep it secret: it is the service's identity)",
+        dir.display()
+    );
+    Ok(())
 }
 
 /// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the `info` default.

@@ -46,6 +46,8 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
     #[error(transparent)]
     Tor(#[from] TorError),
+    #[error("the {0} loop stopped unexpectedly (internal error; see the log above)")]
+    LoopStopped(&'static str),
 }
 
 /// Run the node in the foreground until SIGTERM or SIGINT.
@@ -102,14 +104,14 @@ async fn run_async(config: Config, master: MasterIdentity) -> Result<(), DaemonE
         ));
         let watch_consensus = consensus_watcher(&tor, consensus.valid_after);
         tokio::select! {
-            result = watch_consensus => result,
-            _ = health => Err(TorError::Shutdown),
-            _ = publish => Err(TorError::Shutdown),
+            result = watch_consensus => result.map_err(DaemonError::from),
+            _ = health => Err(DaemonError::LoopStopped("health")),
+            _ = publish => Err(DaemonError::LoopStopped("publish")),
         }
     };
 
     tokio::select! {
-        result = work => result.map_err(DaemonError::from),
+        result = work => result,
         _ = sigterm.recv() => {
             tracing::info!("SIGTERM received, shutting down");
             Ok(())

@@ -68,7 +68,8 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
     fs::write(config_dir.join("config.toml"), &config_text).unwrap();
 
     let log_path = node_dir.join("rustbalance.log");
-    let _balancer = ProcessGuard::spawn(
+    let started = Instant::now();
+    let balancer = ProcessGuard::spawn(
         "rustbalance",
         Command::new(env!("CARGO_BIN_EXE_rustbalance"))
             .arg("--config-dir")
@@ -83,15 +84,20 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
     .expect("start rustbalance");
     let mut log = LogWatcher::new(&log_path);
 
-    // An independent Arti client in this test process, to read back what the HSDirs hold.
-    let observer = Observer::start(&config_text, &node_dir.join("observer"));
-
     // 1. Reachability through the master address, both backends.
     log.wait_for(
         "published descriptor",
         "from 2 backend(s)",
         FIRST_PUBLISH_TIMEOUT,
     );
+    fetch_pages(&net, &master_onion, 1, "first");
+    // Figures for BENCHMARKS.md (printed, not asserted: speed goals live in benchmarks).
+    eprintln!(
+        "measured: first client fetch through the master address {:.1} s after the balancer started",
+        started.elapsed().as_secs_f64()
+    );
+    // An independent Arti client in this test process, to read back what the HSDirs hold.
+    let observer = Observer::start(&config_text, &node_dir.join("observer"));
     let pages = fetch_pages(&net, &master_onion, 12, "reach");
     assert_eq!(
         pages,
@@ -113,7 +119,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         LOSS_TIMEOUT,
     );
     eprintln!(
-        "beta left the descriptor {:.1} s after its tor stopped",
+        "measured: beta left the descriptor {:.1} s after its tor stopped (health interval {HEALTH_INTERVAL_SECS} s)",
         stopped.elapsed().as_secs_f64()
     );
     assert_eq!(
@@ -138,6 +144,8 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         ["alpha", "beta"]
     );
 
+    eprintln!("measured: balancer memory {}", memory_of(balancer.pid()));
+
     // 3. All backends dead: alert, and no upload after it.
     net.stop_backend("alpha");
     net.stop_backend("beta");
@@ -155,6 +163,19 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         1,
         "the alert is raised once"
     );
+}
+
+/// Resident set size now and at peak, from /proc.
+fn memory_of(pid: u32) -> String {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_owned())
+            .unwrap_or_else(|| "?".into())
+    };
+    format!("RSS {} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The distinct page bodies seen over `count` fetches, each over fresh circuits.

@@ -163,6 +163,7 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::descriptor::synthetic::synthetic_intro_points;
     use curve25519_dalek::Scalar;
     use sha2::Sha512;
     use tor_checkable::Timebound;
@@ -190,34 +191,6 @@ mod tests {
         .unwrap()
     }
 
-    fn intro_points(count: usize) -> Vec<IntroPointDesc> {
-        use tor_llcrypto::pk::curve25519;
-        let curve_key = || {
-            let secret = curve25519::StaticSecret::random_from_rng(&mut rand::rng());
-            curve25519::PublicKey::from(&secret)
-        };
-        (0..count)
-            .map(|i| {
-                IntroPointDesc::builder()
-                    .link_specifiers(vec![tor_linkspec::LinkSpec::OrPort(
-                        std::net::Ipv4Addr::LOCALHOST.into(),
-                        9000 + i as u16,
-                    )
-                    .encode()
-                    .unwrap()])
-                    .ipt_kp_ntor(curve_key())
-                    .kp_hs_ipt_sid(
-                        ed25519::Keypair::generate(&mut rand::rng())
-                            .verifying_key()
-                            .into(),
-                    )
-                    .kp_hss_ntor(curve_key().into())
-                    .build()
-                    .unwrap()
-            })
-            .collect()
-    }
-
     fn params(period: TimePeriod, intro_points: &[IntroPointDesc]) -> DescriptorParams<'_> {
         DescriptorParams {
             period,
@@ -243,7 +216,7 @@ mod tests {
     #[test]
     fn descriptors_from_expanded_keys_verify_for_the_master_address() {
         let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
-        let ips = intro_points(3);
+        let ips = synthetic_intro_points(3);
         for interval in [20_000, 20_001, 20_500] {
             let text = build_descriptor(&master, &params(period(interval), &ips), &mut rand::rng())
                 .unwrap();
@@ -305,7 +278,7 @@ mod tests {
     fn a_descriptor_signed_by_another_key_is_rejected() {
         let real = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
         let forger = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
-        let ips = intro_points(2);
+        let ips = synthetic_intro_points(2);
         let forged =
             build_descriptor(&forger, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
         assert!(client_view(&real.address(), period(20_000), &forged).is_err());
@@ -314,7 +287,7 @@ mod tests {
     #[test]
     fn size_limit_is_strict_at_the_boundary() {
         let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
-        let ips = intro_points(20);
+        let ips = synthetic_intro_points(20);
         let text =
             build_descriptor(&master, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
         // Same inputs give the same length (fixed-size keys, padded encrypted layers).

@@ -121,6 +121,10 @@ impl Publisher {
             };
             build_descriptor(&self.master, &params, &mut rand::rng()).is_ok()
         });
+        if merged.intro_points.is_empty() {
+            tracing::error!(period, "no descriptor with even one introduction point can be built for this period");
+            return now + RETRY_AFTER_FAILURE;
+        }
         let intro_ids: Vec<String> = merged.intro_points.iter().map(intro_point_id).collect();
 
         let last = self.records.get(&period);

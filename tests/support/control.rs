@@ -57,10 +57,16 @@ pub struct ControlConn {
 
 impl ControlConn {
     /// Connect and authenticate with the cookie file tor wrote (`CookieAuthentication 1`).
-    pub fn connect(addr: SocketAddr, cookie_file: &Path, deadline: Instant) -> Result<ControlConn, HarnessError> {
-        let timeout = remaining(deadline).ok_or_else(|| HarnessError::new("deadline passed before connecting"))?;
-        let stream = TcpStream::connect_timeout(&addr, timeout)
-            .map_err(|e| HarnessError::new(format!("cannot connect to control port {addr}: {e}")))?;
+    pub fn connect(
+        addr: SocketAddr,
+        cookie_file: &Path,
+        deadline: Instant,
+    ) -> Result<ControlConn, HarnessError> {
+        let timeout = remaining(deadline)
+            .ok_or_else(|| HarnessError::new("deadline passed before connecting"))?;
+        let stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| {
+            HarnessError::new(format!("cannot connect to control port {addr}: {e}"))
+        })?;
         let writer = stream
             .try_clone()
             .map_err(|e| HarnessError::new(format!("cannot clone control socket: {e}")))?;
@@ -71,19 +77,30 @@ impl ControlConn {
             partial: Vec::new(),
             broken: false,
         };
-        let cookie = std::fs::read(cookie_file)
-            .map_err(|e| HarnessError::new(format!("cannot read control cookie {}: {e}", cookie_file.display())))?;
+        let cookie = std::fs::read(cookie_file).map_err(|e| {
+            HarnessError::new(format!(
+                "cannot read control cookie {}: {e}",
+                cookie_file.display()
+            ))
+        })?;
         conn.command(&format!("AUTHENTICATE {}", hex(&cookie)), deadline)?;
         Ok(conn)
     }
 
     /// Send one command and return its reply lines; a non-250 reply is an error.
-    pub fn command(&mut self, command: &str, deadline: Instant) -> Result<Vec<ReplyLine>, HarnessError> {
+    pub fn command(
+        &mut self,
+        command: &str,
+        deadline: Instant,
+    ) -> Result<Vec<ReplyLine>, HarnessError> {
         self.send(command)?;
         loop {
-            let reply = self
-                .read_reply(deadline)?
-                .ok_or_else(|| HarnessError::new(format!("no reply to control command {:?} in time", verb(command))))?;
+            let reply = self.read_reply(deadline)?.ok_or_else(|| {
+                HarnessError::new(format!(
+                    "no reply to control command {:?} in time",
+                    verb(command)
+                ))
+            })?;
             if reply.code == EVENT_CODE {
                 self.events.push_back(reply);
                 continue;
@@ -132,17 +149,26 @@ impl ControlConn {
 
     fn send(&mut self, command: &str) -> Result<(), HarnessError> {
         if self.broken {
-            return Err(HarnessError::new("control connection unusable after an earlier timeout"));
+            return Err(HarnessError::new(
+                "control connection unusable after an earlier timeout",
+            ));
         }
         self.writer
             .write_all(format!("{command}\r\n").as_bytes())
-            .map_err(|e| HarnessError::new(format!("cannot send control command {:?}: {e}", verb(command))))
+            .map_err(|e| {
+                HarnessError::new(format!(
+                    "cannot send control command {:?}: {e}",
+                    verb(command)
+                ))
+            })
     }
 
     /// Read one whole reply; `None` if the deadline passed before its first line.
     fn read_reply(&mut self, deadline: Instant) -> Result<Option<Reply>, HarnessError> {
         if self.broken {
-            return Err(HarnessError::new("control connection unusable after an earlier timeout"));
+            return Err(HarnessError::new(
+                "control connection unusable after an earlier timeout",
+            ));
         }
         let Some(first) = self.read_line(deadline)? else {
             return Ok(None);
@@ -151,8 +177,15 @@ impl ControlConn {
         let mut line = first;
         loop {
             let (code, separator, text) = split_reply_line(&line)?;
-            let data = if separator == '+' { Some(self.read_data_block(deadline)?) } else { None };
-            lines.push(ReplyLine { text: text.to_owned(), data });
+            let data = if separator == '+' {
+                Some(self.read_data_block(deadline)?)
+            } else {
+                None
+            };
+            lines.push(ReplyLine {
+                text: text.to_owned(),
+                data,
+            });
             if separator == ' ' {
                 return Ok(Some(Reply { code, lines }));
             }
@@ -179,7 +212,9 @@ impl ControlConn {
             Some(line) => Ok(line),
             None => {
                 self.broken = true;
-                Err(HarnessError::new("control reply cut short: deadline passed in the middle of it"))
+                Err(HarnessError::new(
+                    "control reply cut short: deadline passed in the middle of it",
+                ))
             }
         }
     }
@@ -193,7 +228,9 @@ impl ControlConn {
             self.reader
                 .get_ref()
                 .set_read_timeout(Some(wait.min(MAX_IO_WAIT)))
-                .map_err(|e| HarnessError::new(format!("cannot set control socket timeout: {e}")))?;
+                .map_err(|e| {
+                    HarnessError::new(format!("cannot set control socket timeout: {e}"))
+                })?;
             match self.reader.read_until(b'\n', &mut self.partial) {
                 Ok(0) => return Err(HarnessError::new("control connection closed by tor")),
                 Ok(_) if self.partial.ends_with(b"\n") => {
@@ -203,10 +240,19 @@ impl ControlConn {
                 }
                 // EOF in the middle of a line: the next read reports it.
                 Ok(_) => continue,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                    ) =>
+                {
                     continue
                 }
-                Err(e) => return Err(HarnessError::new(format!("control connection read failed: {e}"))),
+                Err(e) => {
+                    return Err(HarnessError::new(format!(
+                        "control connection read failed: {e}"
+                    )))
+                }
             }
         }
     }
@@ -215,8 +261,14 @@ impl ControlConn {
 /// Split `250-text` into (250, '-', "text").
 fn split_reply_line(line: &str) -> Result<(u16, char, &str), HarnessError> {
     let malformed = || HarnessError::new(format!("malformed control reply line {line:?}"));
-    let code = line.get(..3).and_then(|c| c.parse().ok()).ok_or_else(malformed)?;
-    let separator = line.get(3..4).and_then(|s| s.chars().next()).ok_or_else(malformed)?;
+    let code = line
+        .get(..3)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(malformed)?;
+    let separator = line
+        .get(3..4)
+        .and_then(|s| s.chars().next())
+        .ok_or_else(malformed)?;
     if !matches!(separator, ' ' | '-' | '+') {
         return Err(malformed());
     }
@@ -229,7 +281,9 @@ fn verb(command: &str) -> &str {
 }
 
 fn remaining(deadline: Instant) -> Option<Duration> {
-    deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero())
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,6 +8,7 @@
 //!   source port: prevented by picking ports *below* the kernel's ephemeral range
 //!   (`ip_local_port_range`), which is where `bind(127.0.0.1:0)` would have picked them.
 //!   Each candidate is still checked by binding it, then released.
+//!
 //! Ports are tried from a per-process starting point so that parallel test processes do not
 //! probe the same sequence.
 
@@ -34,11 +35,20 @@ fn allocator() -> &'static Mutex<Allocator> {
     ALLOCATOR.get_or_init(|| {
         let end = ephemeral_start().max(FIRST_PORT + 1_000);
         let span = u32::from(end - FIRST_PORT);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-        let seed = std::process::id().wrapping_mul(2_654_435_761).wrapping_add(nanos);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let seed = std::process::id()
+            .wrapping_mul(2_654_435_761)
+            .wrapping_add(nanos);
         // `seed % span` < span <= u16::MAX, so the conversion cannot fail.
         let offset = u16::try_from(seed % span).unwrap_or(0);
-        Mutex::new(Allocator { handed_out: HashSet::new(), next: FIRST_PORT + offset, end })
+        Mutex::new(Allocator {
+            handed_out: HashSet::new(),
+            next: FIRST_PORT + offset,
+            end,
+        })
     })
 }
 
@@ -46,18 +56,28 @@ fn allocator() -> &'static Mutex<Allocator> {
 fn ephemeral_start() -> u16 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
-        .and_then(|text| text.split_whitespace().next().and_then(|low| low.parse().ok()))
+        .and_then(|text| {
+            text.split_whitespace()
+                .next()
+                .and_then(|low| low.parse().ok())
+        })
         .unwrap_or(DEFAULT_EPHEMERAL_START)
 }
 
 /// A TCP port on 127.0.0.1 that is free now and has not been handed out before in this process.
 pub fn free_port() -> Result<u16, HarnessError> {
     // A poisoned lock only means another test panicked while holding it; the set is still valid.
-    let mut alloc = allocator().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut alloc = allocator()
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let span = alloc.end - FIRST_PORT;
     for _ in 0..span {
         let port = alloc.next;
-        alloc.next = if port + 1 >= alloc.end { FIRST_PORT } else { port + 1 };
+        alloc.next = if port + 1 >= alloc.end {
+            FIRST_PORT
+        } else {
+            port + 1
+        };
         if alloc.handed_out.contains(&port) {
             continue;
         }
@@ -66,5 +86,8 @@ pub fn free_port() -> Result<u16, HarnessError> {
             return Ok(port);
         }
     }
-    Err(HarnessError::new(format!("no free TCP port left on 127.0.0.1 in {FIRST_PORT}..{}", alloc.end)))
+    Err(HarnessError::new(format!(
+        "no free TCP port left on 127.0.0.1 in {FIRST_PORT}..{}",
+        alloc.end
+    )))
 }

@@ -39,12 +39,19 @@ pub struct ProcessGuard {
 
 impl ProcessGuard {
     /// Start `command` under a guard; `name` appears in messages about this process.
-    pub fn spawn(name: impl Into<String>, command: &mut Command) -> Result<ProcessGuard, HarnessError> {
+    pub fn spawn(
+        name: impl Into<String>,
+        command: &mut Command,
+    ) -> Result<ProcessGuard, HarnessError> {
         let name = name.into();
         let child = command
             .spawn()
             .map_err(|e| HarnessError::new(format!("cannot start {name} ({command:?}): {e}")))?;
-        Ok(ProcessGuard { name, child, exited: None })
+        Ok(ProcessGuard {
+            name,
+            child,
+            exited: None,
+        })
     }
 
     pub fn name(&self) -> &str {

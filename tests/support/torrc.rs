@@ -146,8 +146,17 @@ pub fn client(base: &Base<'_>, socks_port: u16) -> String {
 /// An onion-service backend. It starts with its network disabled so that the harness can
 /// subscribe to its descriptor events before it could possibly upload anything.
 /// With `onionbalance_instance`, tor reads `ob_config` from the service directory.
-pub fn backend(base: &Base<'_>, service_dir: &Path, web_port: u16, onionbalance_instance: bool) -> String {
-    let instance = if onionbalance_instance { "HiddenServiceOnionbalanceInstance 1\n" } else { "" };
+pub fn backend(
+    base: &Base<'_>,
+    service_dir: &Path,
+    web_port: u16,
+    onionbalance_instance: bool,
+) -> String {
+    let instance = if onionbalance_instance {
+        "HiddenServiceOnionbalanceInstance 1\n"
+    } else {
+        ""
+    };
     format!(
         "{}SocksPort 0\n\
          DisableNetwork 1\n\

@@ -1,0 +1,74 @@
+//! Building and signing the master descriptor, and merging introduction points.
+//!
+//! Run with `cargo bench --bench descriptor` (release build). Prints, for each case, the
+//! median and the 90th percentile over many runs. The goal (BENCHMARKS.md): a 20-intro-point
+//! descriptor built and signed in at most 1 ms.
+
+use std::time::{Duration, Instant, SystemTime};
+
+use rustbalance::descriptor::build::{build_descriptor, DescriptorParams, MasterIdentity};
+use rustbalance::descriptor::merge::{merge, BackendIntroPoints};
+use rustbalance::descriptor::synthetic::synthetic_intro_points;
+use rustbalance::keys::MasterKey;
+use tor_hscrypto::time::TimePeriod;
+
+const RUNS: usize = 500;
+
+fn main() {
+    let key = MasterKey::generate().expect("random master key");
+    let master = MasterIdentity::from_expanded_secret(key.expanded_secret()).expect("usable key");
+    let now = SystemTime::now();
+    let period = TimePeriod::new(Duration::from_secs(86_400), now, Duration::from_secs(12 * 3600))
+        .expect("valid time period");
+    let base = DescriptorParams {
+        period,
+        intro_points: &[],
+        revision_counter: 1,
+        now,
+        size_limit: 50_000,
+    };
+    let params = |intro_points| DescriptorParams { intro_points, ..base };
+
+    let twenty = synthetic_intro_points(20);
+    report("build + sign, 20 intro points", || {
+        build_descriptor(&master, &params(&twenty), &mut rand::rng()).expect("builds");
+    });
+
+    let backends: Vec<Vec<_>> = (0..4).map(|_| synthetic_intro_points(10)).collect();
+    let names = ["a", "b", "c", "d"];
+    let inputs: Vec<BackendIntroPoints<'_, _>> = backends
+        .iter()
+        .zip(names)
+        .map(|(ips, backend)| BackendIntroPoints { backend, intro_points: ips })
+        .collect();
+    report("merge 4 x 10 intro points (cap only)", || {
+        merge(&inputs, 20, 7, |_| true);
+    });
+    report("merge 4 x 10 + size check by building (publish path)", || {
+        merge(&inputs, 20, 7, |ips| {
+            let params = DescriptorParams { intro_points: ips, ..base };
+            build_descriptor(&master, &params, &mut rand::rng()).is_ok()
+        });
+    });
+}
+
+fn report(name: &str, mut work: impl FnMut()) {
+    work(); // warm-up
+    let mut times: Vec<Duration> = (0..RUNS)
+        .map(|_| {
+            let start = Instant::now();
+            work();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    println!(
+        "{name}: median {:.1} µs, p90 {:.1} µs ({RUNS} runs)",
+        micros(times[RUNS / 2]),
+        micros(times[RUNS * 9 / 10])
+    );
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
