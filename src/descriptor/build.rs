@@ -1,7 +1,8 @@
 //! Building and signing the master descriptor (rend-spec-v3 §2.4-2.5).
 //!
-//! For one time period: blind the master identity key for that period (the blinded key is
-//! what the HSDirs index and what signs the descriptor-signing certificate), make a fresh
+//! For one time period: blind the master identity key for that period ([`BlindedIdentity`],
+//! computed once per period: the blinded key is what the HSDirs index and what signs the
+//! descriptor-signing certificate), then for every descriptor make a fresh
 //! descriptor-signing key, certify it for [`CERT_LIFETIME`], and let Arti's `HsDescBuilder`
 //! write, encrypt and sign the document. The builder re-certifies every backend introduction
 //! point's auth-key and enc-key under our descriptor-signing key (certificate types 09 and
@@ -21,7 +22,7 @@ use rand::{CryptoRng, Rng};
 use sha3::{Digest, Sha3_256};
 use tor_cell::chancell::msg::HandshakeType;
 use tor_hscrypto::ope::{AesOpeKey, SrvPeriodOffset};
-use tor_hscrypto::pk::{HsBlindId, HsIdKey, HsIdKeypair};
+use tor_hscrypto::pk::{HsBlindId, HsBlindIdKey, HsBlindIdKeypair, HsIdKey, HsIdKeypair};
 use tor_hscrypto::time::TimePeriod;
 use tor_hscrypto::{RevisionCounter, Subcredential};
 use tor_llcrypto::pk::ed25519;
@@ -107,9 +108,41 @@ pub fn blinded_id_and_subcredential(
     Some((HsBlindId::from(blinded), subcredential))
 }
 
-/// Everything that varies between two descriptors of the same master key.
+/// The master identity blinded for one time period (rend-spec-v3 §2.1, Appendix A.2).
+/// Blinding costs several scalar multiplications; the publisher does it once per period and
+/// reuses it for every descriptor of that period.
+pub struct BlindedIdentity {
+    period: TimePeriod,
+    public: HsBlindIdKey,
+    keypair: HsBlindIdKeypair,
+    subcredential: Subcredential,
+}
+
+impl MasterIdentity {
+    /// Blind the master key for `period`.
+    pub fn blind(&self, period: TimePeriod) -> Result<BlindedIdentity, BuildError> {
+        let (public, keypair, subcredential) = self
+            .keypair
+            .compute_blinded_key(period)
+            .map_err(|_| BuildError::Blinding(period.interval_num()))?;
+        Ok(BlindedIdentity {
+            period,
+            public,
+            keypair,
+            subcredential,
+        })
+    }
+}
+
+impl BlindedIdentity {
+    pub fn period(&self) -> TimePeriod {
+        self.period
+    }
+}
+
+/// Everything that varies between two descriptors of the same blinded identity.
+#[derive(Clone, Copy)]
 pub struct DescriptorParams<'a> {
-    pub period: TimePeriod,
     pub intro_points: &'a [IntroPointDesc],
     pub revision_counter: u64,
     pub now: SystemTime,
@@ -117,27 +150,20 @@ pub struct DescriptorParams<'a> {
     pub size_limit: usize,
 }
 
-/// Build, encrypt and sign the master descriptor.
+/// Build, encrypt and sign the master descriptor for the blinded identity's period.
 pub fn build_descriptor<R: Rng + CryptoRng>(
-    master: &MasterIdentity,
+    blinded: &BlindedIdentity,
     params: &DescriptorParams<'_>,
     rng: &mut R,
 ) -> Result<String, BuildError> {
-    let (blinded_public, blinded_keypair, subcredential) = master
-        .keypair
-        .compute_blinded_key(params.period)
-        .map_err(|_| BuildError::Blinding(params.period.interval_num()))?;
-
-    let mut signing_seed = [0u8; 32];
-    rng.fill_bytes(&mut signing_seed);
-    let desc_signing = ed25519::Keypair::from_bytes(&signing_seed);
+    let desc_signing = ed25519::Keypair::generate(rng);
     let cert_expiry = params.now + CERT_LIFETIME;
     let desc_signing_cert =
-        create_desc_sign_key_cert(&desc_signing.verifying_key(), &blinded_keypair, cert_expiry)
+        create_desc_sign_key_cert(&desc_signing.verifying_key(), &blinded.keypair, cert_expiry)
             .map_err(|err| BuildError::Certificate(err.to_string()))?;
 
     HsDescBuilder::default()
-        .blinded_id(&blinded_public)
+        .blinded_id(&blinded.public)
         .hs_desc_sign(&desc_signing)
         .hs_desc_sign_cert(desc_signing_cert)
         .create2_formats(&[HandshakeType::NTOR])
@@ -148,7 +174,7 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
         .intro_enc_key_cert_expiry(cert_expiry)
         .lifetime(DESCRIPTOR_LIFETIME_MINUTES.into())
         .revision_counter(RevisionCounter::from(params.revision_counter))
-        .subcredential(subcredential)
+        .subcredential(blinded.subcredential)
         // The builder allows `len <= max`; the HSDirs require `len < limit`.
         .max_generated_len(params.size_limit.saturating_sub(1))
         .build_sign(rng)
@@ -191,9 +217,8 @@ mod tests {
         .unwrap()
     }
 
-    fn params(period: TimePeriod, intro_points: &[IntroPointDesc]) -> DescriptorParams<'_> {
+    fn params(intro_points: &[IntroPointDesc]) -> DescriptorParams<'_> {
         DescriptorParams {
-            period,
             intro_points,
             revision_counter: 42,
             now: SystemTime::now(),
@@ -218,8 +243,12 @@ mod tests {
         let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
         let ips = synthetic_intro_points(3);
         for interval in [20_000, 20_001, 20_500] {
-            let text = build_descriptor(&master, &params(period(interval), &ips), &mut rand::rng())
-                .unwrap();
+            let text = build_descriptor(
+                &master.blind(period(interval)).unwrap(),
+                &params(&ips),
+                &mut rand::rng(),
+            )
+            .unwrap();
             let descriptor = client_view(&master.address(), period(interval), &text)
                 .unwrap_or_else(|e| panic!("period {interval}: {e}"));
             assert_eq!(descriptor.intro_points().len(), 3);
@@ -239,8 +268,8 @@ mod tests {
         let master = MasterIdentity::from_expanded_secret(&expanded).unwrap();
         for interval in [19_000, 20_000, 21_000] {
             let period = period(interval);
-            let (_, blinded, _) = master.keypair.compute_blinded_key(period).unwrap();
-            let blinded: &ed25519::ExpandedKeypair = blinded.as_ref();
+            let blinded = master.blind(period).unwrap();
+            let blinded: &ed25519::ExpandedKeypair = blinded.keypair.as_ref();
             let blinded_secret = blinded.to_secret_key_bytes();
 
             let mut h: [u8; 32] = Sha3_256::new()
@@ -279,8 +308,12 @@ mod tests {
         let real = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
         let forger = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
         let ips = synthetic_intro_points(2);
-        let forged =
-            build_descriptor(&forger, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
+        let forged = build_descriptor(
+            &forger.blind(period(20_000)).unwrap(),
+            &params(&ips),
+            &mut rand::rng(),
+        )
+        .unwrap();
         assert!(client_view(&real.address(), period(20_000), &forged).is_err());
     }
 
@@ -288,17 +321,17 @@ mod tests {
     fn size_limit_is_strict_at_the_boundary() {
         let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
         let ips = synthetic_intro_points(20);
-        let text =
-            build_descriptor(&master, &params(period(20_000), &ips), &mut rand::rng()).unwrap();
+        let blinded = master.blind(period(20_000)).unwrap();
+        let text = build_descriptor(&blinded, &params(&ips), &mut rand::rng()).unwrap();
         // Same inputs give the same length (fixed-size keys, padded encrypted layers).
         let len = text.len();
         let with_limit = |size_limit| DescriptorParams {
             size_limit,
-            ..params(period(20_000), &ips)
+            ..params(&ips)
         };
-        assert!(build_descriptor(&master, &with_limit(len + 1), &mut rand::rng()).is_ok());
+        assert!(build_descriptor(&blinded, &with_limit(len + 1), &mut rand::rng()).is_ok());
         assert!(matches!(
-            build_descriptor(&master, &with_limit(len), &mut rand::rng()),
+            build_descriptor(&blinded, &with_limit(len), &mut rand::rng()),
             Err(BuildError::TooLarge { limit }) if limit == len
         ));
     }

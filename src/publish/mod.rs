@@ -15,11 +15,14 @@ use std::time::{Duration, SystemTime};
 
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
-use crate::descriptor::build::{build_descriptor, DescriptorParams, MasterIdentity};
+use crate::descriptor::build::{
+    build_descriptor, BlindedIdentity, BuildError, DescriptorParams, MasterIdentity,
+};
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::health::HealthyBackends;
 use crate::tor::{EmbeddedTor, PublishTarget};
 use schedule::{next_due, publish_reason, PublishRecord};
+use tor_hscrypto::time::TimePeriod;
 
 /// Clients reject descriptors listing more introduction points (rend-spec-v3 §2.5.2.2).
 pub const MAX_INTRO_POINTS: usize = 20;
@@ -32,6 +35,8 @@ pub struct Publisher {
     interval: Duration,
     /// Keyed by time-period number.
     records: HashMap<u64, PublishRecord>,
+    /// The master key blinded for each period we publish, computed once per period.
+    blinded: HashMap<u64, Arc<BlindedIdentity>>,
     all_dead_alerted: bool,
 }
 
@@ -41,6 +46,7 @@ impl Publisher {
             master,
             interval,
             records: HashMap::new(),
+            blinded: HashMap::new(),
             all_dead_alerted: false,
         }
     }
@@ -79,6 +85,7 @@ impl Publisher {
             .map(|t| t.time_period().interval_num())
             .collect();
         self.records.retain(|period, _| periods.contains(period));
+        self.blinded.retain(|period, _| periods.contains(period));
 
         let mut wake_at: Option<SystemTime> = None;
         for target in &targets {
@@ -107,24 +114,53 @@ impl Publisher {
                 intro_points: ips,
             })
             .collect();
+        let blinded = match self.blinded_for(target.time_period()) {
+            Ok(blinded) => blinded,
+            Err(err) => {
+                tracing::error!(period, "cannot publish this period: {err}");
+                return now + RETRY_AFTER_FAILURE;
+            }
+        };
+        let Some(srv_offset) = target.srv_offset(now) else {
+            tracing::warn!(
+                period,
+                "the clock lies outside this period's SRV period: not publishing it now"
+            );
+            return now + RETRY_AFTER_FAILURE;
+        };
         let base = DescriptorParams {
-            period: target.time_period(),
             intro_points: &[],
-            revision_counter: 0,
+            revision_counter: self.master.revision_counter(srv_offset),
             now,
             size_limit: target.size_limit(),
         };
+        // The merge's size test builds the real descriptor; the last one that fitted is the
+        // one for the final list (the bisection only moves up after a success).
+        let mut built = None;
         let merged = merge(&inputs, MAX_INTRO_POINTS, period, |ips| {
             let params = DescriptorParams {
                 intro_points: ips,
                 ..base
             };
-            build_descriptor(&self.master, &params, &mut rand::rng()).is_ok()
+            match build_descriptor(&blinded, &params, &mut rand::rng()) {
+                Ok(text) => {
+                    built = Some(text);
+                    true
+                }
+                Err(BuildError::TooLarge { .. }) => false,
+                Err(err) => {
+                    tracing::error!(period, "cannot build the descriptor: {err}");
+                    false
+                }
+            }
         });
-        if merged.intro_points.is_empty() {
-            tracing::error!(period, "no descriptor with even one introduction point can be built for this period");
+        let (Some(mut descriptor), false) = (built, merged.intro_points.is_empty()) else {
+            tracing::error!(
+                period,
+                "no descriptor with even one introduction point can be built for this period"
+            );
             return now + RETRY_AFTER_FAILURE;
-        }
+        };
         let intro_ids: Vec<String> = merged.intro_points.iter().map(intro_point_id).collect();
 
         let last = self.records.get(&period);
@@ -144,25 +180,27 @@ impl Publisher {
             );
         }
 
-        let Some(revision_counter) = self.next_revision_counter(target, period).await else {
-            tracing::warn!(period, "no usable revision counter (clock outside the SRV period, or stepped back): not publishing this period now");
-            return now + RETRY_AFTER_FAILURE;
-        };
-        let descriptor = match build_descriptor(
-            &self.master,
-            &DescriptorParams {
+        let mut revision_counter = base.revision_counter;
+        if last.is_some_and(|last| revision_counter <= last.revision_counter) {
+            // Published within the same second (the counter's resolution): wait for the next.
+            let Some(next) = self.next_revision_counter(target, period).await else {
+                tracing::warn!(period, "no usable revision counter (clock outside the SRV period, or stepped back): not publishing this period now");
+                return now + RETRY_AFTER_FAILURE;
+            };
+            revision_counter = next;
+            let params = DescriptorParams {
                 intro_points: &merged.intro_points,
                 revision_counter,
                 ..base
-            },
-            &mut rand::rng(),
-        ) {
-            Ok(text) => text,
-            Err(err) => {
-                tracing::error!(period, "cannot build the descriptor: {err}");
-                return now + RETRY_AFTER_FAILURE;
-            }
-        };
+            };
+            descriptor = match build_descriptor(&blinded, &params, &mut rand::rng()) {
+                Ok(text) => text,
+                Err(err) => {
+                    tracing::error!(period, "cannot build the descriptor: {err}");
+                    return now + RETRY_AFTER_FAILURE;
+                }
+            };
+        }
 
         let results = tor
             .upload_descriptor(target, &address, Arc::from(descriptor))
@@ -201,6 +239,16 @@ impl Publisher {
         due
     }
 
+    /// The master key blinded for `period`, from the cache or computed now.
+    fn blinded_for(&mut self, period: TimePeriod) -> Result<Arc<BlindedIdentity>, BuildError> {
+        if let Some(blinded) = self.blinded.get(&period.interval_num()) {
+            return Ok(blinded.clone());
+        }
+        let blinded = Arc::new(self.master.blind(period)?);
+        self.blinded.insert(period.interval_num(), blinded.clone());
+        Ok(blinded)
+    }
+
     /// A revision counter strictly above the last one we uploaded for `period`. The counter
     /// has one-second resolution, so two uploads within one second wait for the next; a clock
     /// that went backwards by more than a few seconds gives up (the HSDirs would refuse it).
@@ -218,10 +266,6 @@ impl Publisher {
             tokio::time::sleep(WAIT_STEP).await;
         }
         None
-    }
-
-    pub fn master_address(&self) -> crate::onion_address::OnionAddress {
-        self.master.address()
     }
 }
 
