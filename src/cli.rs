@@ -184,11 +184,15 @@ fn execute(cli: Cli) -> Result<(), CliError> {
 /// `rustbalance keygen`: a new random key, written as tor writes a HiddenServiceDir.
 fn keygen(args: KeygenArgs) -> Result<(), CliError> {
     if args.vanity_prefix.is_some() || args.threads.is_some() || args.bench.is_some() {
-        return Err(CliError::NotAvailable("keygen --vanity-prefix/--threads/--bench"));
+        return Err(CliError::NotAvailable(
+            "keygen --vanity-prefix/--threads/--bench",
+        ));
     }
     let key = MasterKey::generate()?;
     let address = key.onion_address();
-    let dir = args.out.unwrap_or_else(|| PathBuf::from(address.to_string()));
+    let dir = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(address.to_string()));
     write_hidden_service_dir(&dir, &key)?;
     println!("{address}");
     eprintln!(

@@ -28,12 +28,22 @@ fn keygen_writes_a_private_hidden_service_dir_and_prints_its_address() {
     let out = root.join("master");
 
     let output = keygen(&out);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let printed = String::from_utf8(output.stdout).unwrap();
     let address = printed.trim();
-    assert!(address.ends_with(".onion") && address.len() == 62, "{printed:?}");
+    assert!(
+        address.ends_with(".onion") && address.len() == 62,
+        "{printed:?}"
+    );
 
-    assert_eq!(fs::read_to_string(out.join("hostname")).unwrap().trim(), address);
+    assert_eq!(
+        fs::read_to_string(out.join("hostname")).unwrap().trim(),
+        address
+    );
     assert_eq!(mode(&out), 0o700);
     for file in ["hs_ed25519_secret_key", "hs_ed25519_public_key", "hostname"] {
         assert_eq!(mode(&out.join(file)), 0o600, "{file}");
