@@ -10,20 +10,22 @@
 //!
 //! Write: a HiddenServiceDir exactly as tor writes one (`hs_ed25519_secret_key`,
 //! `hs_ed25519_public_key`, `hostname`; directory 0700, files 0600), which tor, mkp224o users
-//! and Onionbalance can all load. Each file is written atomically (temporary file in the same
-//! directory, fsync, rename, fsync of the directory) and an existing key is never overwritten.
+//! and Onionbalance can all load. Each file is written atomically (`fsutil::write_atomic`:
+//! temporary file in the same directory, fsync, rename, fsync of the directory) and an
+//! existing key is never overwritten.
 //!
 //! Errors name the file and what is wrong with it; no error message ever contains key bytes.
 
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use ed25519::pkcs8::DecodePrivateKey;
 use zeroize::Zeroizing;
 
 use super::{MasterKey, NotClampedError};
+use crate::fsutil::{create_private_dir, write_atomic, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
 
 /// File names inside a HiddenServiceDir (C tor `hs_service.c`).
 pub const SECRET_KEY_FILE: &str = "hs_ed25519_secret_key";
@@ -184,15 +186,13 @@ pub fn write_hidden_service_dir(dir: &Path, key: &MasterKey) -> Result<(), KeyFi
                     path: dir.to_owned(),
                 });
             }
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            fs::set_permissions(dir, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
                 .map_err(|source| write_error(dir, source))?
         }
         Ok(_) => {}
-        Err(error) if error.kind() == io::ErrorKind::NotFound => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| write_error(dir, source))?,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            create_private_dir(dir).map_err(|source| write_error(dir, source))?
+        }
         Err(source) => return Err(read_error(dir, source)),
     }
     for name in [SECRET_KEY_FILE, PUBLIC_KEY_FILE, HOSTNAME_FILE] {
@@ -201,13 +201,17 @@ pub fn write_hidden_service_dir(dir: &Path, key: &MasterKey) -> Result<(), KeyFi
             return Err(KeyFileError::AlreadyExists { path });
         }
     }
-    write_atomically(dir, SECRET_KEY_FILE, &secret_key_file_contents(key))?;
-    write_atomically(dir, PUBLIC_KEY_FILE, &public_key_file_contents(key))?;
-    write_atomically(
-        dir,
-        HOSTNAME_FILE,
-        format!("{}\n", key.onion_address()).as_bytes(),
-    )?;
+    let hostname = format!("{}\n", key.onion_address());
+    let files: [(&str, &[u8]); 3] = [
+        (SECRET_KEY_FILE, &secret_key_file_contents(key)),
+        (PUBLIC_KEY_FILE, &public_key_file_contents(key)),
+        (HOSTNAME_FILE, hostname.as_bytes()),
+    ];
+    for (name, contents) in files {
+        let path = dir.join(name);
+        write_atomic(&path, contents, PRIVATE_FILE_MODE)
+            .map_err(|source| write_error(&path, source))?;
+    }
     Ok(())
 }
 
@@ -338,29 +342,6 @@ fn read_if_exists(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, KeyFileErro
         }
         Err(other) => Err(other),
     }
-}
-
-/// Writes `dir/name` so that it either appears complete or not at all: the data goes to a
-/// temporary file in the same directory (mode 0600), is flushed to disk, and is then renamed
-/// into place; the directory is flushed too so that the rename survives a crash.
-fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<(), KeyFileError> {
-    let final_path = dir.join(name);
-    let temporary = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temporary, &final_path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    result.map_err(|source| {
-        let _ = fs::remove_file(&temporary);
-        write_error(&final_path, source)
-    })
 }
 
 fn read_error(path: &Path, source: io::Error) -> KeyFileError {

@@ -24,6 +24,7 @@ use tor_dirclient::request::{HsDescDownloadRequest, HsDescUploadRequest};
 use tor_hscrypto::ope::SrvPeriodOffset;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
+use tor_hscrypto::Subcredential;
 use tor_netdir::{HsDirParams, NetDir, Relay};
 use tor_netdoc::doc::hsdesc::{HsDesc, IntroPointDesc};
 
@@ -36,6 +37,8 @@ const HSDIR_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// HSDirs asked for a backend's descriptor before giving up (a client asks at most
 /// `hsdir_spread_fetch` × `hsdir_n_replicas` = 6; we stop a little earlier).
 const FETCH_ATTEMPTS: usize = 4;
+/// HSDirs asked at the same time; the newest valid answer wins.
+const HSDIRS_ASKED_TOGETHER: usize = 2;
 /// Attempts per HSDir for an upload, and the backoff before the first retry (doubling).
 const UPLOAD_ATTEMPTS: u32 = 3;
 const UPLOAD_FIRST_BACKOFF: Duration = Duration::from_secs(1);
@@ -129,40 +132,72 @@ impl EmbeddedTor {
             return Err(FetchError::NoHsDirs);
         }
 
+        // HSDirs receive a backend's new descriptor one by one, so right after the backend
+        // changed its introduction points some still serve the old copy. Asking two at a time
+        // and keeping the highest revision counter makes picking up a stale copy unlikely;
+        // the next pair is asked only if neither gave a valid descriptor.
         let mut last = String::new();
         let mut tried = 0;
-        for hsdir in hsdirs.iter().take(FETCH_ATTEMPTS) {
-            tried += 1;
-            let text = match self.download(&netdir, hsdir, blind_id).await {
-                Ok(text) => text,
-                Err(reason) => {
-                    tracing::debug!(%address, hsdir = %relay_name(hsdir), "descriptor fetch failed: {reason}");
-                    last = reason;
-                    continue;
+        for pair in hsdirs.chunks(HSDIRS_ASKED_TOGETHER).take(FETCH_ATTEMPTS / HSDIRS_ASKED_TOGETHER) {
+            tried += pair.len();
+            let answers = join_all(pair.iter().map(|hsdir| {
+                self.download_verified(&netdir, hsdir, address, blind_id, &subcredential)
+            }))
+            .await;
+            let mut newest: Option<BackendDescriptor> = None;
+            for answer in answers {
+                match answer {
+                    Ok(descriptor) => {
+                        if newest
+                            .as_ref()
+                            .is_none_or(|n| descriptor.revision_counter > n.revision_counter)
+                        {
+                            newest = Some(descriptor);
+                        }
+                    }
+                    Err(reason) => last = reason,
                 }
-            };
-            match HsDesc::parse_decrypt_validate(&text, &blind_id, &subcredential, None)
-                .map_err(|err| format!("descriptor does not verify for this address: {err}"))
-                .and_then(|bound| {
-                    bound
-                        .if_valid_at(&SystemTime::now())
-                        .map_err(|err| format!("descriptor not valid now: {err}"))
-                }) {
-                Ok(descriptor) => {
-                    return Ok(BackendDescriptor {
-                        revision_counter: u64::from(descriptor.revision()),
-                        intro_points: descriptor.intro_points().to_vec(),
-                        hsdir: relay_name(hsdir),
-                        text,
-                    })
-                }
-                Err(reason) => {
-                    tracing::warn!(%address, hsdir = %relay_name(hsdir), "rejected descriptor: {reason}");
-                    last = reason;
-                }
+            }
+            if let Some(descriptor) = newest {
+                return Ok(descriptor);
             }
         }
         Err(FetchError::AllFailed { tried, last })
+    }
+
+    /// Download a descriptor from one HSDir and verify it for the blinded key: signatures,
+    /// decryption under the subcredential, validity now.
+    async fn download_verified(
+        &self,
+        netdir: &NetDir,
+        hsdir: &Relay<'_>,
+        address: &OnionAddress,
+        blind_id: HsBlindId,
+        subcredential: &Subcredential,
+    ) -> Result<BackendDescriptor, String> {
+        let hsdir_name = relay_name(hsdir);
+        let text = self
+            .download(netdir, hsdir, blind_id)
+            .await
+            .inspect_err(|reason| {
+                tracing::debug!(%address, hsdir = %hsdir_name, "descriptor fetch failed: {reason}");
+            })?;
+        let descriptor = HsDesc::parse_decrypt_validate(&text, &blind_id, subcredential, None)
+            .map_err(|err| format!("descriptor does not verify for this address: {err}"))
+            .and_then(|bound| {
+                bound
+                    .if_valid_at(&SystemTime::now())
+                    .map_err(|err| format!("descriptor not valid now: {err}"))
+            })
+            .inspect_err(|reason| {
+                tracing::warn!(%address, hsdir = %hsdir_name, "rejected descriptor: {reason}");
+            })?;
+        Ok(BackendDescriptor {
+            revision_counter: u64::from(descriptor.revision()),
+            intro_points: descriptor.intro_points().to_vec(),
+            hsdir: hsdir_name,
+            text,
+        })
     }
 
     /// The time periods to publish for now, from a live consensus.

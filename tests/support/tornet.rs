@@ -528,8 +528,10 @@ impl TorNetwork {
         }
     }
 
-    /// `SIGNAL NEWNYM` to the client: new circuits, and its onion-service state is purged.
-    fn newnym(&self) -> Result<(), HarnessError> {
+    /// `SIGNAL NEWNYM` to the client: new circuits, and its onion-service state (cached
+    /// descriptors included) is purged, so it behaves as a new client. Tor delays a NEWNYM
+    /// that comes within 10 s of the previous one.
+    pub fn newnym(&self) -> Result<(), HarnessError> {
         let deadline = Instant::now() + CONTROL_TIMEOUT;
         self.client
             .connect_control(deadline)?

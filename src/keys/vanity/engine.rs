@@ -5,13 +5,38 @@
 //! candidates (lanes) one value of its element type carries. The search picks the fastest
 //! engine the processor supports at run time.
 
+use std::fmt;
+
 use super::field::{Fe, LooseFe};
 #[cfg(target_arch = "x86_64")]
 use super::field_avx2::{Avx2, Fe4, LooseFe4};
 use super::prefix::PrefixFilter;
 
+/// Which field arithmetic a search runs on (for reports; the fastest available is chosen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arithmetic {
+    /// Four elements at a time with AVX2 (most x86-64 processors since 2013).
+    Avx2,
+    /// One element at a time with fiat-crypto's code: any processor.
+    Portable,
+}
+
+impl fmt::Display for Arithmetic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Arithmetic::Avx2 => "AVX2",
+            Arithmetic::Portable => "portable",
+        })
+    }
+}
+
 /// Field arithmetic on `LANES` independent elements at once.
+///
+/// Multiplications come in three forms so that no operand is ever copied into another type
+/// first (copying a four-lane element moves 320 bytes): tight × tight, loose × loose, and
+/// loose × tight.
 pub(super) trait Engine: Copy + Send + Sync + 'static {
+    const ARITHMETIC: Arithmetic;
     /// Elements per value.
     const LANES: usize;
     /// `LANES` tight field elements.
@@ -26,10 +51,11 @@ pub(super) trait Engine: Copy + Send + Sync + 'static {
     fn gather(self, xs: &[Fe]) -> Self::Elem;
     /// The element in `lane`.
     fn lane(self, x: &Self::Elem, lane: usize) -> Fe;
-    fn relax(self, x: &Self::Elem) -> Self::Loose;
     fn add(self, x: &Self::Elem, y: &Self::Elem) -> Self::Loose;
     fn sub(self, x: &Self::Elem, y: &Self::Elem) -> Self::Loose;
-    fn mul(self, x: &Self::Loose, y: &Self::Loose) -> Self::Elem;
+    fn mul(self, x: &Self::Elem, y: &Self::Elem) -> Self::Elem;
+    fn mul_loose(self, x: &Self::Loose, y: &Self::Loose) -> Self::Elem;
+    fn mul_mixed(self, x: &Self::Loose, y: &Self::Elem) -> Self::Elem;
     fn square(self, x: &Self::Elem) -> Self::Elem;
     /// Bit l set if lane l's canonical encoding may match `filter` (never misses a match;
     /// the caller confirms with the exact encoding).
@@ -41,6 +67,7 @@ pub(super) trait Engine: Copy + Send + Sync + 'static {
 pub(super) struct Serial;
 
 impl Engine for Serial {
+    const ARITHMETIC: Arithmetic = Arithmetic::Portable;
     const LANES: usize = 1;
     type Elem = Fe;
     type Loose = LooseFe;
@@ -56,10 +83,6 @@ impl Engine for Serial {
         *x
     }
     #[inline(always)]
-    fn relax(self, x: &Fe) -> LooseFe {
-        x.relax()
-    }
-    #[inline(always)]
     fn add(self, x: &Fe, y: &Fe) -> LooseFe {
         x.add(y)
     }
@@ -68,8 +91,16 @@ impl Engine for Serial {
         x.sub(y)
     }
     #[inline(always)]
-    fn mul(self, x: &LooseFe, y: &LooseFe) -> Fe {
+    fn mul(self, x: &Fe, y: &Fe) -> Fe {
         x.mul(y)
+    }
+    #[inline(always)]
+    fn mul_loose(self, x: &LooseFe, y: &LooseFe) -> Fe {
+        x.mul(y)
+    }
+    #[inline(always)]
+    fn mul_mixed(self, x: &LooseFe, y: &Fe) -> Fe {
+        x.mul(&y.relax())
     }
     #[inline(always)]
     fn square(self, x: &Fe) -> Fe {
@@ -84,6 +115,7 @@ impl Engine for Serial {
 
 #[cfg(target_arch = "x86_64")]
 impl Engine for Avx2 {
+    const ARITHMETIC: Arithmetic = Arithmetic::Avx2;
     const LANES: usize = 4;
     type Elem = Fe4;
     type Loose = LooseFe4;
@@ -99,10 +131,6 @@ impl Engine for Avx2 {
         x.lane(lane)
     }
     #[inline(always)]
-    fn relax(self, x: &Fe4) -> LooseFe4 {
-        x.relax()
-    }
-    #[inline(always)]
     fn add(self, x: &Fe4, y: &Fe4) -> LooseFe4 {
         x.add(y)
     }
@@ -111,8 +139,16 @@ impl Engine for Avx2 {
         x.sub(y)
     }
     #[inline(always)]
-    fn mul(self, x: &LooseFe4, y: &LooseFe4) -> Fe4 {
+    fn mul(self, x: &Fe4, y: &Fe4) -> Fe4 {
         x.mul(y)
+    }
+    #[inline(always)]
+    fn mul_loose(self, x: &LooseFe4, y: &LooseFe4) -> Fe4 {
+        x.mul(y)
+    }
+    #[inline(always)]
+    fn mul_mixed(self, x: &LooseFe4, y: &Fe4) -> Fe4 {
+        x.mul_tight(y)
     }
     #[inline(always)]
     fn square(self, x: &Fe4) -> Fe4 {

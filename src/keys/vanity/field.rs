@@ -29,27 +29,27 @@ impl Fe {
     pub(super) const ONE: Fe = Fe(fiat::fiat_25519_tight_field_element([1, 0, 0, 0, 0]));
     /// The curve constant d = −121665/121666 (RFC 8032 §5.1), in radix-2^51 limbs.
     pub(super) const D: Fe = Fe(fiat::fiat_25519_tight_field_element([
-        0x34dc_a135_978a3,
-        0x1a82_83b1_56ebd,
-        0x5e7a_2600_1c029,
-        0x739c_663a_03cbb,
-        0x5203_6cee_2b6ff,
+        0x0003_4dca_1359_78a3,
+        0x0001_a828_3b15_6ebd,
+        0x0005_e7a2_6001_c029,
+        0x0007_39c6_63a0_3cbb,
+        0x0005_2036_cee2_b6ff,
     ]));
     /// 2·d, used by the extended-coordinates addition formula.
     pub(super) const D2: Fe = Fe(fiat::fiat_25519_tight_field_element([
-        0x69b9_426b_2f159,
-        0x3505_0762_add7a,
-        0x3cf4_4c00_38052,
-        0x6738_cc74_07977,
-        0x2406_d9dc_56dff,
+        0x0006_9b94_26b2_f159,
+        0x0003_5050_762a_dd7a,
+        0x0003_cf44_c003_8052,
+        0x0006_738c_c740_7977,
+        0x0002_406d_9dc5_6dff,
     ]));
     /// A square root of −1, needed to take square roots when decompressing points.
     pub(super) const SQRT_M1: Fe = Fe(fiat::fiat_25519_tight_field_element([
-        0x61b2_74a0_ea0b0,
-        0x0d5a_5fc8_f189d,
-        0x7ef5_e9cb_d0c60,
-        0x7859_5a68_04c9e,
-        0x2b83_2480_4fc1d,
+        0x0006_1b27_4a0e_a0b0,
+        0x0000_d5a5_fc8f_189d,
+        0x0007_ef5e_9cbd_0c60,
+        0x0007_8595_a680_4c9e,
+        0x0002_b832_4804_fc1d,
     ]));
 
     /// The element whose little-endian encoding is `bytes`, ignoring the top bit (which in a
@@ -62,12 +62,15 @@ impl Fe {
         out
     }
 
-    /// The five radix-2^51 limbs, each at most 2^51.
+    /// The five radix-2^51 limbs, each at most 2^51 (for conversion to the AVX2 layout).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn limbs(&self) -> [u64; 5] {
         self.0 .0
     }
 
-    /// The element with these radix-2^51 limbs, which must be below fiat's loose bound 3·2^51.
+    /// The element with these radix-2^51 limbs, which must be below fiat's loose bound 3·2^51
+    /// (for conversion from the AVX2 layout).
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn from_loose_limbs(limbs: [u64; 5]) -> Fe {
         // Checked, not assumed: fiat's proof covers nothing beyond this bound.
         assert!(
@@ -78,7 +81,7 @@ impl Fe {
     }
 
     /// The canonical (fully reduced) little-endian encoding; the top bit is always 0.
-    pub(super) fn to_bytes(&self) -> [u8; 32] {
+    pub(super) fn to_bytes(self) -> [u8; 32] {
         let mut out = [0u8; 32];
         fiat::fiat_25519_to_bytes(&mut out, &self.0);
         out
@@ -292,59 +295,5 @@ pub(super) mod tests {
         let x = Fe::from_bytes(&p_plus_5);
         check(x);
         check(x.mul(&Fe::ONE));
-    }
-}
-#[cfg(test)]
-mod microbench_tmp {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn mul_throughput() {
-        let mut xs: Vec<Fe> = (0..8).map(|_| tests::random_fe()).collect();
-        let ys: Vec<Fe> = (0..8).map(|_| tests::random_fe()).collect();
-        let n = 10_000_000u64;
-        let t = std::time::Instant::now();
-        for _ in 0..n / 8 {
-            for i in 0..8 {
-                xs[i] = xs[i].mul(&ys[i]);
-            }
-        }
-        let e = t.elapsed();
-        println!(
-            "mul: {:.2} ns each ({} )",
-            e.as_nanos() as f64 / n as f64,
-            xs[0].to_bytes()[0]
-        );
-        let t = std::time::Instant::now();
-        for _ in 0..n / 8 {
-            for i in 0..8 {
-                xs[i] = xs[i].square();
-            }
-        }
-        let e = t.elapsed();
-        println!(
-            "sq: {:.2} ns each ({} )",
-            e.as_nanos() as f64 / n as f64,
-            xs[0].to_bytes()[0]
-        );
-        let avx2 = super::super::field_avx2::Avx2::detect().unwrap();
-        unsafe { bench4(avx2, &xs, &ys, n) };
-    }
-    #[target_feature(enable = "avx2")]
-    unsafe fn bench4(avx2: super::super::field_avx2::Avx2, xs: &[Fe], ys: &[Fe], n: u64) {
-        let mut x4: Vec<_> = (0..4).map(|i| avx2.splat(&xs[i])).collect();
-        let y4: Vec<_> = (0..4).map(|i| avx2.splat(&ys[i])).collect();
-        let t = std::time::Instant::now();
-        for _ in 0..n / 16 {
-            for i in 0..4 {
-                x4[i] = x4[i].mul(&y4[i]);
-            }
-        }
-        let e = t.elapsed();
-        println!(
-            "mul4: {:.2} ns per element ({} )",
-            e.as_nanos() as f64 / n as f64,
-            x4[0].lane(0).to_bytes()[0]
-        );
     }
 }

@@ -6,7 +6,9 @@
 //! elements are split into ten limbs of alternately 26 and 25 bits (radix 2^25.5: limb i sits
 //! at bit ⌈25.5·i⌉), and each 64-bit lane of a vector holds one limb of one of four elements.
 //! This file is hand-written (fiat-crypto generates no vector code), so its bounds are spelled
-//! out below and its results are checked against fiat-crypto's in the tests.
+//! out below and its results are checked against fiat-crypto's in the tests, including inputs
+//! at the very top of the bounds. Multiplication and squaring are assembly (see [`product`]);
+//! the rest uses the compiler's AVX2 intrinsics.
 //!
 //! Bounds, with w_i = 26 for even i and 25 for odd i:
 //! - **tight** ([`Fe4`], output of a multiplication): limb i ≤ 2^w_i + 2^17. The value is then
@@ -16,7 +18,7 @@
 //!   every operand must be below 2^32: 19 × (an even loose limb) < 19 · 2^27.6 < 2^31.9, and
 //!   2 × (an odd loose limb) < 2^27.6. Each of the ten products summed into one output limb is
 //!   below 2^27.6 · 2^31.9 = 2^59.5, so the sum stays below 2^62.9: no lane overflows.
-//! - Carrying the product (see [`reduce`]) leaves limb 1 ≤ 2^25 + 2^16.1, limb 5 ≤ 2^25 + 2^12
+//! - Carrying the product (see [`product`]) leaves limb 1 ≤ 2^25 + 2^16.1, limb 5 ≤ 2^25 + 2^12
 //!   and all others below 2^w_i: tight again.
 //!
 //! Everything is unsigned; subtraction adds 2p first so that no limb goes negative (each limb
@@ -27,8 +29,8 @@
 
 use core::arch::x86_64::{
     __m256i, _mm256_add_epi64, _mm256_and_si256, _mm256_castsi256_pd, _mm256_cmpeq_epi64,
-    _mm256_movemask_pd, _mm256_mul_epu32, _mm256_or_si256, _mm256_set1_epi64x, _mm256_slli_epi64,
-    _mm256_srli_epi64, _mm256_sub_epi64,
+    _mm256_movemask_pd, _mm256_or_si256, _mm256_set1_epi64x, _mm256_setzero_si256,
+    _mm256_slli_epi64, _mm256_sub_epi64,
 };
 
 use super::field::Fe;
@@ -51,9 +53,6 @@ pub(super) struct Fe4([__m256i; 10]);
 /// Four field elements, loose: the result of one addition or subtraction.
 #[derive(Clone, Copy)]
 pub(super) struct LooseFe4([__m256i; 10]);
-
-/// Bit widths of the ten limbs.
-const WIDTH: [u32; 10] = [26, 25, 26, 25, 26, 25, 26, 25, 26, 25];
 
 /// 2p in the limb representation: 2·(2^26 − 19), then 2·(2^w − 1).
 const TWO_P: [u64; 10] = [
@@ -124,13 +123,9 @@ impl Fe4 {
     }
 
     #[inline(always)]
-    pub(super) fn relax(&self) -> LooseFe4 {
-        LooseFe4(self.0)
-    }
-
-    #[inline(always)]
     pub(super) fn add(&self, other: &Fe4) -> LooseFe4 {
-        // SAFETY (all intrinsics in this file): an `Fe4` exists only after `Avx2::detect`.
+        // SAFETY (all intrinsics and the assembly in this file): an `Fe4` or `LooseFe4` exists
+        // only after `Avx2::detect` has confirmed AVX2.
         LooseFe4(core::array::from_fn(|i| unsafe {
             _mm256_add_epi64(self.0[i], other.0[i])
         }))
@@ -146,12 +141,12 @@ impl Fe4 {
 
     #[inline(always)]
     pub(super) fn mul(&self, other: &Fe4) -> Fe4 {
-        self.relax().mul(&other.relax())
+        unsafe { product(&self.0, &other.0) }
     }
 
     #[inline(always)]
     pub(super) fn square(&self) -> Fe4 {
-        self.mul(self)
+        unsafe { square(&self.0) }
     }
 
     /// For each lane, the two candidates for the low 64 bits of the canonical encoding, as in
@@ -178,107 +173,587 @@ impl Fe4 {
 }
 
 impl LooseFe4 {
-    /// Schoolbook multiplication with the wrap-around folded in: output limb k collects
-    /// f_i·g_j for i + j = k and 19·f_i·g_j for i + j = k + 10 (2^255 ≡ 19), doubled when
-    /// i and j are both odd (two 25-bit limbs meet half a bit lower than their positions sum).
     #[inline(always)]
     pub(super) fn mul(&self, other: &LooseFe4) -> Fe4 {
-        let f = &self.0;
-        let g = &other.0;
-        unsafe {
-            let nineteen = _mm256_set1_epi64x(19);
-            let g19: [__m256i; 10] = core::array::from_fn(|j| _mm256_mul_epu32(g[j], nineteen));
-            let f2: [__m256i; 10] = core::array::from_fn(|i| _mm256_add_epi64(f[i], f[i]));
-            // Column by column, so that only one sum is live at a time.
-            let h = [
-                column::<0>(f, &f2, g, &g19),
-                column::<1>(f, &f2, g, &g19),
-                column::<2>(f, &f2, g, &g19),
-                column::<3>(f, &f2, g, &g19),
-                column::<4>(f, &f2, g, &g19),
-                column::<5>(f, &f2, g, &g19),
-                column::<6>(f, &f2, g, &g19),
-                column::<7>(f, &f2, g, &g19),
-                column::<8>(f, &f2, g, &g19),
-                column::<9>(f, &f2, g, &g19),
-            ];
-            Fe4(reduce(h))
-        }
+        unsafe { product(&self.0, &other.0) }
     }
-}
 
-/// Output limb K of the product: the sum over i of f_i·g_j with j = (K − i) mod 10 (with the
-/// doubling and the factor 19 described at [`LooseFe4::mul`]).
-#[inline(always)]
-unsafe fn column<const K: usize>(
-    f: &[__m256i; 10],
-    f2: &[__m256i; 10],
-    g: &[__m256i; 10],
-    g19: &[__m256i; 10],
-) -> __m256i {
-    let term = |i: usize| {
-        let j = (K + 10 - i) % 10;
-        let left = if i % 2 == 1 && j % 2 == 1 {
-            f2[i]
-        } else {
-            f[i]
-        };
-        let right = if i > K { g19[j] } else { g[j] };
-        _mm256_mul_epu32(left, right)
-    };
-    let mut sum = term(0);
-    for i in 1..10 {
-        sum = _mm256_add_epi64(sum, term(i));
-    }
-    sum
-}
-
-/// Carries limb sums below 2^63 into tight limbs, in two interleaved chains (0→1…→5 and
-/// 4→5…→9) that then wrap 9→0 with a factor 19 and finish with 0→1; the bounds are in the
-/// module documentation.
-#[inline(always)]
-unsafe fn reduce(mut h: [__m256i; 10]) -> [__m256i; 10] {
     #[inline(always)]
-    unsafe fn carry(h: &mut [__m256i; 10], i: usize) {
-        let (shifted, masked) = if WIDTH[i] == 26 {
-            (
-                _mm256_srli_epi64::<26>(h[i]),
-                _mm256_and_si256(h[i], _mm256_set1_epi64x((1 << 26) - 1)),
-            )
-        } else {
-            (
-                _mm256_srli_epi64::<25>(h[i]),
-                _mm256_and_si256(h[i], _mm256_set1_epi64x((1 << 25) - 1)),
-            )
-        };
-        h[i] = masked;
-        if i == 9 {
-            // 19·c = 16c + 2c + c; c < 2^38 does not fit vpmuludq's 32-bit operands.
-            let c19 = _mm256_add_epi64(
-                _mm256_add_epi64(
-                    _mm256_slli_epi64::<4>(shifted),
-                    _mm256_slli_epi64::<1>(shifted),
-                ),
-                shifted,
-            );
-            h[0] = _mm256_add_epi64(h[0], c19);
-        } else {
-            h[i + 1] = _mm256_add_epi64(h[i + 1], shifted);
-        }
+    pub(super) fn mul_tight(&self, other: &Fe4) -> Fe4 {
+        unsafe { product(&self.0, &other.0) }
     }
-    for (a, b) in [(0, 4), (1, 5), (2, 6), (3, 7), (4, 8)] {
-        carry(&mut h, a);
-        carry(&mut h, b);
+}
+
+/// The product of four pairs of loose elements, tight.
+///
+/// Schoolbook multiplication with the wrap-around folded in: output limb k collects f_i·g_j
+/// for i + j = k and 19·f_i·g_j for i + j = k + 10 (as 2^255 ≡ 19), doubled when i and j are
+/// both odd (two 25-bit limbs meet half a bit below the sum of their positions). Then the
+/// carries: two interleaved chains 0→1→…→5 and 4→5→…→9, the wrap 9→0 with a factor 19, and a
+/// last 0→1 (the resulting bounds are in the module documentation).
+///
+/// Written in assembly because compilers spill this computation badly: it needs ten
+/// accumulators (ymm0–ymm9), f_i and 2·f_i (ymm10, ymm11), a temporary (ymm12) and constants
+/// (ymm13–ymm15), exactly the sixteen AVX2 registers, with every g operand read from memory
+/// by the multiplication itself. The instruction list is regular (row i pairs f_i with all
+/// g_j); the tests compare it with fiat-crypto lane by lane.
+#[target_feature(enable = "avx2")]
+fn product(f: &[__m256i; 10], g: &[__m256i; 10]) -> Fe4 {
+    /// 19 and the two limb masks.
+    const CONSTANTS: [u64; 3] = [19, (1 << 26) - 1, (1 << 25) - 1];
+    // g19[j] = 19·g[j]; g19[0] is never read.
+    let mut g19 = [_mm256_setzero_si256(); 10];
+    let mut h = [_mm256_setzero_si256(); 10];
+    // SAFETY: the assembly reads 320 bytes at `f` and `g` and the three constants, writes
+    // 320 bytes at `g19` (all 32-byte aligned, as `__m256i` is), and touches no other memory.
+    unsafe {
+        core::arch::asm!(
+            // g19[j] = 19·g[j] for j = 1..=9 (ymm15 = 19 in every lane).
+            "vpbroadcastq ymm15, qword ptr [{constants}]",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 32]",
+            "vmovdqa ymmword ptr [{g19} + 32], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 64]",
+            "vmovdqa ymmword ptr [{g19} + 64], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 96]",
+            "vmovdqa ymmword ptr [{g19} + 96], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 128]",
+            "vmovdqa ymmword ptr [{g19} + 128], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 160]",
+            "vmovdqa ymmword ptr [{g19} + 160], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 192]",
+            "vmovdqa ymmword ptr [{g19} + 192], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 224]",
+            "vmovdqa ymmword ptr [{g19} + 224], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 256]",
+            "vmovdqa ymmword ptr [{g19} + 256], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{g} + 288]",
+            "vmovdqa ymmword ptr [{g19} + 288], ymm12",
+            // Row 0: h[(i + j) mod 10] += f[0]·g[j]; the first row initialises h0..h9.
+            "vmovdqa ymm10, ymmword ptr [{f} + 0]",
+            "vpmuludq ymm0, ymm10, ymmword ptr [{g} + 0]",
+            "vpmuludq ymm1, ymm10, ymmword ptr [{g} + 32]",
+            "vpmuludq ymm2, ymm10, ymmword ptr [{g} + 64]",
+            "vpmuludq ymm3, ymm10, ymmword ptr [{g} + 96]",
+            "vpmuludq ymm4, ymm10, ymmword ptr [{g} + 128]",
+            "vpmuludq ymm5, ymm10, ymmword ptr [{g} + 160]",
+            "vpmuludq ymm6, ymm10, ymmword ptr [{g} + 192]",
+            "vpmuludq ymm7, ymm10, ymmword ptr [{g} + 224]",
+            "vpmuludq ymm8, ymm10, ymmword ptr [{g} + 256]",
+            "vpmuludq ymm9, ymm10, ymmword ptr [{g} + 288]",
+            // Row 1: h[(i + j) mod 10] += f[1]·g[j] (doubled for odd j), from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 32]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 32]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 96]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 128]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 160]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 192]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 224]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 256]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm0, ymm0, ymm12",
+            // Row 2: h[(i + j) mod 10] += f[2]·g[j], from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 64]",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 32]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 96]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 128]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 160]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 192]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 224]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm1, ymm1, ymm12",
+            // Row 3: h[(i + j) mod 10] += f[3]·g[j] (doubled for odd j), from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 96]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 32]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 96]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 128]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 160]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 192]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm2, ymm2, ymm12",
+            // Row 4: h[(i + j) mod 10] += f[4]·g[j], from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 128]",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 32]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 96]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 128]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 160]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm3, ymm3, ymm12",
+            // Row 5: h[(i + j) mod 10] += f[5]·g[j] (doubled for odd j), from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 160]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 32]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 96]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 128]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 160]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm4, ymm4, ymm12",
+            // Row 6: h[(i + j) mod 10] += f[6]·g[j], from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 192]",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 32]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 96]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 128]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 160]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm5, ymm5, ymm12",
+            // Row 7: h[(i + j) mod 10] += f[7]·g[j] (doubled for odd j), from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 224]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g} + 32]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 64]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 96]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 128]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 160]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm6, ymm6, ymm12",
+            // Row 8: h[(i + j) mod 10] += f[8]·g[j], from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 256]",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 32]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 64]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 96]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 128]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 160]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm7, ymm7, ymm12",
+            // Row 9: h[(i + j) mod 10] += f[9]·g[j] (doubled for odd j), from g19 where i + j ≥ 10.
+            "vmovdqa ymm10, ymmword ptr [{f} + 288]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g} + 0]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 32]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 64]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 96]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 128]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 160]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 192]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 224]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{g19} + 256]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
+            "vpaddq ymm8, ymm8, ymm12",
+            // Carries (see `reduce`): ymm13 = 2^26 − 1, ymm14 = 2^25 − 1.
+            "vpbroadcastq ymm13, qword ptr [{constants} + 8]",
+            "vpbroadcastq ymm14, qword ptr [{constants} + 16]",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26",
+            "vpand ymm0, ymm0, ymm13",
+            "vpaddq ymm1, ymm1, ymm12",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26",
+            "vpand ymm4, ymm4, ymm13",
+            "vpaddq ymm5, ymm5, ymm12",
+            // carry 1 → 2
+            "vpsrlq ymm12, ymm1, 25",
+            "vpand ymm1, ymm1, ymm14",
+            "vpaddq ymm2, ymm2, ymm12",
+            // carry 5 → 6
+            "vpsrlq ymm12, ymm5, 25",
+            "vpand ymm5, ymm5, ymm14",
+            "vpaddq ymm6, ymm6, ymm12",
+            // carry 2 → 3
+            "vpsrlq ymm12, ymm2, 26",
+            "vpand ymm2, ymm2, ymm13",
+            "vpaddq ymm3, ymm3, ymm12",
+            // carry 6 → 7
+            "vpsrlq ymm12, ymm6, 26",
+            "vpand ymm6, ymm6, ymm13",
+            "vpaddq ymm7, ymm7, ymm12",
+            // carry 3 → 4
+            "vpsrlq ymm12, ymm3, 25",
+            "vpand ymm3, ymm3, ymm14",
+            "vpaddq ymm4, ymm4, ymm12",
+            // carry 7 → 8
+            "vpsrlq ymm12, ymm7, 25",
+            "vpand ymm7, ymm7, ymm14",
+            "vpaddq ymm8, ymm8, ymm12",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26",
+            "vpand ymm4, ymm4, ymm13",
+            "vpaddq ymm5, ymm5, ymm12",
+            // carry 8 → 9
+            "vpsrlq ymm12, ymm8, 26",
+            "vpand ymm8, ymm8, ymm13",
+            "vpaddq ymm9, ymm9, ymm12",
+            // carry 9 → 0 (×19)
+            "vpsrlq ymm12, ymm9, 25",
+            "vpand ymm9, ymm9, ymm14",
+            "vpsllq ymm15, ymm12, 4",
+            "vpaddq ymm15, ymm15, ymm12",
+            "vpaddq ymm12, ymm12, ymm12",
+            "vpaddq ymm15, ymm15, ymm12",
+            "vpaddq ymm0, ymm0, ymm15",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26",
+            "vpand ymm0, ymm0, ymm13",
+            "vpaddq ymm1, ymm1, ymm12",
+            f = in(reg) f.as_ptr(),
+            g = in(reg) g.as_ptr(),
+            g19 = in(reg) g19.as_mut_ptr(),
+            constants = in(reg) CONSTANTS.as_ptr(),
+            out("ymm0") h[0], out("ymm1") h[1], out("ymm2") h[2], out("ymm3") h[3],
+            out("ymm4") h[4], out("ymm5") h[5], out("ymm6") h[6], out("ymm7") h[7],
+            out("ymm8") h[8], out("ymm9") h[9], out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, preserves_flags),
+        );
     }
-    carry(&mut h, 9);
-    carry(&mut h, 0);
-    h
+    Fe4(h)
+}
+
+/// The squares of four tight elements: [`product`] with f = g, where each product f_i·f_j with
+/// i ≠ j appears twice and is computed once, doubled (55 multiplications instead of 100).
+/// Operands: f_i (ymm10), 2·f_i (ymm11) and, for odd i, 4·f_i (ymm13) against f_j or 19·f_j
+/// from memory; all stay below 2^31 for tight input.
+#[target_feature(enable = "avx2")]
+fn square(f: &[__m256i; 10]) -> Fe4 {
+    const CONSTANTS: [u64; 3] = [19, (1 << 26) - 1, (1 << 25) - 1];
+    let mut f19 = [_mm256_setzero_si256(); 10];
+    let mut h = [_mm256_setzero_si256(); 10];
+    // SAFETY: as in `product`: reads `f` and the constants, writes `f19`, nothing else.
+    unsafe {
+        core::arch::asm!(
+            // f19[j] = 19·f[j] for j = 1..=9 (ymm15 = 19 in every lane).
+            "vpbroadcastq ymm15, qword ptr [{constants}]",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 32]",
+            "vmovdqa ymmword ptr [{f19} + 32], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 64]",
+            "vmovdqa ymmword ptr [{f19} + 64], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 96]",
+            "vmovdqa ymmword ptr [{f19} + 96], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 128]",
+            "vmovdqa ymmword ptr [{f19} + 128], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 160]",
+            "vmovdqa ymmword ptr [{f19} + 160], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 192]",
+            "vmovdqa ymmword ptr [{f19} + 192], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 224]",
+            "vmovdqa ymmword ptr [{f19} + 224], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 256]",
+            "vmovdqa ymmword ptr [{f19} + 256], ymm12",
+            "vpmuludq ymm12, ymm15, ymmword ptr [{f} + 288]",
+            "vmovdqa ymmword ptr [{f19} + 288], ymm12",
+            // Row 0: f[0]·f[j] for j ≥ 0, doubled for j > 0.
+            "vmovdqa ymm10, ymmword ptr [{f} + 0]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm0, ymm10, ymmword ptr [{f} + 0]",
+            "vpmuludq ymm1, ymm11, ymmword ptr [{f} + 32]",
+            "vpmuludq ymm2, ymm11, ymmword ptr [{f} + 64]",
+            "vpmuludq ymm3, ymm11, ymmword ptr [{f} + 96]",
+            "vpmuludq ymm4, ymm11, ymmword ptr [{f} + 128]",
+            "vpmuludq ymm5, ymm11, ymmword ptr [{f} + 160]",
+            "vpmuludq ymm6, ymm11, ymmword ptr [{f} + 192]",
+            "vpmuludq ymm7, ymm11, ymmword ptr [{f} + 224]",
+            "vpmuludq ymm8, ymm11, ymmword ptr [{f} + 256]",
+            "vpmuludq ymm9, ymm11, ymmword ptr [{f} + 288]",
+            // Row 1: f[1]·f[j] for j ≥ 1, doubled for j > 1 and again for odd j.
+            "vmovdqa ymm10, ymmword ptr [{f} + 32]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpaddq ymm13, ymm11, ymm11",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 32]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 64]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f} + 96]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 128]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f} + 160]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 192]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f} + 224]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 256]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm0, ymm0, ymm12",
+            // Row 2: f[2]·f[j] for j ≥ 2, doubled for j > 2.
+            "vmovdqa ymm10, ymmword ptr [{f} + 64]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{f} + 64]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 96]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 128]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 160]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 192]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 224]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm1, ymm1, ymm12",
+            // Row 3: f[3]·f[j] for j ≥ 3, doubled for j > 3 and again for odd j.
+            "vmovdqa ymm10, ymmword ptr [{f} + 96]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpaddq ymm13, ymm11, ymm11",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 96]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 128]",
+            "vpaddq ymm7, ymm7, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f} + 160]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 192]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 224]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm2, ymm2, ymm12",
+            // Row 4: f[4]·f[j] for j ≥ 4, doubled for j > 4.
+            "vmovdqa ymm10, ymmword ptr [{f} + 128]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{f} + 128]",
+            "vpaddq ymm8, ymm8, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f} + 160]",
+            "vpaddq ymm9, ymm9, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 192]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 224]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm3, ymm3, ymm12",
+            // Row 5: f[5]·f[j] for j ≥ 5, doubled for j > 5 and again for odd j.
+            "vmovdqa ymm10, ymmword ptr [{f} + 160]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpaddq ymm13, ymm11, ymm11",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 160]",
+            "vpaddq ymm0, ymm0, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 192]",
+            "vpaddq ymm1, ymm1, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 224]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm4, ymm4, ymm12",
+            // Row 6: f[6]·f[j] for j ≥ 6, doubled for j > 6.
+            "vmovdqa ymm10, ymmword ptr [{f} + 192]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{f19} + 192]",
+            "vpaddq ymm2, ymm2, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 224]",
+            "vpaddq ymm3, ymm3, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm5, ymm5, ymm12",
+            // Row 7: f[7]·f[j] for j ≥ 7, doubled for j > 7 and again for odd j.
+            "vmovdqa ymm10, ymmword ptr [{f} + 224]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpaddq ymm13, ymm11, ymm11",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 224]",
+            "vpaddq ymm4, ymm4, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm5, ymm5, ymm12",
+            "vpmuludq ymm12, ymm13, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm6, ymm6, ymm12",
+            // Row 8: f[8]·f[j] for j ≥ 8, doubled for j > 8.
+            "vmovdqa ymm10, ymmword ptr [{f} + 256]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpmuludq ymm12, ymm10, ymmword ptr [{f19} + 256]",
+            "vpaddq ymm6, ymm6, ymm12",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm7, ymm7, ymm12",
+            // Row 9: f[9]·f[j] for j ≥ 9, doubled for j > 9 and again for odd j.
+            "vmovdqa ymm10, ymmword ptr [{f} + 288]",
+            "vpaddq ymm11, ymm10, ymm10",
+            "vpaddq ymm13, ymm11, ymm11",
+            "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
+            "vpaddq ymm8, ymm8, ymm12",
+            // Carries, as in `product`: ymm13 = 2^26 − 1, ymm14 = 2^25 − 1.
+            "vpbroadcastq ymm13, qword ptr [{constants} + 8]",
+            "vpbroadcastq ymm14, qword ptr [{constants} + 16]",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26",
+            "vpand ymm0, ymm0, ymm13",
+            "vpaddq ymm1, ymm1, ymm12",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26",
+            "vpand ymm4, ymm4, ymm13",
+            "vpaddq ymm5, ymm5, ymm12",
+            // carry 1 → 2
+            "vpsrlq ymm12, ymm1, 25",
+            "vpand ymm1, ymm1, ymm14",
+            "vpaddq ymm2, ymm2, ymm12",
+            // carry 5 → 6
+            "vpsrlq ymm12, ymm5, 25",
+            "vpand ymm5, ymm5, ymm14",
+            "vpaddq ymm6, ymm6, ymm12",
+            // carry 2 → 3
+            "vpsrlq ymm12, ymm2, 26",
+            "vpand ymm2, ymm2, ymm13",
+            "vpaddq ymm3, ymm3, ymm12",
+            // carry 6 → 7
+            "vpsrlq ymm12, ymm6, 26",
+            "vpand ymm6, ymm6, ymm13",
+            "vpaddq ymm7, ymm7, ymm12",
+            // carry 3 → 4
+            "vpsrlq ymm12, ymm3, 25",
+            "vpand ymm3, ymm3, ymm14",
+            "vpaddq ymm4, ymm4, ymm12",
+            // carry 7 → 8
+            "vpsrlq ymm12, ymm7, 25",
+            "vpand ymm7, ymm7, ymm14",
+            "vpaddq ymm8, ymm8, ymm12",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26",
+            "vpand ymm4, ymm4, ymm13",
+            "vpaddq ymm5, ymm5, ymm12",
+            // carry 8 → 9
+            "vpsrlq ymm12, ymm8, 26",
+            "vpand ymm8, ymm8, ymm13",
+            "vpaddq ymm9, ymm9, ymm12",
+            // carry 9 → 0 (×19)
+            "vpsrlq ymm12, ymm9, 25",
+            "vpand ymm9, ymm9, ymm14",
+            "vpsllq ymm15, ymm12, 4",
+            "vpaddq ymm15, ymm15, ymm12",
+            "vpaddq ymm12, ymm12, ymm12",
+            "vpaddq ymm15, ymm15, ymm12",
+            "vpaddq ymm0, ymm0, ymm15",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26",
+            "vpand ymm0, ymm0, ymm13",
+            "vpaddq ymm1, ymm1, ymm12",
+            f = in(reg) f.as_ptr(),
+            f19 = in(reg) f19.as_mut_ptr(),
+            constants = in(reg) CONSTANTS.as_ptr(),
+            out("ymm0") h[0], out("ymm1") h[1], out("ymm2") h[2], out("ymm3") h[3],
+            out("ymm4") h[4], out("ymm5") h[5], out("ymm6") h[6], out("ymm7") h[7],
+            out("ymm8") h[8], out("ymm9") h[9], out("ymm10") _, out("ymm11") _,
+            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+            options(nostack, preserves_flags),
+        );
+    }
+    Fe4(h)
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::field::tests::random_fe;
     use super::*;
+
+    /// Bit widths of the ten limbs.
+    const WIDTH: [u32; 10] = [26, 25, 26, 25, 26, 25, 26, 25, 26, 25];
 
     fn avx2() -> Option<Avx2> {
         let found = Avx2::detect();
@@ -297,9 +772,9 @@ mod tests {
         let Some(avx2) = avx2() else { return };
         let xs = random4();
         let packed = avx2.gather([&xs[0], &xs[1], &xs[2], &xs[3]]);
-        for lane in 0..4 {
-            assert!(packed.lane(lane) == xs[lane]);
-            assert!(avx2.splat(&xs[lane]).lane(3 - lane) == xs[lane]);
+        for (lane, x) in xs.iter().enumerate() {
+            assert!(packed.lane(lane) == *x);
+            assert!(avx2.splat(x).lane(3 - lane) == *x);
         }
     }
 
@@ -310,30 +785,43 @@ mod tests {
             let (xs, ys) = (random4(), random4());
             let x4 = avx2.gather([&xs[0], &xs[1], &xs[2], &xs[3]]);
             let y4 = avx2.gather([&ys[0], &ys[1], &ys[2], &ys[3]]);
-            // Loose operands of a multiplication, the widest case the bounds allow.
+            // Loose operands of a multiplication, as the search uses them.
             let sum_times_difference = x4.add(&y4).mul(&x4.sub(&y4));
+            let difference_times_y = x4.sub(&y4).mul_tight(&y4);
             let product = x4.mul(&y4);
-            for lane in 0..4 {
-                let (x, y) = (xs[lane], ys[lane]);
-                assert!(product.lane(lane) == x.mul(&y));
-                assert!(x4.square().lane(lane) == x.square());
-                assert!(sum_times_difference.lane(lane) == x.add(&y).mul(&x.sub(&y)));
+            let square = x4.square();
+            for (lane, (x, y)) in xs.iter().zip(&ys).enumerate() {
+                assert!(product.lane(lane) == x.mul(y));
+                assert!(square.lane(lane) == x.square());
+                assert!(sum_times_difference.lane(lane) == x.add(y).mul(&x.sub(y)));
+                assert!(difference_times_y.lane(lane) == x.sub(y).mul(&y.relax()));
             }
         }
     }
 
     #[test]
     fn extreme_limbs_stay_exact() {
-        // All limbs at the top of the tight bound, in every operand: the largest products.
+        // Every limb at the top of the tight bound, and, after adding 2p, at the top of the
+        // loose bound: the largest operands and limb sums the bounds allow.
         let Some(avx2) = avx2() else { return };
         let top: [u64; 10] = core::array::from_fn(|i| (1 << WIDTH[i]) + (1 << 17));
         let x4 = Fe4(core::array::from_fn(|i| from_lanes([top[i]; 4])));
         let zero = avx2.splat(&Fe::ZERO);
         let x = x4.lane(0);
-        let wide = zero.sub(&x4).mul(&x4.add(&x4));
-        let expected = Fe::ZERO.sub(&x).carry().mul(&x.add(&x).carry());
-        for lane in 0..4 {
-            assert!(wide.lane(lane) == expected);
+        let biggest = x4.sub(&zero);
+        let results = [
+            (biggest.mul(&biggest), x.square()),
+            (biggest.mul_tight(&x4), x.square()),
+            (x4.square(), x.square()),
+            (
+                zero.sub(&x4).mul(&x4.add(&x4)),
+                x.neg().mul(&x.add(&x).carry()),
+            ),
+        ];
+        for (ours, expected) in results {
+            for lane in 0..4 {
+                assert!(ours.lane(lane) == expected);
+            }
         }
     }
 
@@ -345,8 +833,8 @@ mod tests {
             let x4 = avx2
                 .gather([&xs[0], &xs[1], &xs[2], &xs[3]])
                 .mul(&avx2.splat(&Fe::ONE));
-            for lane in 0..4 {
-                let canonical = u64::from_le_bytes(xs[lane].to_bytes()[..8].try_into().unwrap());
+            for (lane, x) in xs.iter().enumerate() {
+                let canonical = u64::from_le_bytes(x.to_bytes()[..8].try_into().unwrap());
                 let mask = 0x00ff_00ff_0000_f0f0;
                 let hits = x4.lanes_matching_low_u64(mask, canonical & mask);
                 assert_ne!(hits & (1 << lane), 0);

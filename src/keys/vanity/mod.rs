@@ -9,8 +9,13 @@
 //! - computes only the y coordinate of each point, two candidates at a time around a batch
 //!   centre, with one field inversion per batch thanks to Montgomery's trick (`walk.rs`),
 //! - compares the prefix as a 64-bit mask on the key's raw bytes (`prefix.rs`),
-//! - does its field arithmetic with fiat-crypto's proven code (`field.rs`, `point.rs`),
+//! - does its field arithmetic four candidates at a time with AVX2 where the processor has it
+//!   (`field_avx2.rs`), else with fiat-crypto's proven code (`field.rs`); `engine.rs` lets the
+//!   walk use either,
 //! - runs one independent walk per core (`search.rs`).
+//!
+//! Measured on our 2-core machines (AMD EPYC, AVX2): about 20 million candidates per second
+//! per core, linear in cores; mkp224o's fastest build does 4.5–5.3 million there.
 //!
 //! Nothing found by the fast path is trusted: a hit is rebuilt from the secret scalar, its
 //! public key recomputed by curve25519-dalek with a full scalar multiplication, and its address
@@ -25,8 +30,11 @@ mod prefix;
 mod search;
 mod walk;
 
+pub use engine::Arithmetic;
 pub use prefix::{PrefixError, VanityPrefix};
-pub use search::{bench, default_threads, search, BenchReport, Progress, PROGRESS_INTERVAL};
+pub use search::{
+    arithmetic, bench, default_threads, search, BenchReport, Progress, PROGRESS_INTERVAL,
+};
 
 use crate::keys::RandomnessError;
 

@@ -122,14 +122,14 @@ impl ExtendedPoint {
     }
 
     /// The affine point, given `z_inv = 1/Z` (computed by the caller, usually in a batch).
-    pub(super) fn to_affine_with(&self, z_inv: &Fe) -> AffinePoint {
+    pub(super) fn to_affine_with(self, z_inv: &Fe) -> AffinePoint {
         AffinePoint {
             x: self.x.mul(z_inv),
             y: self.y.mul(z_inv),
         }
     }
 
-    pub(super) fn to_affine(&self) -> AffinePoint {
+    pub(super) fn to_affine(self) -> AffinePoint {
         self.to_affine_with(&self.z.invert())
     }
 }

@@ -33,10 +33,12 @@ impl PrefixFilter {
     #[cfg(test)]
     pub(super) const ANY: PrefixFilter = PrefixFilter { mask: 0, value: 0 };
 
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn mask(&self) -> u64 {
         self.mask
     }
 
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn value(&self) -> u64 {
         self.value
     }
@@ -203,7 +205,7 @@ mod tests {
         for text in ["a", "7", "q2", "zz", "mk7", "rust", "abcdefghijkl"] {
             let prefix: VanityPrefix = text.parse().unwrap();
             let mut hits = 0;
-            for round in 0..20_000 {
+            for round in 0..4_000 {
                 let mut key: [u8; 32] = rand::random();
                 // Force every other key to match, so long prefixes are tested both ways.
                 if round % 2 == 0 {
@@ -221,7 +223,7 @@ mod tests {
                 );
                 hits += usize::from(prefix.matches(&address));
             }
-            assert!((10_000..20_000).contains(&hits), "{text}");
+            assert!((2_000..4_000).contains(&hits), "{text}");
         }
     }
 }

@@ -2,16 +2,17 @@
 //! and progress reports on the calling thread.
 //!
 //! Threads share nothing but the read-only offset table and a few atomics touched once per
-//! batch (about every 150 µs), so the rate grows linearly with cores. Each thread starts from
+//! batch (about every 0.1 ms), so the rate grows linearly with cores. Each thread starts from
 //! its own random key, so no two threads ever try the same candidate.
 
+use std::fmt;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::engine::{Engine, Serial};
+use super::engine::{Arithmetic, Engine, Serial};
 #[cfg(target_arch = "x86_64")]
 use super::field_avx2::Avx2;
 use super::walk::{OffsetTable, Walk, PAIRS_PER_BATCH};
@@ -21,10 +22,11 @@ use crate::keys::MasterKey;
 /// How often [`search`] calls its progress function.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(250);
 
-/// In a benchmark every hit is counted, but only one in this many batches per thread has its
-/// hit fully re-derived (a full scalar multiplication), so that a short prefix with hits in
-/// every batch still measures the search rather than the verification.
-const BENCH_VERIFY_EVERY_BATCHES: u64 = 64;
+/// In a benchmark every hit is counted, but a thread fully re-derives (with a full scalar
+/// multiplication) at most one hit per this many batches, so that a short prefix with hits in
+/// every batch still measures the search rather than the verification. Rare hits are all
+/// verified.
+const BENCH_BATCHES_PER_VERIFICATION: u64 = 64;
 
 /// A snapshot of a running search.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,9 +60,11 @@ impl Progress {
     }
 }
 
-/// The result of [`bench`].
+/// The result of [`bench()`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BenchReport {
+    /// The field arithmetic this processor ran.
+    pub arithmetic: Arithmetic,
     pub threads: usize,
     /// Candidates tried by all threads together.
     pub candidates: u64,
@@ -81,6 +85,34 @@ impl BenchReport {
     /// Candidates per second per thread (per core when threads ≤ cores).
     pub fn rate_per_thread(&self) -> f64 {
         self.rate() / self.threads as f64
+    }
+}
+
+/// The field arithmetic a search on this processor runs: AVX2 if it has it.
+pub fn arithmetic() -> Arithmetic {
+    #[cfg(target_arch = "x86_64")]
+    if Avx2::detect().is_some() {
+        return Arithmetic::Avx2;
+    }
+    Arithmetic::Portable
+}
+
+impl fmt::Display for BenchReport {
+    /// For example `20.4 M candidates/s per thread, 40.8 M candidates/s in total (2 threads,
+    /// AVX2 arithmetic, 10.0 s, 37 hits)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:.1} M candidates/s per thread, {:.1} M candidates/s in total \
+             ({} thread{}, {} arithmetic, {:.1} s, {} hits)",
+            self.rate_per_thread() / 1e6,
+            self.rate() / 1e6,
+            self.threads,
+            if self.threads == 1 { "" } else { "s" },
+            self.arithmetic,
+            self.elapsed.as_secs_f64(),
+            self.hits,
+        )
     }
 }
 
@@ -153,7 +185,7 @@ pub fn bench(
     stop: &AtomicBool,
 ) -> Result<BenchReport, SearchError> {
     #[cfg(target_arch = "x86_64")]
-    if let Some(avx2) = Avx2::detect().filter(|_| std::env::var("RB_SERIAL").is_err()) {
+    if let Some(avx2) = Avx2::detect() {
         return bench_on(avx2, prefix, duration, threads, stop);
     }
     bench_on(Serial, prefix, duration, threads, stop)
@@ -185,6 +217,7 @@ fn bench_on<E: RunWorker>(
         Ok(())
     })?;
     Ok(BenchReport {
+        arithmetic: E::ARITHMETIC,
         threads: threads.get(),
         candidates: shared.tries.load(Ordering::Relaxed),
         elapsed: started.elapsed(),
@@ -268,16 +301,8 @@ trait RunWorker: Engine {
 
 impl RunWorker for Serial {
     fn run_worker(shared: &Shared<Self>, mode: Mode, results: &mpsc::Sender<Outcome>) {
-        if std::env::var("RB_BMI2").is_ok() {
-            unsafe { worker_bmi2(shared, mode, results) }
-        } else {
-            worker(shared, mode, results)
-        }
+        worker(shared, mode, results)
     }
-}
-#[target_feature(enable = "bmi2,adx")]
-fn worker_bmi2(shared: &Shared<Serial>, mode: Mode, results: &mpsc::Sender<Outcome>) {
-    worker(shared, mode, results)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -309,6 +334,7 @@ fn worker<E: Engine>(shared: &Shared<E>, mode: Mode, results: &mpsc::Sender<Outc
     let filter = shared.prefix.filter();
     let mut matches: Vec<u64> = Vec::new();
     let mut batches: u64 = 0;
+    let mut next_verification: u64 = 0;
     'walks: while !shared.should_end() {
         let mut walk = match Walk::new(&shared.table) {
             Ok(walk) => walk,
@@ -325,10 +351,11 @@ fn worker<E: Engine>(shared: &Shared<E>, mode: Mode, results: &mpsc::Sender<Outc
                 shared
                     .hits
                     .fetch_add(matches.len() as u64, Ordering::Relaxed);
-                if batches % BENCH_VERIFY_EVERY_BATCHES != 0 {
+                if batches < next_verification {
                     matches.clear();
                     continue;
                 }
+                next_verification = batches + BENCH_BATCHES_PER_VERIFICATION;
                 matches.truncate(1);
             }
             for k in matches.drain(..) {
