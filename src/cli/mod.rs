@@ -11,8 +11,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 use crate::daemon::{self, DaemonError};
-use crate::keys::files::{write_hidden_service_dir, KeyFileError};
-use crate::keys::{MasterKey, RandomnessError};
+use crate::keys::files::KeyFileError;
+use crate::keys::vanity::{PrefixError, SearchError};
+use crate::keys::RandomnessError;
+
+mod keygen;
 use crate::params;
 
 /// Onion-service load balancer with an embedded Tor client.
@@ -68,7 +71,11 @@ pub enum Command {
     /// Writes a directory exactly as tor writes a HiddenServiceDir (hs_ed25519_secret_key,
     /// hs_ed25519_public_key, hostname; directory 0700, files 0600), which tor, mkp224o and
     /// Onionbalance all read. Point `[node] master_key` at the directory to use it. Never
-    /// overwrites an existing key. (--vanity-prefix is not available in this build yet.)
+    /// overwrites an existing key.
+    ///
+    /// With --vanity-prefix, searches for an address starting with those characters: each
+    /// extra character takes 32 times longer (5 characters: seconds; 7: about an hour on
+    /// two cores). Ctrl-C stops the search and writes nothing.
     Keygen(KeygenArgs),
 }
 
@@ -116,15 +123,21 @@ pub struct KeygenArgs {
     /// Default: a directory named after the address, in the current directory.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
-    /// Search for an address starting with this base32 prefix (a-z, 2-7).
+    /// Search for an address starting with this base32 prefix (a-z, 2-7, at most 12).
     #[arg(long, value_name = "PREFIX")]
     pub vanity_prefix: Option<String>,
     /// Search threads (default: all cores).
-    #[arg(long, value_name = "N")]
-    pub threads: Option<usize>,
-    /// Measure the search rate for this many seconds instead of stopping at a hit.
-    #[arg(long, value_name = "SECONDS")]
-    pub bench: Option<u64>,
+    #[arg(long, value_name = "N", requires = "vanity_prefix")]
+    pub threads: Option<std::num::NonZeroUsize>,
+    /// Measure the search rate for this many seconds instead of stopping at a hit; writes
+    /// no key.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        requires = "vanity_prefix",
+        conflicts_with = "out"
+    )]
+    pub bench: Option<std::num::NonZeroU64>,
 }
 
 /// Why a command failed; decides the exit status.
@@ -138,6 +151,14 @@ enum CliError {
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
     Randomness(#[from] RandomnessError),
+    #[error("--vanity-prefix: {0}")]
+    VanityPrefix(#[from] PrefixError),
+    #[error("{0}")]
+    Usage(&'static str),
+    #[error(transparent)]
+    Search(SearchError),
+    #[error("stopped: {0}; nothing was written")]
+    Interrupted(SearchError),
     #[error("`rustbalance {0}` is not available in this build yet; nothing was changed")]
     NotAvailable(&'static str),
 }
@@ -146,9 +167,13 @@ impl CliError {
     fn exit_code(&self) -> ExitCode {
         match self {
             CliError::Config(_) => ExitCode::from(2),
-            CliError::Daemon(_) | CliError::KeyFile(_) | CliError::Randomness(_) => {
-                ExitCode::from(1)
-            }
+            CliError::Daemon(_)
+            | CliError::KeyFile(_)
+            | CliError::Randomness(_)
+            | CliError::Search(_) => ExitCode::from(1),
+            CliError::VanityPrefix(_) | CliError::Usage(_) => ExitCode::from(2),
+            // What a shell reports for a program stopped by SIGINT.
+            CliError::Interrupted(_) => ExitCode::from(130),
             CliError::NotAvailable(_) => ExitCode::from(3),
         }
     }
@@ -177,29 +202,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Init(_) => Err(CliError::NotAvailable("init")),
         Command::Join(_) => Err(CliError::NotAvailable("join")),
         Command::Status(_) => Err(CliError::NotAvailable("status")),
-        Command::Keygen(args) => keygen(args),
+        Command::Keygen(args) => keygen::run(args),
     }
-}
-
-/// `rustbalance keygen`: a new random key, written as tor writes a HiddenServiceDir.
-fn keygen(args: KeygenArgs) -> Result<(), CliError> {
-    if args.vanity_prefix.is_some() || args.threads.is_some() || args.bench.is_some() {
-        return Err(CliError::NotAvailable(
-            "keygen --vanity-prefix/--threads/--bench",
-        ));
-    }
-    let key = MasterKey::generate()?;
-    let address = key.onion_address();
-    let dir = args
-        .out
-        .unwrap_or_else(|| PathBuf::from(address.to_string()));
-    write_hidden_service_dir(&dir, &key)?;
-    println!("{address}");
-    eprintln!(
-        "rustbalance: key written to {} (keep it secret: it is the service's identity)",
-        dir.display()
-    );
-    Ok(())
 }
 
 /// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the `info` default.
