@@ -20,7 +20,8 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
 use tor_checkable::Timebound;
-use tor_dirclient::request::{HsDescDownloadRequest, HsDescUploadRequest};
+use tor_dirclient::request::{HsDescDownloadRequest, HsDescUploadRequest, Requestable};
+use tor_dirclient::DirResponse;
 use tor_hscrypto::ope::SrvPeriodOffset;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
@@ -138,7 +139,10 @@ impl EmbeddedTor {
         // the next pair is asked only if neither gave a valid descriptor.
         let mut last = String::new();
         let mut tried = 0;
-        for pair in hsdirs.chunks(HSDIRS_ASKED_TOGETHER).take(FETCH_ATTEMPTS / HSDIRS_ASKED_TOGETHER) {
+        for pair in hsdirs
+            .chunks(HSDIRS_ASKED_TOGETHER)
+            .take(FETCH_ATTEMPTS / HSDIRS_ASKED_TOGETHER)
+        {
             tried += pair.len();
             let answers = join_all(pair.iter().map(|hsdir| {
                 self.download_verified(&netdir, hsdir, address, blind_id, &subcredential)
@@ -274,35 +278,17 @@ impl EmbeddedTor {
         hsdir: &Relay<'_>,
         blind_id: HsBlindId,
     ) -> Result<String, String> {
-        let request = async {
-            let pool = self.client.hs_circ_pool().map_err(|e| e.to_string())?;
-            let tunnel = pool
-                .get_or_launch_client_dir(netdir, hsdir.clone())
-                .await
-                .map_err(|e| format!("no circuit: {e}"))?;
-            let mut stream = tunnel
-                .begin_dir_stream()
-                .await
-                .map_err(|e| format!("no directory stream: {e}"))?;
-            let response = tor_dirclient::send_request(
-                self.client.runtime(),
-                &HsDescDownloadRequest::new(blind_id),
-                &mut stream,
-                None,
-            )
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-            match response.status_code() {
-                200 => response
-                    .into_output_string()
-                    .map_err(|e| format!("bad reply body: {}", e.error)),
-                404 => Err("HTTP 404: the HSDir holds no descriptor for it".to_owned()),
-                code => Err(format!("HTTP {code}")),
-            }
-        };
-        tokio::time::timeout(HSDIR_REQUEST_TIMEOUT, request)
-            .await
-            .unwrap_or_else(|_| Err(format!("no answer within {HSDIR_REQUEST_TIMEOUT:?}")))
+        let request = HsDescDownloadRequest::new(blind_id);
+        let response = self
+            .hsdir_request(netdir, hsdir, CircuitRole::Client, &request)
+            .await?;
+        match response.status_code() {
+            200 => response
+                .into_output_string()
+                .map_err(|e| format!("bad reply body: {}", e.error)),
+            404 => Err("HTTP 404: the HSDir holds no descriptor for it".to_owned()),
+            code => Err(format!("HTTP {code}")),
+        }
     }
 
     /// One POST of a descriptor to one HSDir.
@@ -312,34 +298,56 @@ impl EmbeddedTor {
         hsdir: &Relay<'_>,
         descriptor: Arc<str>,
     ) -> Result<(), String> {
-        let request = async {
+        let request = HsDescUploadRequest::new(descriptor);
+        let response = self
+            .hsdir_request(netdir, hsdir, CircuitRole::Service, &request)
+            .await?;
+        match response.status_code() {
+            200 => Ok(()),
+            400 => Err("HTTP 400: rejected (revision counter not higher than the one it holds, or invalid)".to_owned()),
+            code => Err(format!("HTTP {code}")),
+        }
+    }
+
+    /// Send `request` to `hsdir` over an anonymous HSDir circuit and a `BEGIN_DIR` stream,
+    /// within [`HSDIR_REQUEST_TIMEOUT`]. Any HTTP status is a response: the caller judges it.
+    async fn hsdir_request(
+        &self,
+        netdir: &NetDir,
+        hsdir: &Relay<'_>,
+        role: CircuitRole,
+        request: &(impl Requestable + Sync),
+    ) -> Result<DirResponse, String> {
+        let exchange = async {
             let pool = self.client.hs_circ_pool().map_err(|e| e.to_string())?;
-            let tunnel = pool
-                .get_or_launch_svc_dir(netdir, hsdir.clone())
+            let no_circuit = |e: tor_circmgr::Error| format!("no circuit: {e}");
+            let stream = match role {
+                CircuitRole::Client => {
+                    let tunnel = pool.get_or_launch_client_dir(netdir, hsdir.clone()).await;
+                    tunnel.map_err(no_circuit)?.begin_dir_stream().await
+                }
+                CircuitRole::Service => {
+                    let tunnel = pool.get_or_launch_svc_dir(netdir, hsdir.clone()).await;
+                    tunnel.map_err(no_circuit)?.begin_dir_stream().await
+                }
+            };
+            let mut stream = stream.map_err(|e| format!("no directory stream: {e}"))?;
+            tor_dirclient::send_request(self.client.runtime(), request, &mut stream, None)
                 .await
-                .map_err(|e| format!("no circuit: {e}"))?;
-            let mut stream = tunnel
-                .begin_dir_stream()
-                .await
-                .map_err(|e| format!("no directory stream: {e}"))?;
-            let response = tor_dirclient::send_request(
-                self.client.runtime(),
-                &HsDescUploadRequest::new(descriptor),
-                &mut stream,
-                None,
-            )
-            .await
-            .map_err(|e| format!("request failed: {e}"))?;
-            match response.status_code() {
-                200 => Ok(()),
-                400 => Err("HTTP 400: rejected (revision counter not higher than the one it holds, or invalid)".to_owned()),
-                code => Err(format!("HTTP {code}")),
-            }
+                .map_err(|e| format!("request failed: {e}"))
         };
-        tokio::time::timeout(HSDIR_REQUEST_TIMEOUT, request)
+        tokio::time::timeout(HSDIR_REQUEST_TIMEOUT, exchange)
             .await
             .unwrap_or_else(|_| Err(format!("no answer within {HSDIR_REQUEST_TIMEOUT:?}")))
     }
+}
+
+/// Whose circuit a request travels on: Arti keeps separate circuit kinds for a client
+/// fetching a descriptor and a service uploading one (their paths differ with vanguards).
+#[derive(Debug, Clone, Copy)]
+enum CircuitRole {
+    Client,
+    Service,
 }
 
 /// A relay's RSA identity in hex, as tor's logs and consensus name it.
