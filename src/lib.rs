@@ -16,4 +16,5 @@ pub mod keys;
 pub mod onion_address;
 pub mod params;
 pub mod publish;
+pub mod token;
 pub mod tor;

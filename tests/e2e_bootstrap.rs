@@ -26,6 +26,8 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
     let config_dir = node_dir.join("etc");
     let state_dir = node_dir.join("state");
     fs::create_dir_all(&config_dir).unwrap();
+    // The node needs a master key to start; a 32-byte seed is one of the formats it reads.
+    fs::write(config_dir.join("master.key"), rand::random::<[u8; 32]>()).unwrap();
     fs::write(
         config_dir.join("config.toml"),
         format!(

@@ -4,6 +4,11 @@
 //! publisher) and an [`Endpoint`] where its peers reach it over UDP. These types are parsed
 //! once, at the edge (config file, join token, wire), and trusted everywhere after that.
 
+pub mod election;
+pub mod messages;
+pub mod secret;
+pub mod transport;
+
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;

@@ -1,0 +1,114 @@
+//! At most one warning per source every few seconds.
+//!
+//! Anyone on the internet can send datagrams to the cluster port. Each bad one deserves a
+//! warning (an operator wants to know a node is being probed, or that a peer runs with the
+//! wrong key), but one line per datagram would let a flood fill the disk. So each source gets
+//! one line per interval, and the next line says how many were held back.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Sources remembered at most; past this, sources quiet for a whole interval are forgotten, and
+/// if a flood of spoofed addresses still fills the table, new sources are not logged at all.
+const MAX_SOURCES: usize = 1024;
+
+/// Decides whether a warning about a source may be logged now.
+pub(super) struct LogLimiter {
+    interval: Duration,
+    sources: HashMap<SocketAddr, SourceState>,
+}
+
+struct SourceState {
+    last_logged: Instant,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub(super) fn new(interval: Duration) -> Self {
+        LogLimiter {
+            interval,
+            sources: HashMap::new(),
+        }
+    }
+
+    /// `Some(n)` if a warning about `source` may be logged now, `n` being how many were held
+    /// back since the last one; `None` to stay quiet.
+    pub(super) fn allow(&mut self, source: SocketAddr, now: Instant) -> Option<u64> {
+        if let Some(state) = self.sources.get_mut(&source) {
+            if now.duration_since(state.last_logged) < self.interval {
+                state.suppressed += 1;
+                return None;
+            }
+            let suppressed = state.suppressed;
+            *state = SourceState {
+                last_logged: now,
+                suppressed: 0,
+            };
+            return Some(suppressed);
+        }
+        if self.sources.len() >= MAX_SOURCES {
+            self.forget_quiet(now);
+            if self.sources.len() >= MAX_SOURCES {
+                return None;
+            }
+        }
+        self.sources.insert(
+            source,
+            SourceState {
+                last_logged: now,
+                suppressed: 0,
+            },
+        );
+        Some(0)
+    }
+
+    /// Drops the sources that have been quiet for a whole interval.
+    pub(super) fn forget_quiet(&mut self, now: Instant) {
+        let interval = self.interval;
+        self.sources
+            .retain(|_, state| now.duration_since(state.last_logged) < interval);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn one_line_per_source_per_interval_with_a_count_of_the_rest() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(5));
+        let start = Instant::now();
+        assert_eq!(limiter.allow(addr(1), start), Some(0));
+        assert_eq!(limiter.allow(addr(1), start + Duration::from_secs(1)), None);
+        assert_eq!(limiter.allow(addr(1), start + Duration::from_secs(2)), None);
+        assert_eq!(
+            limiter.allow(addr(2), start + Duration::from_secs(2)),
+            Some(0)
+        );
+        assert_eq!(
+            limiter.allow(addr(1), start + Duration::from_secs(5)),
+            Some(2)
+        );
+    }
+
+    #[test]
+    fn a_flood_of_sources_is_bounded() {
+        let mut limiter = LogLimiter::new(Duration::from_secs(5));
+        let start = Instant::now();
+        for port in 0..MAX_SOURCES as u16 {
+            assert!(limiter.allow(addr(port), start).is_some());
+        }
+        assert_eq!(limiter.allow(addr(u16::MAX), start), None);
+        assert_eq!(limiter.sources.len(), MAX_SOURCES);
+        let later = start + Duration::from_secs(6);
+        assert_eq!(limiter.allow(addr(u16::MAX), later), Some(0));
+        assert_eq!(limiter.sources.len(), 1);
+    }
+}
