@@ -13,6 +13,7 @@ pub mod descriptor;
 pub mod fsutil;
 pub mod health;
 pub mod keys;
+pub mod node_files;
 pub mod onion_address;
 pub mod params;
 pub mod publish;

@@ -53,7 +53,7 @@ pub(super) fn run(args: KeygenArgs) -> Result<(), CliError> {
     Ok(())
 }
 
-fn search(
+pub(super) fn search(
     prefix: &VanityPrefix,
     threads: NonZeroUsize,
     stop: &AtomicBool,
@@ -80,13 +80,13 @@ fn search_error(err: SearchError) -> CliError {
 
 /// Set the returned flag on the first SIGINT (Ctrl-C) or SIGTERM. The search threads check it
 /// after every batch, so they stop within a fraction of a millisecond.
-fn stop_on_signal() -> Result<Arc<AtomicBool>, CliError> {
+pub(super) fn stop_on_signal() -> Result<Arc<AtomicBool>, CliError> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
-        .map_err(|_| CliError::Usage("cannot install the Ctrl-C handler"))?;
+        .map_err(CliError::Signals)?;
     // The handlers must exist before the search starts, or an early Ctrl-C kills the process
     // the default way; create them here and only wait on them in the thread.
     let signals = runtime.block_on(async {
@@ -96,8 +96,7 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>, CliError> {
             signal(SignalKind::terminate())?,
         ))
     });
-    let (mut interrupt, mut terminate) =
-        signals.map_err(|_| CliError::Usage("cannot install the Ctrl-C handler"))?;
+    let (mut interrupt, mut terminate) = signals.map_err(CliError::Signals)?;
     std::thread::spawn(move || {
         runtime.block_on(async {
             tokio::select! {

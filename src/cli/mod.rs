@@ -14,7 +14,9 @@ use crate::daemon::{self, DaemonError};
 use crate::keys::files::KeyFileError;
 use crate::keys::vanity::{PrefixError, SearchError};
 use crate::keys::RandomnessError;
+use crate::node_files::NodeFilesError;
 
+mod init;
 mod keygen;
 use crate::params;
 
@@ -44,10 +46,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Set up the first node of a new cluster (not available yet in this build).
+    /// Set up the first node of a new cluster, then run it.
     ///
-    /// Creates the master identity key (or imports one), this node's WireGuard key pair,
-    /// config.toml and a join token, then starts the daemon.
+    /// Creates the master key (new, imported with --import-key, or a vanity one), this node's
+    /// WireGuard key pair, a cluster secret and config.toml in the config directory (0700,
+    /// files 0600), prints the master address and a join token for further nodes, and starts
+    /// the daemon in the foreground unless --no-start. Refuses, changing nothing, if the
+    /// config directory already holds a node.
     Init(InitArgs),
 
     /// Add this machine to an existing cluster (not available yet in this build).
@@ -65,6 +70,11 @@ pub enum Command {
 
     /// Show this node, the cluster and the backends (not available yet in this build).
     Status(StatusArgs),
+
+    /// Print a fresh join token for this node's cluster.
+    ///
+    /// The token carries the master key and the cluster secret: handle it like the key itself.
+    Token,
 
     /// Create a master identity key and print its onion address.
     ///
@@ -90,8 +100,9 @@ pub struct InitArgs {
     /// A backend onion service to balance over; repeat for each backend.
     #[arg(long = "backend", value_name = "NAME=ADDRESS")]
     pub backends: Vec<String>,
-    /// Use this existing master key instead of creating one.
-    #[arg(long, value_name = "PATH")]
+    /// Use this existing master key instead of creating one: tor's hs_ed25519_secret_key, a
+    /// HiddenServiceDir or mkp224o directory, an Onionbalance PEM key, or a 32-byte seed.
+    #[arg(long, value_name = "PATH", conflicts_with = "vanity_prefix")]
     pub import_key: Option<PathBuf>,
     /// Write everything but do not start the daemon.
     #[arg(long)]
@@ -154,7 +165,11 @@ enum CliError {
     #[error("--vanity-prefix: {0}")]
     VanityPrefix(#[from] PrefixError),
     #[error("{0}")]
-    Usage(&'static str),
+    Argument(String),
+    #[error("cannot install the Ctrl-C handler: {0}")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    NodeFiles(#[from] NodeFilesError),
     #[error(transparent)]
     Search(SearchError),
     #[error("stopped: {0}; nothing was written")]
@@ -170,8 +185,13 @@ impl CliError {
             CliError::Daemon(_)
             | CliError::KeyFile(_)
             | CliError::Randomness(_)
-            | CliError::Search(_) => ExitCode::from(1),
-            CliError::VanityPrefix(_) | CliError::Usage(_) => ExitCode::from(2),
+            | CliError::Search(_)
+            | CliError::Signals(_) => ExitCode::from(1),
+            CliError::NodeFiles(NodeFilesError::AlreadySetUp(_) | NodeFilesError::Leftover(_)) => {
+                ExitCode::from(2)
+            }
+            CliError::NodeFiles(_) => ExitCode::from(1),
+            CliError::VanityPrefix(_) | CliError::Argument(_) => ExitCode::from(2),
             // What a shell reports for a program stopped by SIGINT.
             CliError::Interrupted(_) => ExitCode::from(130),
             CliError::NotAvailable(_) => ExitCode::from(3),
@@ -199,7 +219,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
             daemon::run(config)?;
             Ok(())
         }
-        Command::Init(_) => Err(CliError::NotAvailable("init")),
+        Command::Init(args) => init::init(args, &cli.config_dir, &cli.state_dir),
+        Command::Token => init::token(&cli.config_dir, &cli.state_dir),
         Command::Join(_) => Err(CliError::NotAvailable("join")),
         Command::Status(_) => Err(CliError::NotAvailable("status")),
         Command::Keygen(args) => keygen::run(args),

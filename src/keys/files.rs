@@ -215,6 +215,18 @@ pub fn write_hidden_service_dir(dir: &Path, key: &MasterKey) -> Result<(), KeyFi
     Ok(())
 }
 
+/// Writes `key` to the single file `path` in tor's `hs_ed25519_secret_key` format (mode 0600,
+/// atomically). Refuses to replace an existing file.
+pub fn write_master_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyFileError> {
+    if path.symlink_metadata().is_ok() {
+        return Err(KeyFileError::AlreadyExists {
+            path: path.to_owned(),
+        });
+    }
+    write_atomic(path, &secret_key_file_contents(key), PRIVATE_FILE_MODE)
+        .map_err(|source| write_error(path, source))
+}
+
 /// tor's `hs_ed25519_secret_key`: header, then `a ‖ h`.
 fn secret_key_file_contents(key: &MasterKey) -> Zeroizing<Vec<u8>> {
     let mut contents = Zeroizing::new(tagged_header(SECRET_HEADER).to_vec());

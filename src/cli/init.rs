@@ -1,0 +1,178 @@
+//! `rustbalance init` and `rustbalance token`: set up the first node of a cluster, and print
+//! a join token for further nodes.
+//!
+//! `init` checks every argument before it creates anything, then writes the node's files
+//! (`node_files`), prints what the operator needs (master address, node id, priority, the
+//! join token in a box with the `rustbalance join` line) and starts the daemon unless
+//! `--no-start`.
+
+use std::path::Path;
+
+use super::{keygen, CliError, InitArgs};
+use crate::cluster::secret::ClusterSecret;
+use crate::cluster::transport::WgPrivateKey;
+use crate::cluster::{Endpoint, NodeId, Priority};
+use crate::config::{BackendName, Config};
+use crate::daemon;
+use crate::keys::files::load_master_key;
+use crate::keys::vanity::{self, VanityPrefix};
+use crate::keys::MasterKey;
+use crate::node_files::{self, NewNode};
+use crate::onion_address::OnionAddress;
+use crate::params;
+use crate::token::{JoinToken, TokenOrigin, TOKEN_WARNING};
+
+pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
+    // Everything the operator typed is checked before anything is created.
+    let endpoint = args
+        .endpoint
+        .as_deref()
+        .map(|text| {
+            text.parse::<Endpoint>()
+                .map_err(|reason| CliError::Argument(format!("--endpoint: {reason}")))
+        })
+        .transpose()?;
+    let backends = args
+        .backends
+        .iter()
+        .map(|spec| parse_backend(spec))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prefix: Option<VanityPrefix> = args.vanity_prefix.as_deref().map(str::parse).transpose()?;
+    let config_path = config_dir.join(params::CONFIG_FILE_NAME);
+    if config_path.exists() {
+        return Err(CliError::Argument(format!(
+            "{} already exists: this machine is already set up as a node; nothing was changed",
+            config_path.display()
+        )));
+    }
+
+    let master_key = match (&args.import_key, &prefix) {
+        (Some(path), _) => load_master_key(path)?,
+        (None, Some(prefix)) => {
+            let stop = keygen::stop_on_signal()?;
+            keygen::search(prefix, vanity::default_threads(), &stop)?
+        }
+        (None, None) => MasterKey::generate()?,
+    };
+    let node_id = new_node_id();
+    let priority = Priority::try_from(1).map_err(|e| CliError::Argument(e.to_owned()))?;
+    let wg_private_key = WgPrivateKey::generate();
+    let cluster_secret = ClusterSecret::generate();
+    node_files::create_node(
+        config_dir,
+        state_dir,
+        &NewNode {
+            node_id: &node_id,
+            priority,
+            master_key: &master_key,
+            wg_private_key: &wg_private_key,
+            cluster_secret: &cluster_secret,
+            listen: params::DEFAULT_CLUSTER_LISTEN
+                .parse()
+                .map_err(|_| CliError::Argument("bad built-in listen address".into()))?,
+            endpoint: endpoint.as_ref(),
+            backends: &backends,
+        },
+    )?;
+
+    println!("RustBalance node set up in {}", config_dir.display());
+    println!("  master address: {}", master_key.onion_address());
+    println!("  node id:        {node_id}");
+    println!("  priority:       {priority} (first choice for publisher)");
+    match &endpoint {
+        Some(endpoint) => {
+            let token = JoinToken {
+                origin: TokenOrigin {
+                    node_id: node_id.clone(),
+                    wg_pubkey: *wg_private_key.public_key().as_bytes(),
+                    wg_endpoint: endpoint.clone(),
+                },
+                cluster_secret,
+                master_key,
+            };
+            print_token(&token);
+        }
+        None => println!(
+            "\nNo --endpoint given, so no join token yet: set [cluster] endpoint in config.toml, then run `rustbalance token`."
+        ),
+    }
+    if backends.is_empty() {
+        println!("\nNo backends yet: add [[backends]] tables to config.toml (see README).");
+    }
+
+    if args.no_start {
+        return Ok(());
+    }
+    let config = Config::load(config_dir, state_dir)?;
+    daemon::run(config)?;
+    Ok(())
+}
+
+/// `rustbalance token`: a fresh join token for this node's cluster.
+pub(super) fn token(config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
+    let config = Config::load(config_dir, state_dir)?;
+    let endpoint = config.cluster.endpoint.clone().ok_or_else(|| {
+        CliError::Argument(
+            "[cluster] endpoint is not set in config.toml: other nodes could not reach this one"
+                .into(),
+        )
+    })?;
+    let token = JoinToken {
+        origin: TokenOrigin {
+            node_id: config.node.id.clone(),
+            wg_pubkey: *node_files::load_wg_private_key(config_dir)?
+                .public_key()
+                .as_bytes(),
+            wg_endpoint: endpoint,
+        },
+        cluster_secret: node_files::load_cluster_secret(config_dir)?,
+        master_key: load_master_key(&config.master_key_path())?,
+    };
+    print_token(&token);
+    Ok(())
+}
+
+/// The token on a line of its own (so it copies in one piece), framed, with the join command
+/// and the warning that it is as secret as the master key.
+fn print_token(token: &JoinToken) {
+    let text = token.encode(&mut rand::rng());
+    let rule = "─".repeat(72);
+    println!("\nJoin token:\n{rule}\n{text}\n{rule}");
+    println!("On every further node:  rustbalance join '<the token above>'");
+    println!("\nWARNING: {TOKEN_WARNING}");
+}
+
+/// `NAME=ADDRESS` from `--backend`.
+fn parse_backend(spec: &str) -> Result<(BackendName, OnionAddress), CliError> {
+    let (name, address) = spec
+        .split_once('=')
+        .ok_or_else(|| CliError::Argument(format!("--backend {spec:?}: expected NAME=ADDRESS")))?;
+    let name = BackendName::try_from(name.to_owned())
+        .map_err(|reason| CliError::Argument(format!("--backend {spec:?}: {reason}")))?;
+    let address = address
+        .parse()
+        .map_err(|reason| CliError::Argument(format!("--backend {spec:?}: {reason}")))?;
+    Ok((name, address))
+}
+
+/// `node-<host>-<4 hex digits>`: recognisable in status tables, unique in practice.
+fn new_node_id() -> NodeId {
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')
+        .take(40)
+        .collect();
+    let host = host.trim_matches('-');
+    let suffix: u16 = rand::random();
+    let id = if host.is_empty() {
+        format!("node-{suffix:04x}")
+    } else {
+        format!("node-{host}-{suffix:04x}")
+    };
+    NodeId::try_from(id).unwrap_or_else(|_| {
+        NodeId::try_from(format!("node-{suffix:04x}")).expect("node-<hex> is a valid node id")
+    })
+}

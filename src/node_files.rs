@@ -1,0 +1,344 @@
+//! The files that make a node, and creating them for a new node (`rustbalance init`).
+//!
+//! ```text
+//! <config-dir>/            0700
+//!   config.toml            0600  what the operator edits (see README "Configuration reference")
+//!   master.key             0600  the master identity key, tor's hs_ed25519_secret_key format
+//!   wg_private.key         0600  this node's WireGuard private key, wg(8) base64
+//!   cluster.key            0600  the 32-byte cluster secret every member shares, base64
+//!   peers/                 0700  one file per known peer (written by join and peer announcements)
+//! <state-dir>/             0700
+//!   arti/                        Arti's state and cache
+//!   descriptors/                 the last verified descriptor of each backend
+//! ```
+//!
+//! A node's identity is its node id and WireGuard key; the cluster secret is what makes it a
+//! member. `config.toml` is written last, after every key file: its presence means "this
+//! directory holds a complete node", which is what `init` checks before touching anything.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use zeroize::Zeroizing;
+
+use crate::cluster::secret::ClusterSecret;
+use crate::cluster::transport::WgPrivateKey;
+use crate::cluster::{Endpoint, NodeId, Priority};
+use crate::config::{BackendName, Config};
+use crate::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
+use crate::keys::files::{write_master_key_file, KeyFileError};
+use crate::keys::MasterKey;
+use crate::onion_address::OnionAddress;
+use crate::params;
+
+/// File names inside the config directory.
+pub const MASTER_KEY_FILE: &str = params::DEFAULT_MASTER_KEY_FILE;
+pub const WG_PRIVATE_KEY_FILE: &str = "wg_private.key";
+pub const CLUSTER_SECRET_FILE: &str = "cluster.key";
+pub const PEERS_DIR: &str = "peers";
+
+/// Everything `init` decided for a new node.
+pub struct NewNode<'a> {
+    pub node_id: &'a NodeId,
+    pub priority: Priority,
+    pub master_key: &'a MasterKey,
+    pub wg_private_key: &'a WgPrivateKey,
+    pub cluster_secret: &'a ClusterSecret,
+    pub listen: SocketAddr,
+    pub endpoint: Option<&'a Endpoint>,
+    pub backends: &'a [(BackendName, OnionAddress)],
+}
+
+/// Why a node's files could not be created or read.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeFilesError {
+    #[error("{0} already exists: this machine is already set up as a node; nothing was changed")]
+    AlreadySetUp(PathBuf),
+    #[error("{0} exists but config.toml does not (an interrupted init?): remove the leftover key files, then run init again")]
+    Leftover(PathBuf),
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is damaged: {reason}")]
+    Damaged { path: PathBuf, reason: String },
+    #[error(transparent)]
+    MasterKey(#[from] KeyFileError),
+    /// The generated config.toml does not load: a defect of this program.
+    #[error("internal error: the generated config.toml is invalid ({0}); nothing was written")]
+    GeneratedConfig(String),
+}
+
+/// Create the files of a new node. Refuses, changing nothing, if `config_dir` already holds a
+/// node (or the leftovers of an interrupted init).
+pub fn create_node(
+    config_dir: &Path,
+    state_dir: &Path,
+    node: &NewNode<'_>,
+) -> Result<(), NodeFilesError> {
+    let config_path = config_dir.join(params::CONFIG_FILE_NAME);
+    if config_path.exists() {
+        return Err(NodeFilesError::AlreadySetUp(config_path));
+    }
+    for name in [MASTER_KEY_FILE, WG_PRIVATE_KEY_FILE, CLUSTER_SECRET_FILE] {
+        let path = config_dir.join(name);
+        if path.symlink_metadata().is_ok() {
+            return Err(NodeFilesError::Leftover(path));
+        }
+    }
+    let config_text = render_config(node);
+    // Check the text before anything is written: a config init wrote must always load.
+    Config::parse(&config_text, &config_path, config_dir, state_dir)
+        .map_err(|err| NodeFilesError::GeneratedConfig(err.to_string()))?;
+
+    for dir in [
+        config_dir.to_owned(),
+        config_dir.join(PEERS_DIR),
+        state_dir.to_owned(),
+    ] {
+        create_private_dir(&dir).map_err(|source| NodeFilesError::Write { path: dir, source })?;
+    }
+    write_master_key_file(&config_dir.join(MASTER_KEY_FILE), node.master_key)?;
+    write_secret(
+        &config_dir.join(WG_PRIVATE_KEY_FILE),
+        &node.wg_private_key.to_base64(),
+    )?;
+    write_secret(
+        &config_dir.join(CLUSTER_SECRET_FILE),
+        &Zeroizing::new(STANDARD.encode(node.cluster_secret.as_bytes())),
+    )?;
+    write_atomic(&config_path, config_text.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
+        NodeFilesError::Write {
+            path: config_path,
+            source,
+        }
+    })
+}
+
+/// The cluster secret from `<config-dir>/cluster.key`.
+pub fn load_cluster_secret(config_dir: &Path) -> Result<ClusterSecret, NodeFilesError> {
+    let path = config_dir.join(CLUSTER_SECRET_FILE);
+    let text = read_secret(&path)?;
+    let bytes =
+        Zeroizing::new(
+            STANDARD
+                .decode(text.trim())
+                .map_err(|_| NodeFilesError::Damaged {
+                    path: path.clone(),
+                    reason: "not base64".into(),
+                })?,
+        );
+    let bytes: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| NodeFilesError::Damaged {
+            path: path.clone(),
+            reason: format!("{} bytes instead of 32", bytes.len()),
+        })?;
+    Ok(ClusterSecret::from_bytes(bytes))
+}
+
+/// This node's WireGuard private key from `<config-dir>/wg_private.key`.
+pub fn load_wg_private_key(config_dir: &Path) -> Result<WgPrivateKey, NodeFilesError> {
+    let path = config_dir.join(WG_PRIVATE_KEY_FILE);
+    let text = read_secret(&path)?;
+    WgPrivateKey::from_base64(text.trim()).map_err(|err| NodeFilesError::Damaged {
+        path,
+        reason: err.to_string(),
+    })
+}
+
+fn read_secret(path: &Path) -> Result<Zeroizing<String>, NodeFilesError> {
+    std::fs::read_to_string(path)
+        .map(Zeroizing::new)
+        .map_err(|source| NodeFilesError::Read {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<(), NodeFilesError> {
+    let contents = Zeroizing::new(format!("{text}\n"));
+    write_atomic(path, contents.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
+        NodeFilesError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// config.toml for a new node, commented for the operator who opens it later.
+fn render_config(node: &NewNode<'_>) -> String {
+    let mut text = String::from(
+        "# RustBalance node configuration: see README.md, \"Configuration reference\".\n\n",
+    );
+    let _ = writeln!(text, "[node]");
+    let _ = writeln!(text, "id = \"{}\"", node.node_id);
+    let _ = writeln!(text, "# 1 is the first choice for publisher.");
+    let _ = writeln!(text, "priority = {}", node.priority);
+    let _ = writeln!(text, "master_key = \"{MASTER_KEY_FILE}\"");
+    let _ = writeln!(text, "\n[cluster]");
+    let _ = writeln!(text, "listen = \"{}\"", node.listen);
+    match node.endpoint {
+        Some(endpoint) => {
+            let _ = writeln!(text, "endpoint = \"{endpoint}\"");
+        }
+        None => {
+            let _ = writeln!(
+                text,
+                "# How other nodes reach this one; needed before any can join.\n# endpoint = \"vps1.example.net:51820\""
+            );
+        }
+    }
+    if node.backends.is_empty() {
+        let _ = writeln!(
+            text,
+            "\n# Add one table per backend onion service:\n# [[backends]]\n# name = \"web1\"\n# address = \"<56 characters>.onion\""
+        );
+    }
+    for (name, address) in node.backends {
+        let _ = writeln!(
+            text,
+            "\n[[backends]]\nname = \"{name}\"\naddress = \"{address}\""
+        );
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rb-nodefiles-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    struct Fixture {
+        node_id: NodeId,
+        master_key: MasterKey,
+        wg: WgPrivateKey,
+        secret: ClusterSecret,
+        endpoint: Endpoint,
+        backends: Vec<(BackendName, OnionAddress)>,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                node_id: NodeId::try_from("node-test-0001".to_owned()).unwrap(),
+                master_key: MasterKey::from_seed(&[9; 32]),
+                wg: WgPrivateKey::generate(),
+                secret: ClusterSecret::from_bytes([7; 32]),
+                endpoint: "vps1.example.net:51820".parse().unwrap(),
+                backends: vec![(
+                    BackendName::try_from("web1".to_owned()).unwrap(),
+                    "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
+                        .parse()
+                        .unwrap(),
+                )],
+            }
+        }
+
+        fn node(&self) -> NewNode<'_> {
+            NewNode {
+                node_id: &self.node_id,
+                priority: Priority::try_from(1).unwrap(),
+                master_key: &self.master_key,
+                wg_private_key: &self.wg,
+                cluster_secret: &self.secret,
+                listen: "0.0.0.0:51820".parse().unwrap(),
+                endpoint: Some(&self.endpoint),
+                backends: &self.backends,
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_node_has_private_files_that_load_back() {
+        let root = scratch("create");
+        let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
+        let fixture = Fixture::new();
+        create_node(&config_dir, &state_dir, &fixture.node()).unwrap();
+
+        let config = Config::load(&config_dir, &state_dir).unwrap();
+        assert_eq!(config.node.id, fixture.node_id);
+        assert_eq!(config.backends.len(), 1);
+        assert_eq!(config.cluster.endpoint, Some(fixture.endpoint.clone()));
+        let key = crate::keys::files::load_master_key(&config.master_key_path()).unwrap();
+        assert_eq!(key.onion_address(), fixture.master_key.onion_address());
+        assert_eq!(
+            load_cluster_secret(&config_dir).unwrap().as_bytes(),
+            &[7; 32]
+        );
+        assert_eq!(
+            load_wg_private_key(&config_dir).unwrap().public_key(),
+            fixture.wg.public_key()
+        );
+        for dir in [&config_dir, &config_dir.join(PEERS_DIR), &state_dir] {
+            let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o700, "{}", dir.display());
+        }
+        for file in [
+            "config.toml",
+            MASTER_KEY_FILE,
+            WG_PRIVATE_KEY_FILE,
+            CLUSTER_SECRET_FILE,
+        ] {
+            let mode = std::fs::metadata(config_dir.join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn an_existing_node_is_never_touched() {
+        let root = scratch("twice");
+        let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
+        let fixture = Fixture::new();
+        create_node(&config_dir, &state_dir, &fixture.node()).unwrap();
+        let before: Vec<_> = [
+            MASTER_KEY_FILE,
+            WG_PRIVATE_KEY_FILE,
+            CLUSTER_SECRET_FILE,
+            "config.toml",
+        ]
+        .iter()
+        .map(|f| std::fs::read(config_dir.join(f)).unwrap())
+        .collect();
+
+        let other = Fixture::new();
+        let err = create_node(&config_dir, &state_dir, &other.node()).unwrap_err();
+        assert!(matches!(err, NodeFilesError::AlreadySetUp(_)), "{err}");
+        let after: Vec<_> = [
+            MASTER_KEY_FILE,
+            WG_PRIVATE_KEY_FILE,
+            CLUSTER_SECRET_FILE,
+            "config.toml",
+        ]
+        .iter()
+        .map(|f| std::fs::read(config_dir.join(f)).unwrap())
+        .collect();
+        assert_eq!(before, after);
+
+        // Leftovers of an interrupted init are refused too.
+        std::fs::remove_file(config_dir.join("config.toml")).unwrap();
+        let err = create_node(&config_dir, &state_dir, &other.node()).unwrap_err();
+        assert!(matches!(err, NodeFilesError::Leftover(_)), "{err}");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}

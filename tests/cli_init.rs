@@ -1,0 +1,212 @@
+//! `rustbalance init` and `rustbalance token`, as an operator runs them: a complete private
+//! node layout, a join token that carries this cluster's key and secret, and refusals that
+//! change nothing.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rustbalance::config::Config;
+use rustbalance::keys::files::load_master_key;
+use rustbalance::node_files::load_cluster_secret;
+use rustbalance::token::JoinToken;
+
+const BACKEND: &str = "web1=2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+
+struct Dirs {
+    root: PathBuf,
+    config: PathBuf,
+    state: PathBuf,
+}
+
+impl Dirs {
+    fn new(name: &str) -> Self {
+        let root = std::env::temp_dir().join(format!("rb-init-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        Dirs {
+            config: root.join("etc"),
+            state: root.join("state"),
+            root,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_rustbalance"))
+            .arg("--config-dir")
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn token_in(text: &str) -> JoinToken {
+    let line = text
+        .lines()
+        .find(|line| line.starts_with("rb1:"))
+        .unwrap_or_else(|| panic!("no token line in:\n{text}"));
+    JoinToken::decode(line).unwrap()
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn init_creates_a_private_node_and_a_token_for_the_next_one() {
+    let dirs = Dirs::new("create");
+    let output = dirs.run(&[
+        "init",
+        "--endpoint",
+        "vps1.example.net:51820",
+        "--backend",
+        BACKEND,
+        "--no-start",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = stdout(&output);
+
+    let config = Config::load(&dirs.config, &dirs.state).unwrap();
+    let master = load_master_key(&config.master_key_path()).unwrap();
+    assert!(
+        text.contains(&format!("master address: {}", master.onion_address())),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("node id:        {}", config.node.id)),
+        "{text}"
+    );
+    assert!(text.contains("priority:       1"), "{text}");
+    assert!(text.contains("rustbalance join"), "{text}");
+    assert!(text.contains("WARNING"), "{text}");
+    assert_eq!(config.backends.len(), 1);
+
+    let token = token_in(&text);
+    assert_eq!(token.master_key.onion_address(), master.onion_address());
+    assert_eq!(token.origin.node_id, config.node.id);
+    assert_eq!(
+        token.origin.wg_endpoint.to_string(),
+        "vps1.example.net:51820"
+    );
+    assert_eq!(
+        token.cluster_secret.as_bytes(),
+        load_cluster_secret(&dirs.config).unwrap().as_bytes()
+    );
+
+    assert_eq!(mode(&dirs.config), 0o700);
+    assert_eq!(mode(&dirs.state), 0o700);
+    for file in ["config.toml", "master.key", "wg_private.key", "cluster.key"] {
+        assert_eq!(mode(&dirs.config.join(file)), 0o600, "{file}");
+    }
+
+    // `token` on the same node gives a fresh token for the same cluster.
+    let again = dirs.run(&["token"]);
+    assert!(again.status.success());
+    let fresh = token_in(&stdout(&again));
+    assert_eq!(fresh.master_key.onion_address(), master.onion_address());
+    assert_eq!(
+        fresh.cluster_secret.as_bytes(),
+        token.cluster_secret.as_bytes()
+    );
+}
+
+#[test]
+fn init_over_an_existing_node_refuses_and_changes_nothing() {
+    let dirs = Dirs::new("twice");
+    assert!(dirs.run(&["init", "--no-start"]).status.success());
+    let snapshot = |dir: &Path| {
+        let mut files: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name(), fs::read(e.path()).unwrap_or_default())
+            })
+            .collect();
+        files.sort();
+        files
+    };
+    let before = snapshot(&dirs.config);
+    let output = dirs.run(&["init", "--no-start"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already set up"), "{stderr}");
+    assert_eq!(snapshot(&dirs.config), before);
+}
+
+#[test]
+fn bad_arguments_are_refused_before_anything_is_written() {
+    for (args, expected) in [
+        (vec!["--backend", "web1"], "expected NAME=ADDRESS"),
+        (vec!["--backend", "web1=notanaddress.onion"], "--backend"),
+        (vec!["--endpoint", "vps1"], "--endpoint"),
+        (vec!["--vanity-prefix", "ab1"], "--vanity-prefix"),
+    ] {
+        let dirs = Dirs::new("bad");
+        let mut all = vec!["init", "--no-start"];
+        all.extend(args.iter().copied());
+        let output = dirs.run(&all);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!dirs.root.exists(), "{args:?} created files");
+    }
+}
+
+#[test]
+fn init_imports_an_existing_key_or_finds_a_vanity_one() {
+    let dirs = Dirs::new("import");
+    let key_dir = dirs.root.join("existing");
+    let keygen = Command::new(env!("CARGO_BIN_EXE_rustbalance"))
+        .args(["keygen", "--out", key_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(keygen.status.success());
+    let address = stdout(&keygen).trim().to_owned();
+
+    let output = dirs.run(&[
+        "init",
+        "--import-key",
+        key_dir.to_str().unwrap(),
+        "--no-start",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains(&address));
+    // No endpoint: no token yet, and `token` says why.
+    assert!(!stdout(&output).contains("rb1:"));
+    let token = dirs.run(&["token"]);
+    assert_eq!(token.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&token.stderr).contains("endpoint"));
+
+    let vanity = Dirs::new("vanity");
+    let output = vanity.run(&["init", "--vanity-prefix", "ab", "--no-start"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let config = Config::load(&vanity.config, &vanity.state).unwrap();
+    let master = load_master_key(&config.master_key_path()).unwrap();
+    assert!(master.onion_address().to_string().starts_with("ab"));
+}
