@@ -142,22 +142,22 @@ fn every_bad_config_gets_one_line_naming_the_key_and_exit_2() {
 #[test]
 fn unavailable_commands_say_so_and_change_nothing() {
     let root = std::env::temp_dir().join(format!("rb-unavailable-{}", std::process::id()));
-    for command in ["status"] {
+    for command in [&["status"][..], &["join", "rb1:not-checked-yet"][..]] {
         let output = Command::new(env!("CARGO_BIN_EXE_rustbalance"))
             .arg("--config-dir")
             .arg(root.join("etc"))
             .arg("--state-dir")
             .arg(root.join("state"))
-            .arg(command)
+            .args(command)
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(3), "{command}: {stderr}");
+        assert_eq!(output.status.code(), Some(3), "{command:?}: {stderr}");
         assert!(
             stderr.contains("not available in this build yet"),
-            "{command}: {stderr}"
+            "{command:?}: {stderr}"
         );
-        assert!(!root.exists(), "{command} created files");
+        assert!(!root.exists(), "{command:?} created files");
     }
 }
 
