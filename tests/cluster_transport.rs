@@ -442,7 +442,7 @@ async fn reliable_send_to_a_silent_peer_fails_at_its_deadline() {
 }
 
 #[tokio::test]
-async fn a_restarted_peer_is_reachable_again_within_a_second() {
+async fn a_restarted_peer_is_reachable_again_before_a_handshake_retry() {
     let secret = ClusterSecret::generate();
     let (mut a, b) = pair(&secret).await;
     a.transport.send(&b.id, &a.heartbeat()).await.unwrap();
@@ -463,9 +463,12 @@ async fn a_restarted_peer_is_reachable_again_within_a_second() {
             }
         }
     };
-    let from = timeout(Duration::from_secs(1), reached)
+    // Not a speed goal but the behaviour under test: boringtun retries a lost handshake only
+    // after 5 s (REKEY_TIMEOUT), so reaching the peer well before that proves the restarted
+    // node started its handshakes at once. (Typically ~25 ms; 3 s leaves room for a busy CI.)
+    let from = timeout(Duration::from_secs(3), reached)
         .await
-        .expect("the restarted node was not reachable within a second");
+        .expect("the restarted node was not reachable before boringtun's handshake retry");
     assert_eq!(from, a.id);
     println!(
         "restarted peer reachable again after {:?}",
