@@ -184,6 +184,71 @@ impl LooseFe4 {
     }
 }
 
+/// The carry chain that ends both [`product`] and [`square`] (the order and the ×19 wrap are
+/// those of `reduce`): on entry ymm0..ymm9 hold the ten column sums, on exit a tight element.
+/// Clobbers ymm12..ymm15; needs the `{constants}` operand (2^26 − 1 at +8, 2^25 − 1 at +16).
+macro_rules! carry_chain {
+    () => {
+        concat!(
+            // ymm13 = 2^26 − 1, ymm14 = 2^25 − 1.
+            "vpbroadcastq ymm13, qword ptr [{constants} + 8]\n",
+            "vpbroadcastq ymm14, qword ptr [{constants} + 16]\n",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26\n",
+            "vpand ymm0, ymm0, ymm13\n",
+            "vpaddq ymm1, ymm1, ymm12\n",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26\n",
+            "vpand ymm4, ymm4, ymm13\n",
+            "vpaddq ymm5, ymm5, ymm12\n",
+            // carry 1 → 2
+            "vpsrlq ymm12, ymm1, 25\n",
+            "vpand ymm1, ymm1, ymm14\n",
+            "vpaddq ymm2, ymm2, ymm12\n",
+            // carry 5 → 6
+            "vpsrlq ymm12, ymm5, 25\n",
+            "vpand ymm5, ymm5, ymm14\n",
+            "vpaddq ymm6, ymm6, ymm12\n",
+            // carry 2 → 3
+            "vpsrlq ymm12, ymm2, 26\n",
+            "vpand ymm2, ymm2, ymm13\n",
+            "vpaddq ymm3, ymm3, ymm12\n",
+            // carry 6 → 7
+            "vpsrlq ymm12, ymm6, 26\n",
+            "vpand ymm6, ymm6, ymm13\n",
+            "vpaddq ymm7, ymm7, ymm12\n",
+            // carry 3 → 4
+            "vpsrlq ymm12, ymm3, 25\n",
+            "vpand ymm3, ymm3, ymm14\n",
+            "vpaddq ymm4, ymm4, ymm12\n",
+            // carry 7 → 8
+            "vpsrlq ymm12, ymm7, 25\n",
+            "vpand ymm7, ymm7, ymm14\n",
+            "vpaddq ymm8, ymm8, ymm12\n",
+            // carry 4 → 5
+            "vpsrlq ymm12, ymm4, 26\n",
+            "vpand ymm4, ymm4, ymm13\n",
+            "vpaddq ymm5, ymm5, ymm12\n",
+            // carry 8 → 9
+            "vpsrlq ymm12, ymm8, 26\n",
+            "vpand ymm8, ymm8, ymm13\n",
+            "vpaddq ymm9, ymm9, ymm12\n",
+            // carry 9 → 0 (×19)
+            "vpsrlq ymm12, ymm9, 25\n",
+            "vpand ymm9, ymm9, ymm14\n",
+            "vpsllq ymm15, ymm12, 4\n",
+            "vpaddq ymm15, ymm15, ymm12\n",
+            "vpaddq ymm12, ymm12, ymm12\n",
+            "vpaddq ymm15, ymm15, ymm12\n",
+            "vpaddq ymm0, ymm0, ymm15\n",
+            // carry 0 → 1
+            "vpsrlq ymm12, ymm0, 26\n",
+            "vpand ymm0, ymm0, ymm13\n",
+            "vpaddq ymm1, ymm1, ymm12\n",
+        )
+    };
+}
+
 /// The product of four pairs of loose elements, tight.
 ///
 /// Schoolbook multiplication with the wrap-around folded in: output limb k collects f_i·g_j
@@ -443,61 +508,7 @@ fn product(f: &[__m256i; 10], g: &[__m256i; 10]) -> Fe4 {
             "vpaddq ymm7, ymm7, ymm12",
             "vpmuludq ymm12, ymm11, ymmword ptr [{g19} + 288]",
             "vpaddq ymm8, ymm8, ymm12",
-            // Carries (see `reduce`): ymm13 = 2^26 − 1, ymm14 = 2^25 − 1.
-            "vpbroadcastq ymm13, qword ptr [{constants} + 8]",
-            "vpbroadcastq ymm14, qword ptr [{constants} + 16]",
-            // carry 0 → 1
-            "vpsrlq ymm12, ymm0, 26",
-            "vpand ymm0, ymm0, ymm13",
-            "vpaddq ymm1, ymm1, ymm12",
-            // carry 4 → 5
-            "vpsrlq ymm12, ymm4, 26",
-            "vpand ymm4, ymm4, ymm13",
-            "vpaddq ymm5, ymm5, ymm12",
-            // carry 1 → 2
-            "vpsrlq ymm12, ymm1, 25",
-            "vpand ymm1, ymm1, ymm14",
-            "vpaddq ymm2, ymm2, ymm12",
-            // carry 5 → 6
-            "vpsrlq ymm12, ymm5, 25",
-            "vpand ymm5, ymm5, ymm14",
-            "vpaddq ymm6, ymm6, ymm12",
-            // carry 2 → 3
-            "vpsrlq ymm12, ymm2, 26",
-            "vpand ymm2, ymm2, ymm13",
-            "vpaddq ymm3, ymm3, ymm12",
-            // carry 6 → 7
-            "vpsrlq ymm12, ymm6, 26",
-            "vpand ymm6, ymm6, ymm13",
-            "vpaddq ymm7, ymm7, ymm12",
-            // carry 3 → 4
-            "vpsrlq ymm12, ymm3, 25",
-            "vpand ymm3, ymm3, ymm14",
-            "vpaddq ymm4, ymm4, ymm12",
-            // carry 7 → 8
-            "vpsrlq ymm12, ymm7, 25",
-            "vpand ymm7, ymm7, ymm14",
-            "vpaddq ymm8, ymm8, ymm12",
-            // carry 4 → 5
-            "vpsrlq ymm12, ymm4, 26",
-            "vpand ymm4, ymm4, ymm13",
-            "vpaddq ymm5, ymm5, ymm12",
-            // carry 8 → 9
-            "vpsrlq ymm12, ymm8, 26",
-            "vpand ymm8, ymm8, ymm13",
-            "vpaddq ymm9, ymm9, ymm12",
-            // carry 9 → 0 (×19)
-            "vpsrlq ymm12, ymm9, 25",
-            "vpand ymm9, ymm9, ymm14",
-            "vpsllq ymm15, ymm12, 4",
-            "vpaddq ymm15, ymm15, ymm12",
-            "vpaddq ymm12, ymm12, ymm12",
-            "vpaddq ymm15, ymm15, ymm12",
-            "vpaddq ymm0, ymm0, ymm15",
-            // carry 0 → 1
-            "vpsrlq ymm12, ymm0, 26",
-            "vpand ymm0, ymm0, ymm13",
-            "vpaddq ymm1, ymm1, ymm12",
+            carry_chain!(),
             f = in(reg) f.as_ptr(),
             g = in(reg) g.as_ptr(),
             g19 = in(reg) g19.as_mut_ptr(),
@@ -679,61 +690,7 @@ fn square(f: &[__m256i; 10]) -> Fe4 {
             "vpaddq ymm13, ymm11, ymm11",
             "vpmuludq ymm12, ymm11, ymmword ptr [{f19} + 288]",
             "vpaddq ymm8, ymm8, ymm12",
-            // Carries, as in `product`: ymm13 = 2^26 − 1, ymm14 = 2^25 − 1.
-            "vpbroadcastq ymm13, qword ptr [{constants} + 8]",
-            "vpbroadcastq ymm14, qword ptr [{constants} + 16]",
-            // carry 0 → 1
-            "vpsrlq ymm12, ymm0, 26",
-            "vpand ymm0, ymm0, ymm13",
-            "vpaddq ymm1, ymm1, ymm12",
-            // carry 4 → 5
-            "vpsrlq ymm12, ymm4, 26",
-            "vpand ymm4, ymm4, ymm13",
-            "vpaddq ymm5, ymm5, ymm12",
-            // carry 1 → 2
-            "vpsrlq ymm12, ymm1, 25",
-            "vpand ymm1, ymm1, ymm14",
-            "vpaddq ymm2, ymm2, ymm12",
-            // carry 5 → 6
-            "vpsrlq ymm12, ymm5, 25",
-            "vpand ymm5, ymm5, ymm14",
-            "vpaddq ymm6, ymm6, ymm12",
-            // carry 2 → 3
-            "vpsrlq ymm12, ymm2, 26",
-            "vpand ymm2, ymm2, ymm13",
-            "vpaddq ymm3, ymm3, ymm12",
-            // carry 6 → 7
-            "vpsrlq ymm12, ymm6, 26",
-            "vpand ymm6, ymm6, ymm13",
-            "vpaddq ymm7, ymm7, ymm12",
-            // carry 3 → 4
-            "vpsrlq ymm12, ymm3, 25",
-            "vpand ymm3, ymm3, ymm14",
-            "vpaddq ymm4, ymm4, ymm12",
-            // carry 7 → 8
-            "vpsrlq ymm12, ymm7, 25",
-            "vpand ymm7, ymm7, ymm14",
-            "vpaddq ymm8, ymm8, ymm12",
-            // carry 4 → 5
-            "vpsrlq ymm12, ymm4, 26",
-            "vpand ymm4, ymm4, ymm13",
-            "vpaddq ymm5, ymm5, ymm12",
-            // carry 8 → 9
-            "vpsrlq ymm12, ymm8, 26",
-            "vpand ymm8, ymm8, ymm13",
-            "vpaddq ymm9, ymm9, ymm12",
-            // carry 9 → 0 (×19)
-            "vpsrlq ymm12, ymm9, 25",
-            "vpand ymm9, ymm9, ymm14",
-            "vpsllq ymm15, ymm12, 4",
-            "vpaddq ymm15, ymm15, ymm12",
-            "vpaddq ymm12, ymm12, ymm12",
-            "vpaddq ymm15, ymm15, ymm12",
-            "vpaddq ymm0, ymm0, ymm15",
-            // carry 0 → 1
-            "vpsrlq ymm12, ymm0, 26",
-            "vpand ymm0, ymm0, ymm13",
-            "vpaddq ymm1, ymm1, ymm12",
+            carry_chain!(),
             f = in(reg) f.as_ptr(),
             f19 = in(reg) f19.as_mut_ptr(),
             constants = in(reg) CONSTANTS.as_ptr(),
