@@ -311,29 +311,23 @@ mod tests {
         let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
         let fixture = Fixture::new();
         create_node(&config_dir, &state_dir, &fixture.node()).unwrap();
-        let before: Vec<_> = [
-            MASTER_KEY_FILE,
-            WG_PRIVATE_KEY_FILE,
-            CLUSTER_SECRET_FILE,
-            "config.toml",
-        ]
-        .iter()
-        .map(|f| std::fs::read(config_dir.join(f)).unwrap())
-        .collect();
+        let contents = || -> Vec<Vec<u8>> {
+            [
+                MASTER_KEY_FILE,
+                WG_PRIVATE_KEY_FILE,
+                CLUSTER_SECRET_FILE,
+                "config.toml",
+            ]
+            .iter()
+            .map(|f| std::fs::read(config_dir.join(f)).unwrap())
+            .collect()
+        };
+        let before = contents();
 
         let other = Fixture::new();
         let err = create_node(&config_dir, &state_dir, &other.node()).unwrap_err();
         assert!(matches!(err, NodeFilesError::AlreadySetUp(_)), "{err}");
-        let after: Vec<_> = [
-            MASTER_KEY_FILE,
-            WG_PRIVATE_KEY_FILE,
-            CLUSTER_SECRET_FILE,
-            "config.toml",
-        ]
-        .iter()
-        .map(|f| std::fs::read(config_dir.join(f)).unwrap())
-        .collect();
-        assert_eq!(before, after);
+        assert_eq!(contents(), before);
 
         // Leftovers of an interrupted init are refused too.
         std::fs::remove_file(config_dir.join("config.toml")).unwrap();
