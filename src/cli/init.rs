@@ -75,8 +75,10 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
         },
     )?;
 
+    // Only the public address is printed here; the key itself goes into the token below.
+    let address = master_key.onion_address();
     println!("RustBalance node set up in {}", config_dir.display());
-    println!("  master address: {}", master_key.onion_address());
+    println!("  master address: {address}");
     println!("  node id:        {node_id}");
     println!("  priority:       {priority} (first choice for publisher)");
     match &endpoint {
