@@ -304,6 +304,16 @@ fn is_handshake_initiation(datagram: &[u8]) -> bool {
 }
 
 /// A and B connected through a relay: A → relay front → B.
+/// Drops the first datagram going `lost` that carries a message (not a handshake or keepalive).
+fn drop_first_message(lost: Direction) -> DropRule {
+    let mut dropped = false;
+    Box::new(move |direction, datagram| {
+        let drop_it = !dropped && direction == lost && carries_a_message(datagram);
+        dropped |= drop_it;
+        drop_it
+    })
+}
+
 async fn pair_through(secret: &ClusterSecret, drop_rule: DropRule) -> (Node, Node, Relay) {
     let b = Node::start("node-b", secret, vec![]).await;
     let relay = Relay::start(b.addr(), drop_rule).await;
@@ -364,16 +374,7 @@ async fn first_message_rides_on_the_handshake_it_starts() {
 #[tokio::test]
 async fn reliable_send_survives_a_dropped_first_datagram() {
     let secret = ClusterSecret::generate();
-    let mut dropped = false;
-    let (a, mut b, relay) = pair_through(
-        &secret,
-        Box::new(move |direction, datagram| {
-            let drop_it = !dropped && direction == Direction::AToB && carries_a_message(datagram);
-            dropped |= drop_it;
-            drop_it
-        }),
-    )
-    .await;
+    let (a, mut b, relay) = pair_through(&secret, drop_first_message(Direction::AToB)).await;
 
     let claim = a.lease_claim();
     let started = Instant::now();
@@ -394,16 +395,7 @@ async fn reliable_send_survives_a_dropped_first_datagram() {
 #[tokio::test]
 async fn a_resend_after_a_lost_ack_is_processed_once() {
     let secret = ClusterSecret::generate();
-    let mut dropped = false;
-    let (a, mut b, relay) = pair_through(
-        &secret,
-        Box::new(move |direction, datagram| {
-            let drop_it = !dropped && direction == Direction::BToA && carries_a_message(datagram);
-            dropped |= drop_it;
-            drop_it
-        }),
-    )
-    .await;
+    let (a, mut b, relay) = pair_through(&secret, drop_first_message(Direction::BToA)).await;
 
     let claim = a.lease_claim();
     a.transport

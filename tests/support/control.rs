@@ -15,12 +15,12 @@
 //! reply, so it refuses further use.
 
 use std::collections::VecDeque;
-use std::io::{BufRead, BufReader, ErrorKind, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::HarnessError;
+use super::{is_retryable_read, HarnessError};
 
 /// Reply code of asynchronous events.
 const EVENT_CODE: u16 = 650;
@@ -240,14 +240,7 @@ impl ControlConn {
                 }
                 // EOF in the middle of a line: the next read reports it.
                 Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                    ) =>
-                {
-                    continue
-                }
+                Err(e) if is_retryable_read(&e) => continue,
                 Err(e) => {
                     return Err(HarnessError::new(format!(
                         "control connection read failed: {e}"

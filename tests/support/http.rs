@@ -10,14 +10,14 @@
 //! HTTP/1.0 with `Connection: close` keeps both sides trivial: the body is everything after
 //! the header, up to EOF. Every socket operation has a deadline.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use super::HarnessError;
+use super::{is_retryable_read, HarnessError};
 
 /// How long the server waits for a request's header.
 const SERVER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -358,14 +358,7 @@ fn read_some(
             .map_err(|e| HarnessError::new(format!("cannot set socket timeout: {e}")))?;
         match stream.read(buf) {
             Ok(n) => return Ok(n),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                continue
-            }
+            Err(e) if is_retryable_read(&e) => continue,
             Err(e) => return Err(HarnessError::new(format!("read failed: {e}"))),
         }
     }

@@ -61,3 +61,13 @@ impl fmt::Debug for HarnessError {
 }
 
 impl std::error::Error for HarnessError {}
+
+/// A read that ran into its socket timeout (or a signal) rather than failing: the caller
+/// checks its own deadline and reads again.
+pub(crate) fn is_retryable_read(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+    )
+}
