@@ -35,6 +35,9 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// Where the daemon keeps state (Arti's cache by default, fetched descriptors, state.json).
     pub state_dir: PathBuf,
+    /// Every table but `[node]` and `[cluster]` as config.toml text: what all members share
+    /// and what a joining node receives (see [`Config::shared_text`]).
+    shared: String,
 }
 
 /// `[node]`: this node's identity within the cluster.
@@ -180,6 +183,7 @@ pub struct TimingConfig {
     pub takeover_grace: Duration,
     pub max_clock_skew: Duration,
     pub descriptor_max_age: Duration,
+    pub upload_failure_release: Duration,
 }
 
 impl Default for TimingConfig {
@@ -192,6 +196,7 @@ impl Default for TimingConfig {
             takeover_grace: params::DEFAULT_TAKEOVER_GRACE,
             max_clock_skew: params::DEFAULT_MAX_CLOCK_SKEW,
             descriptor_max_age: params::DEFAULT_DESCRIPTOR_MAX_AGE,
+            upload_failure_release: params::DEFAULT_UPLOAD_FAILURE_RELEASE,
         }
     }
 }
@@ -223,6 +228,7 @@ struct TimingFile {
     takeover_grace_secs: Seconds,
     max_clock_skew_secs: Seconds,
     descriptor_max_age_secs: Seconds,
+    upload_failure_release_secs: Seconds,
 }
 
 impl Default for TimingFile {
@@ -236,6 +242,7 @@ impl Default for TimingFile {
             takeover_grace_secs: Seconds(d.takeover_grace),
             max_clock_skew_secs: Seconds(d.max_clock_skew),
             descriptor_max_age_secs: Seconds(d.descriptor_max_age),
+            upload_failure_release_secs: Seconds(d.upload_failure_release),
         }
     }
 }
@@ -312,6 +319,7 @@ impl Config {
             message,
         };
 
+        let shared = shared_tables(text);
         let file: ConfigFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
             .map_err(|err| {
                 let key = err.path().to_string();
@@ -329,6 +337,7 @@ impl Config {
             takeover_grace: file.timing.takeover_grace_secs.0,
             max_clock_skew: file.timing.max_clock_skew_secs.0,
             descriptor_max_age: file.timing.descriptor_max_age_secs.0,
+            upload_failure_release: file.timing.upload_failure_release_secs.0,
         };
         if timing.heartbeat_interval >= timing.publisher_timeout {
             return Err(invalid(
@@ -400,13 +409,32 @@ impl Config {
             arti,
             config_dir: config_dir.to_owned(),
             state_dir: state_dir.to_owned(),
+            shared,
         })
+    }
+
+    /// The cluster-wide part of this configuration (`[[backends]]`, `[timing]`, `[health]`,
+    /// `[arti]`) as config.toml text, for a joining node: everything but this node's own
+    /// `[node]` and `[cluster]` tables. Comments are not kept.
+    pub fn shared_text(&self) -> &str {
+        &self.shared
     }
 
     /// The master key file, resolved against the config directory.
     pub fn master_key_path(&self) -> PathBuf {
         self.config_dir.join(&self.node.master_key)
     }
+}
+
+/// The tables of a config file every member shares, re-serialized (see [`Config::shared_text`]).
+/// Only called on text that is about to be checked by the full parser, whose error wins.
+fn shared_tables(text: &str) -> String {
+    let Ok(mut table) = text.parse::<toml::Table>() else {
+        return String::new();
+    };
+    table.remove("node");
+    table.remove("cluster");
+    toml::to_string(&table).unwrap_or_default()
 }
 
 /// Two backends with one name would share a descriptor file; two with one address would be
@@ -496,6 +524,26 @@ mod tests {
             err.starts_with("config.toml: timing.publisher_timeout_secs: must be longer"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn shared_text_carries_everything_but_node_and_cluster() {
+        let text = format!(
+            "[node]\nid = \"node-a\"\npriority = 1\n[cluster]\nlisten = \"127.0.0.1:9\"\n\
+             [[backends]]\nname = \"a\"\naddress = \"{A}\"\n[timing]\nheartbeat_interval_secs = 2\n\
+             [health]\ndead_after_failures = 3\n"
+        );
+        let origin = parse(&text).unwrap();
+        let joined = parse(&format!(
+            "[node]\nid = \"node-b\"\npriority = 2\n{}",
+            origin.shared_text()
+        ))
+        .unwrap();
+        assert_eq!(joined.backends[0].address, origin.backends[0].address);
+        assert_eq!(joined.timing, origin.timing);
+        assert_eq!(joined.health, origin.health);
+        assert_eq!(joined.node.id.as_str(), "node-b");
+        assert_eq!(joined.cluster.listen.to_string(), "0.0.0.0:51820");
     }
 
     #[test]

@@ -17,5 +17,6 @@ pub mod node_files;
 pub mod onion_address;
 pub mod params;
 pub mod publish;
+pub mod status;
 pub mod token;
 pub mod tor;

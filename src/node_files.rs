@@ -6,7 +6,8 @@
 //!   master.key             0600  the master identity key, tor's hs_ed25519_secret_key format
 //!   wg_private.key         0600  this node's WireGuard private key, wg(8) base64
 //!   cluster.key            0600  the 32-byte cluster secret every member shares, base64
-//!   peers/                 0700  one file per known peer (written by join and peer announcements)
+//!   peers/                 0700  <node-id>.toml per known peer: endpoint, WireGuard public
+//!                                key, priority (written by join and by peer announcements)
 //! <state-dir>/             0700
 //!   arti/                        Arti's state and cache
 //!   descriptors/                 the last verified descriptor of each backend
@@ -24,6 +25,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
@@ -50,6 +52,11 @@ pub struct NewNode<'a> {
     pub listen: SocketAddr,
     pub endpoint: Option<&'a Endpoint>,
     pub backends: &'a [(BackendName, OnionAddress)],
+    /// The cluster's shared tables (config.toml text) received when joining; `None` for the
+    /// first node of a cluster.
+    pub shared_config: Option<&'a str>,
+    /// The other members, for a node that joins.
+    pub peers: &'a [PeerInfo],
 }
 
 /// Why a node's files could not be created or read.
@@ -64,6 +71,8 @@ pub enum NodeFilesError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{0} is missing: a node's files are created by `rustbalance init` (first node) or `rustbalance join` (further nodes)")]
+    Missing(PathBuf),
     #[error("cannot read {path}: {source}")]
     Read {
         path: PathBuf,
@@ -85,16 +94,8 @@ pub fn create_node(
     state_dir: &Path,
     node: &NewNode<'_>,
 ) -> Result<(), NodeFilesError> {
+    ensure_no_node(config_dir)?;
     let config_path = config_dir.join(params::CONFIG_FILE_NAME);
-    if config_path.exists() {
-        return Err(NodeFilesError::AlreadySetUp(config_path));
-    }
-    for name in [MASTER_KEY_FILE, WG_PRIVATE_KEY_FILE, CLUSTER_SECRET_FILE] {
-        let path = config_dir.join(name);
-        if path.symlink_metadata().is_ok() {
-            return Err(NodeFilesError::Leftover(path));
-        }
-    }
     let config_text = render_config(node);
     // Check the text before anything is written: a config init wrote must always load.
     Config::parse(&config_text, &config_path, config_dir, state_dir)
@@ -116,12 +117,87 @@ pub fn create_node(
         &config_dir.join(CLUSTER_SECRET_FILE),
         &Zeroizing::new(STANDARD.encode(node.cluster_secret.as_bytes())),
     )?;
+    for peer in node.peers {
+        save_peer(config_dir, peer)?;
+    }
     write_atomic(&config_path, config_text.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
         NodeFilesError::Write {
             path: config_path,
             source,
         }
     })
+}
+
+/// Refuses if `config_dir` already holds a node, or the leftovers of an interrupted init.
+pub fn ensure_no_node(config_dir: &Path) -> Result<(), NodeFilesError> {
+    let config_path = config_dir.join(params::CONFIG_FILE_NAME);
+    if config_path.exists() {
+        return Err(NodeFilesError::AlreadySetUp(config_path));
+    }
+    for name in [MASTER_KEY_FILE, WG_PRIVATE_KEY_FILE, CLUSTER_SECRET_FILE] {
+        let path = config_dir.join(name);
+        if path.symlink_metadata().is_ok() {
+            return Err(NodeFilesError::Leftover(path));
+        }
+    }
+    Ok(())
+}
+
+/// Every peer recorded under `<config-dir>/peers/`, in node-id order. A missing directory
+/// means no peers (a node set up by hand).
+pub fn load_peers(config_dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
+    let dir = config_dir.join(PEERS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(NodeFilesError::Read { path: dir, source }),
+    };
+    let mut peers = Vec::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|source| NodeFilesError::Read {
+                path: dir.clone(),
+                source,
+            })?
+            .path();
+        // Temporary files of an interrupted write, and anything an editor left, are not peers.
+        if path.extension().is_none_or(|ext| ext != "toml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).map_err(|source| NodeFilesError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let peer: PeerInfo = toml::from_str(&text).map_err(|err| NodeFilesError::Damaged {
+            path: path.clone(),
+            reason: crate::config::one_line(err.message()),
+        })?;
+        if path.file_stem() != Some(std::ffi::OsStr::new(peer.node_id.as_str())) {
+            return Err(NodeFilesError::Damaged {
+                reason: format!(
+                    "it describes node {}, not the node its name says",
+                    peer.node_id
+                ),
+                path,
+            });
+        }
+        peers.push(peer);
+    }
+    peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(peers)
+}
+
+/// Record `peer` as `<config-dir>/peers/<node-id>.toml` (atomically, replacing what was known).
+pub fn save_peer(config_dir: &Path, peer: &PeerInfo) -> Result<(), NodeFilesError> {
+    let dir = config_dir.join(PEERS_DIR);
+    let path = dir.join(format!("{}.toml", peer.node_id));
+    let text = toml::to_string(peer).map_err(|err| NodeFilesError::Damaged {
+        path: path.clone(),
+        reason: err.to_string(),
+    })?;
+    create_private_dir(&dir)
+        .and_then(|()| write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE))
+        .map_err(|source| NodeFilesError::Write { path, source })
 }
 
 /// The cluster secret from `<config-dir>/cluster.key`.
@@ -160,9 +236,12 @@ pub fn load_wg_private_key(config_dir: &Path) -> Result<WgPrivateKey, NodeFilesE
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, NodeFilesError> {
     std::fs::read_to_string(path)
         .map(Zeroizing::new)
-        .map_err(|source| NodeFilesError::Read {
-            path: path.to_owned(),
-            source,
+        .map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => NodeFilesError::Missing(path.to_owned()),
+            _ => NodeFilesError::Read {
+                path: path.to_owned(),
+                source,
+            },
         })
 }
 
@@ -198,6 +277,13 @@ fn render_config(node: &NewNode<'_>) -> String {
                 "# How other nodes reach this one; needed before any can join.\n# endpoint = \"vps1.example.net:51820\""
             );
         }
+    }
+    if let Some(shared) = node.shared_config {
+        let _ = writeln!(
+            text,
+            "\n# Shared by every node of the cluster (received when this node joined); keep it\n# the same on every node.\n{shared}"
+        );
+        return text;
     }
     if node.backends.is_empty() {
         let _ = writeln!(
@@ -261,6 +347,8 @@ mod tests {
                 listen: "0.0.0.0:51820".parse().unwrap(),
                 endpoint: Some(&self.endpoint),
                 backends: &self.backends,
+                shared_config: None,
+                peers: &[],
             }
         }
     }
@@ -302,6 +390,40 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn peers_round_trip_through_their_files() {
+        let root = scratch("peers");
+        assert!(load_peers(&root).unwrap().is_empty());
+        let peer = |id: &str, priority: u32| PeerInfo {
+            node_id: NodeId::try_from(id.to_owned()).unwrap(),
+            endpoint: "vps2.example.net:51820".parse().unwrap(),
+            public_key: WgPrivateKey::generate().public_key(),
+            priority: Priority::try_from(priority).unwrap(),
+        };
+        let (b, a) = (peer("node-b", 3), peer("node-a", 2));
+        save_peer(&root, &b).unwrap();
+        save_peer(&root, &a).unwrap();
+        assert_eq!(load_peers(&root).unwrap(), vec![a.clone(), b.clone()]);
+        let mode = std::fs::metadata(root.join(PEERS_DIR).join("node-a.toml"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+
+        // A file whose name and contents disagree is refused, naming the file.
+        std::fs::copy(
+            root.join(PEERS_DIR).join("node-a.toml"),
+            root.join(PEERS_DIR).join("node-c.toml"),
+        )
+        .unwrap();
+        let err = load_peers(&root).unwrap_err().to_string();
+        assert!(err.contains("node-c.toml is damaged"), "{err}");
+        std::fs::write(root.join(PEERS_DIR).join("node-c.toml"), "node_id = 7\n").unwrap();
+        let err = load_peers(&root).unwrap_err().to_string();
+        assert!(err.contains("node-c.toml is damaged"), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -18,6 +18,11 @@ pub const DEFAULT_PUBLISHER_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TAKEOVER_GRACE: Duration = Duration::from_secs(90);
 /// Largest accepted difference between a peer's timestamp and ours (`timing.max_clock_skew_secs`).
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// How long every upload of a publisher may fail before it hands the lease to a standby whose
+/// Tor works (`timing.upload_failure_release_secs`). Ten minutes rides out a consensus or two
+/// of trouble on the Tor side without giving up the lease at the first hiccup, and stays far
+/// below the descriptors' 180-minute lifetime, so clients never see the master address vanish.
+pub const DEFAULT_UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(10 * 60);
 /// A backend whose descriptor has not changed for this long is Stale
 /// (`timing.descriptor_max_age_secs`).
 ///

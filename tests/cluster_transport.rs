@@ -622,7 +622,8 @@ fn join_accept(origin: &Node) -> JoinAccept {
             public_key: origin.key(),
             priority: Priority::try_from(1).unwrap(),
         }],
-        config: serde_json::json!({ "backends": ["backend-one"], "timing": {} }),
+        config: "[[backends]]\nname = \"backend-one\"\n".into(),
+        publisher: None,
         msg_id: MsgId::random(),
     }
 }

@@ -1,15 +1,13 @@
-//! End to end, on a private Tor network: `rustbalance run`, configured only through
-//! config.toml, bootstraps its embedded Arti client on the network, reports the consensus it
+//! End to end, on a private Tor network: `rustbalance run`, set up by `init` and pointed at
+//! the network through config.toml's `[arti]` table, bootstraps its embedded Arti client on the network, reports the consensus it
 //! holds, and stops cleanly on SIGTERM; meanwhile the C-tor client reaches both backends.
 
 mod support;
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::process::ProcessGuard;
+use support::balancer::{free_udp_port, Balancer, LogWatcher};
 use support::{NetworkOptions, TorNetwork};
 
 /// Generous: a busy 2-core CI machine runs a debug build of Arti here.
@@ -22,41 +20,38 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
     net.add_backend("alpha", None).expect("backend alpha");
     net.add_backend("beta", None).expect("backend beta");
 
-    let node_dir = net.data_dir().join("rustbalance");
-    let config_dir = node_dir.join("etc");
-    let state_dir = node_dir.join("state");
-    fs::create_dir_all(&config_dir).unwrap();
-    // The node needs a master key to start; a 32-byte seed is one of the formats it reads.
-    fs::write(config_dir.join("master.key"), rand::random::<[u8; 32]>()).unwrap();
-    fs::write(
-        config_dir.join("config.toml"),
-        format!(
-            "[node]\nid = \"node-e2e\"\npriority = 1\n\n\
-             [[backends]]\nname = \"alpha\"\naddress = \"{}\"\n\n\
-             [[backends]]\nname = \"beta\"\naddress = \"{}\"\n\n{}",
-            net.backend_onion("alpha"),
-            net.backend_onion("beta"),
-            net.arti_toml()
-        ),
-    )
-    .unwrap();
+    // A node set up by `init` with an imported key (a 32-byte seed is one of the formats it
+    // reads); config.toml then gets the private network's [arti] table.
+    let seed_path = net.data_dir().join("master-seed.key");
+    fs::write(&seed_path, rand::random::<[u8; 32]>()).unwrap();
+    let mut balancer = Balancer::new(net.data_dir(), "rustbalance");
+    let init = balancer.run(&[
+        "init",
+        "--no-start",
+        "--import-key",
+        seed_path.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_udp_port()),
+        "--backend",
+        &format!("alpha={}", net.backend_onion("alpha")),
+        "--backend",
+        &format!("beta={}", net.backend_onion("beta")),
+    ]);
+    assert!(
+        init.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let config_path = balancer.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push('\n');
+    config.push_str(&net.arti_toml());
+    fs::write(&config_path, config).unwrap();
+    let state_dir = balancer.config_dir().parent().unwrap().join("state");
 
-    let log_path = node_dir.join("rustbalance.log");
-    let mut balancer = ProcessGuard::spawn(
-        "rustbalance",
-        Command::new(env!("CARGO_BIN_EXE_rustbalance"))
-            .arg("--config-dir")
-            .arg(&config_dir)
-            .arg("--state-dir")
-            .arg(&state_dir)
-            .arg("run")
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log_path).unwrap()),
-    )
-    .expect("start rustbalance");
-
-    let consensus_line = wait_for_log_line(&log_path, "consensus: valid-after", BOOTSTRAP_TIMEOUT);
+    balancer.start(&["run"]);
+    let mut log = LogWatcher::new(balancer.log_path());
+    let consensus_line = log.wait_for("consensus: valid-after", "", BOOTSTRAP_TIMEOUT);
     let relays_listed = NetworkOptions::default().relays + 3; // the relays and the 3 authorities
     assert!(
         consensus_line.contains(&format!("{relays_listed} relays")),
@@ -77,45 +72,13 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
         assert_eq!(body, net.backend_page(backend));
     }
 
-    balancer.terminate();
-    let status = wait_for_exit(&mut balancer, Duration::from_secs(15));
     assert!(
-        status.success(),
-        "rustbalance exited with {status} after SIGTERM"
+        balancer.stop_cleanly(),
+        "rustbalance did not exit with status 0 after SIGTERM"
     );
-    let log = fs::read_to_string(&log_path).unwrap();
+    let log = fs::read_to_string(balancer.log_path()).unwrap();
     assert!(log.contains("SIGTERM received, shutting down"), "{log}");
     assert!(!log.contains("ERROR"), "errors logged:\n{log}");
-}
-
-/// Poll the log file until a line contains `needle`; on timeout, fail with the whole log.
-fn wait_for_log_line(log_path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let log = fs::read_to_string(log_path).unwrap_or_default();
-        if let Some(line) = log.lines().find(|line| line.contains(needle)) {
-            return line.to_owned();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no log line with {needle:?} within {timeout:?}; log:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn wait_for_exit(process: &mut ProcessGuard, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = process.exit_status() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "rustbalance did not exit within {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// The integer just before `suffix` in `line` (`"..., 9 HSDirs"` → 9).

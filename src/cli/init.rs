@@ -37,6 +37,7 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
         .iter()
         .map(|spec| parse_backend(spec))
         .collect::<Result<Vec<_>, _>>()?;
+    let listen = super::listen_address(args.listen.as_deref(), endpoint.as_ref())?;
     let prefix: Option<VanityPrefix> = args.vanity_prefix.as_deref().map(str::parse).transpose()?;
     let config_path = config_dir.join(params::CONFIG_FILE_NAME);
     if config_path.exists() {
@@ -67,11 +68,11 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
             master_key: &master_key,
             wg_private_key: &wg_private_key,
             cluster_secret: &cluster_secret,
-            listen: params::DEFAULT_CLUSTER_LISTEN
-                .parse()
-                .map_err(|_| CliError::Argument("bad built-in listen address".into()))?,
+            listen,
             endpoint: endpoint.as_ref(),
             backends: &backends,
+            shared_config: None,
+            peers: &[],
         },
     )?;
 
@@ -136,7 +137,7 @@ pub(super) fn token(config_dir: &Path, state_dir: &Path) -> Result<(), CliError>
 
 /// The token on a line of its own (so it copies in one piece), framed, with the join command
 /// and the warning that it is as secret as the master key.
-fn print_token(token: &JoinToken) {
+pub(super) fn print_token(token: &JoinToken) {
     let text = token.encode(&mut rand::rng());
     let rule = "─".repeat(72);
     println!("\nJoin token:\n{rule}\n{text}\n{rule}");
@@ -158,7 +159,7 @@ fn parse_backend(spec: &str) -> Result<(BackendName, OnionAddress), CliError> {
 }
 
 /// `node-<host>-<4 hex digits>`: recognisable in status tables, unique in practice.
-fn new_node_id() -> NodeId {
+pub(super) fn new_node_id() -> NodeId {
     let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap_or_default()
         .trim()

@@ -1,7 +1,8 @@
 //! The command line: parse and check arguments, then hand typed values to the library.
 //!
-//! Exit status: 0 success, 1 the command failed at run time, 2 bad usage or bad config
-//! (nothing was changed on disk), 3 the command is not available in this build yet.
+//! Exit status: 0 success, 1 the command failed at run time (for `status`: the node is
+//! unhealthy), 2 bad usage, bad config or a bad token (nothing was changed on disk), 3 `status`
+//! found no daemon to ask, 130 a vanity search stopped by Ctrl-C.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -17,6 +18,7 @@ use crate::keys::RandomnessError;
 use crate::node_files::NodeFilesError;
 
 mod init;
+mod join;
 mod keygen;
 use crate::params;
 
@@ -55,10 +57,15 @@ pub enum Command {
     /// config directory already holds a node.
     Init(InitArgs),
 
-    /// Add this machine to an existing cluster (not available yet in this build).
+    /// Add this machine to an existing cluster, then run it.
     ///
     /// TOKEN is the `rb1:...` string printed by `rustbalance init` or `rustbalance token` on
-    /// any member. It carries the master key: handle it like the key itself.
+    /// any member. It carries the master key: handle it like the key itself. Creates this
+    /// node's WireGuard key pair, asks the member named in the token to admit it (a request
+    /// authenticated with the cluster secret), receives its priority, the other members and
+    /// the cluster's configuration through the new tunnel, writes the node's files and starts
+    /// the daemon unless --no-start. If the member does not answer, nothing is written.
+    /// Running it again on a member of the same cluster changes nothing.
     Join(JoinArgs),
 
     /// Run the node in the foreground (what the systemd unit starts).
@@ -68,7 +75,10 @@ pub enum Command {
     /// (default `info`; e.g. RUST_LOG=debug).
     Run,
 
-    /// Show this node, the cluster and the backends (not available yet in this build).
+    /// Show this node, the cluster, the backends and the uploads, asking the running daemon.
+    ///
+    /// Exit status 0 when the node is healthy; 1 when it is not (no publisher in the cluster,
+    /// Tor not bootstrapped, no healthy backend, or an alert); 3 when no daemon answers.
     Status(StatusArgs),
 
     /// Print a fresh join token for this node's cluster.
@@ -97,6 +107,10 @@ pub struct InitArgs {
     /// How other nodes reach this one over UDP (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     pub endpoint: Option<String>,
+    /// Local UDP address for the cluster tunnel [default: 0.0.0.0 and the --endpoint port,
+    /// else 0.0.0.0:51820].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
     /// A backend onion service to balance over; repeat for each backend.
     #[arg(long = "backend", value_name = "NAME=ADDRESS")]
     pub backends: Vec<String>,
@@ -113,9 +127,15 @@ pub struct InitArgs {
 pub struct JoinArgs {
     /// The join token (`rb1:...`).
     pub token: String,
-    /// How other nodes reach this one over UDP (HOST:PORT).
+    /// How the other nodes reach this one over UDP (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
-    pub endpoint: Option<String>,
+    pub endpoint: String,
+    /// Local UDP address for the cluster tunnel [default: 0.0.0.0 and the --endpoint port].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
+    /// How long to wait for the member named in the token to answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub timeout: u64,
     /// Join and write the config but do not start the daemon.
     #[arg(long)]
     pub no_start: bool,
@@ -174,8 +194,20 @@ enum CliError {
     Search(SearchError),
     #[error("stopped: {0}; nothing was written")]
     Interrupted(SearchError),
-    #[error("`rustbalance {0}` is not available in this build yet; nothing was changed")]
-    NotAvailable(&'static str),
+    #[error(transparent)]
+    Token(#[from] crate::token::TokenError),
+    #[error("{0}")]
+    Join(String),
+    #[error(
+        "no rustbalance daemon answers on {path}: {source} (is it running, with this --state-dir?)"
+    )]
+    NoDaemon {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// `status` found the node unhealthy; the table already said why.
+    #[error("the node is unhealthy: {0}")]
+    Unhealthy(String),
 }
 
 impl CliError {
@@ -191,10 +223,13 @@ impl CliError {
                 ExitCode::from(2)
             }
             CliError::NodeFiles(_) => ExitCode::from(1),
-            CliError::VanityPrefix(_) | CliError::Argument(_) => ExitCode::from(2),
+            CliError::VanityPrefix(_) | CliError::Argument(_) | CliError::Token(_) => {
+                ExitCode::from(2)
+            }
+            CliError::Join(_) | CliError::Unhealthy(_) => ExitCode::from(1),
+            CliError::NoDaemon { .. } => ExitCode::from(3),
             // What a shell reports for a program stopped by SIGINT.
             CliError::Interrupted(_) => ExitCode::from(130),
-            CliError::NotAvailable(_) => ExitCode::from(3),
         }
     }
 }
@@ -221,9 +256,62 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         }
         Command::Init(args) => init::init(args, &cli.config_dir, &cli.state_dir),
         Command::Token => init::token(&cli.config_dir, &cli.state_dir),
-        Command::Join(_) => Err(CliError::NotAvailable("join")),
-        Command::Status(_) => Err(CliError::NotAvailable("status")),
+        Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
+        Command::Status(args) => status(args, &cli.state_dir),
         Command::Keygen(args) => keygen::run(args),
+    }
+}
+
+/// `rustbalance status`: ask the daemon over its socket, print the table (or JSON).
+fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError> {
+    use std::io::Read as _;
+    const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+    let path = state_dir.join(crate::status::SOCKET_FILE);
+    let no_daemon = |source| CliError::NoDaemon {
+        path: path.clone(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).map_err(no_daemon)?;
+    stream
+        .set_read_timeout(Some(READ_TIMEOUT))
+        .map_err(no_daemon)?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(no_daemon)?;
+    let status: crate::status::NodeStatus = serde_json::from_str(&text).map_err(|err| {
+        no_daemon(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("its answer is not a status report ({err}); is the daemon the same version?"),
+        ))
+    })?;
+    if args.json {
+        println!("{}", text.trim_end());
+    } else {
+        print!("{}", status.render());
+    }
+    let problems = status.problems();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Unhealthy(problems.join("; ")))
+    }
+}
+
+/// The cluster UDP address: `--listen`, else all interfaces on the endpoint's port, else the
+/// default.
+fn listen_address(
+    listen: Option<&str>,
+    endpoint: Option<&crate::cluster::Endpoint>,
+) -> Result<std::net::SocketAddr, CliError> {
+    match (listen, endpoint) {
+        (Some(text), _) => text.parse().map_err(|_| {
+            CliError::Argument(format!(
+                "--listen {text:?}: expected an IP address and port like 0.0.0.0:51820"
+            ))
+        }),
+        (None, Some(endpoint)) => Ok(std::net::SocketAddr::from(([0, 0, 0, 0], endpoint.port()))),
+        (None, None) => params::DEFAULT_CLUSTER_LISTEN
+            .parse()
+            .map_err(|_| CliError::Argument("bad built-in listen address".into())),
     }
 }
 

@@ -45,10 +45,10 @@
 //! Two messages from one sender within the same second are both accepted, in either order.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::ops::Add;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+pub use super::Role;
 use super::{NodeId, Priority};
 use crate::config::TimingConfig;
 use crate::params;
@@ -108,24 +108,6 @@ impl Add<Duration> for Timestamp {
 /// `duration` in whole milliseconds, saturating (585 million years is plenty).
 fn whole_millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// What a node does in the cluster.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub enum Role {
-    /// Holds the lease: builds and uploads the master descriptor.
-    Publisher,
-    /// Checks backends like the publisher, but uploads nothing; ready to take over.
-    Standby,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::Publisher => "publisher",
-            Role::Standby => "standby",
-        })
-    }
 }
 
 /// The intervals the election runs on (`[timing]` in the config; defaults in `params`).
@@ -1067,6 +1049,7 @@ mod tests {
             takeover_grace: Duration::from_secs(5),
             max_clock_skew: Duration::from_secs(6),
             descriptor_max_age: Duration::from_secs(7),
+            upload_failure_release: Duration::from_secs(8),
         };
         let timing = ElectionTiming::from(&config);
         assert_eq!(timing.heartbeat_interval, Duration::from_secs(2));

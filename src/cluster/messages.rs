@@ -24,8 +24,10 @@ use base64::Engine as _;
 use rand::Rng as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::election::{self, Timestamp};
 use super::secret::ClusterSecret;
 use super::transport::WgPublicKey;
+pub use super::Role;
 use super::{Endpoint, NodeId, Priority};
 
 /// The largest encoded message we send or parse, in bytes.
@@ -58,16 +60,6 @@ impl fmt::Display for MsgId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:016x}", self.0)
     }
-}
-
-/// What a node currently does in the cluster.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Holds the lease and uploads the master descriptor.
-    Publisher,
-    /// Ready to take over when the publisher falls silent.
-    Standby,
 }
 
 /// Every message that travels inside the cluster's WireGuard tunnels.
@@ -158,9 +150,12 @@ pub struct JoinAccept {
     pub assigned_priority: Priority,
     /// The members the newcomer should open tunnels to (the accepting node included).
     pub peers: Vec<PeerInfo>,
-    /// The cluster's shared configuration (backends, timing). Opaque here: the config module
-    /// owns its shape and validates it, so the transport need not change when it grows.
-    pub config: serde_json::Value,
+    /// The cluster's shared configuration (backends, timing, health, Tor settings) as
+    /// config.toml text. Opaque here: the config module owns its shape and validates it, so
+    /// the protocol need not change when the configuration grows.
+    pub config: String,
+    /// The publisher as the accepting node knows it, for the newcomer to show.
+    pub publisher: Option<NodeId>,
     pub msg_id: MsgId,
 }
 
@@ -238,6 +233,71 @@ impl Message {
             Message::PeerList(_) => "PeerList",
             Message::JoinAccept(_) => "JoinAccept",
             Message::Ack(_) => "Ack",
+        }
+    }
+}
+
+impl Message {
+    /// The election's view of a wire message, for the three messages the election reads.
+    pub fn to_election(&self) -> Option<election::Message> {
+        Some(match self {
+            Message::Heartbeat(m) => election::Message::Heartbeat(election::Heartbeat {
+                from: m.node_id.clone(),
+                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
+                priority: m.priority,
+                role: m.role,
+                can_publish: m.can_publish,
+                last_publish: m.last_publish_secs.map(Timestamp::from_unix_secs),
+            }),
+            Message::LeaseClaim(m) => election::Message::LeaseClaim(election::LeaseClaim {
+                from: m.node_id.clone(),
+                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
+                priority: m.priority,
+            }),
+            Message::LeaseRelease(m) => election::Message::LeaseRelease(election::LeaseRelease {
+                from: m.node_id.clone(),
+                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
+            }),
+            Message::PeerAnnounce(_)
+            | Message::PeerList(_)
+            | Message::JoinAccept(_)
+            | Message::Ack(_) => return None,
+        })
+    }
+}
+
+impl From<&election::Heartbeat> for Heartbeat {
+    fn from(m: &election::Heartbeat) -> Self {
+        Heartbeat {
+            node_id: m.from.clone(),
+            timestamp_secs: m.timestamp.as_unix_secs(),
+            role: m.role,
+            priority: m.priority,
+            last_publish_secs: m.last_publish.map(Timestamp::as_unix_secs),
+            can_publish: m.can_publish,
+        }
+    }
+}
+
+impl From<&election::LeaseClaim> for LeaseClaim {
+    /// A claim with a fresh msg_id: each claim is acknowledged on its own.
+    fn from(m: &election::LeaseClaim) -> Self {
+        LeaseClaim {
+            node_id: m.from.clone(),
+            priority: m.priority,
+            timestamp_secs: m.timestamp.as_unix_secs(),
+            msg_id: MsgId::random(),
+        }
+    }
+}
+
+impl From<&election::LeaseRelease> for LeaseRelease {
+    /// A release with a fresh msg_id.
+    fn from(m: &election::LeaseRelease) -> Self {
+        LeaseRelease {
+            node_id: m.from.clone(),
+            timestamp_secs: m.timestamp.as_unix_secs(),
+            msg_id: MsgId::random(),
         }
     }
 }
@@ -401,7 +461,8 @@ mod tests {
             Message::JoinAccept(JoinAccept {
                 assigned_priority: priority(3),
                 peers: vec![peer_info("alpha")],
-                config: serde_json::json!({"backends": ["abc.onion"], "timing": {"heartbeat_interval_secs": 10}}),
+                config: "[timing]\nheartbeat_interval_secs = 10\n".into(),
+                publisher: Some(node("alpha")),
                 msg_id: MsgId::random(),
             }),
             Message::Ack(Ack {

@@ -4,7 +4,9 @@
 //! publisher) and an [`Endpoint`] where its peers reach it over UDP. These types are parsed
 //! once, at the edge (config file, join token, wire), and trusted everywhere after that.
 
+pub mod ability;
 pub mod election;
+pub(crate) mod log_limit;
 pub mod messages;
 pub mod secret;
 pub mod transport;
@@ -74,6 +76,25 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// What a node does in the cluster (`snake_case` on the wire and in status output).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Holds the lease: builds and uploads the master descriptor.
+    Publisher,
+    /// Checks backends like the publisher, but uploads nothing; ready to take over.
+    Standby,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Publisher => "publisher",
+            Role::Standby => "standby",
+        })
+    }
+}
+
 /// Publisher preference: 1 is the first choice, larger numbers stand by.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]
@@ -98,6 +119,17 @@ impl From<Priority> for u32 {
 impl fmt::Display for Priority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+impl Priority {
+    /// The priority for a node joining a cluster whose members hold `taken`: one past the
+    /// largest, so a newcomer never outranks an existing member.
+    pub fn next_free(taken: impl IntoIterator<Item = Priority>) -> Priority {
+        let largest = taken.into_iter().map(|p| p.0.get()).max().unwrap_or(0);
+        NonZeroU32::new(largest.saturating_add(1))
+            .map(Priority)
+            .unwrap_or(Priority(NonZeroU32::MAX))
     }
 }
 
@@ -141,6 +173,31 @@ impl FromStr for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// The port peers send to.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The first address the host name resolves to (an IP address resolves to itself).
+    pub async fn resolve(&self) -> std::io::Result<std::net::SocketAddr> {
+        let host = self
+            .host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(&self.host);
+        tokio::net::lookup_host((host, self.port))
+            .await?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} resolves to no address", self.host),
+                )
+            })
+    }
+}
+
 impl TryFrom<String> for Endpoint {
     type Error = String;
 
@@ -180,6 +237,15 @@ mod tests {
     fn priority_zero_is_rejected() {
         assert!(Priority::try_from(0).is_err());
         assert_eq!(u32::from(Priority::try_from(3).unwrap()), 3);
+    }
+
+    #[test]
+    fn a_newcomer_gets_the_next_free_priority() {
+        let p = |n| Priority::try_from(n).unwrap();
+        assert_eq!(Priority::next_free([]), p(1));
+        assert_eq!(Priority::next_free([p(1), p(3), p(2)]), p(4));
+        // Gaps left by removed nodes are not reused: nobody jumps ahead of a member.
+        assert_eq!(Priority::next_free([p(1), p(5)]), p(6));
     }
 
     #[test]

@@ -28,7 +28,6 @@ mod actor;
 mod framing;
 mod join_guard;
 mod keys;
-mod log_limit;
 mod peer;
 mod reliable;
 

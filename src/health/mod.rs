@@ -32,9 +32,26 @@ struct MonitoredBackend {
     intro_points: Vec<IntroPointDesc>,
 }
 
+/// One backend as `rustbalance status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendReport {
+    pub name: String,
+    pub address: String,
+    pub state: BackendState,
+    /// Introduction points of its last verified descriptor.
+    pub intro_points: usize,
+    /// When a valid descriptor was last fetched.
+    pub last_seen: Option<SystemTime>,
+    pub failure_count: u32,
+    pub last_error: Option<String>,
+}
+
 /// The health of every configured backend.
 pub struct HealthMonitor {
     backends: Vec<MonitoredBackend>,
+    /// Backends whose descriptor was fetched and verified in the last round: proof that this
+    /// node's Tor client can reach the HSDirs.
+    fetched_last_round: usize,
     policy: HealthPolicy,
     probe: Option<ProbeConfig>,
     descriptor_dir: PathBuf,
@@ -56,6 +73,7 @@ impl HealthMonitor {
                 descriptor_max_age: config.timing.descriptor_max_age,
                 dead_after_failures: config.health.dead_after_failures,
             },
+            fetched_last_round: 0,
             probe: config.health.probe.clone(),
             descriptor_dir: config.state_dir.join("descriptors"),
         }
@@ -79,6 +97,10 @@ impl HealthMonitor {
         let results = join_all(checks).await;
 
         let now = SystemTime::now();
+        self.fetched_last_round = results
+            .iter()
+            .filter(|result| matches!(result, Some((_, Some(_)))))
+            .count();
         for (backend, result) in self.backends.iter_mut().zip(results) {
             let Some((observation, descriptor)) = result else {
                 continue;
@@ -102,6 +124,27 @@ impl HealthMonitor {
             }
         }
         self.healthy()
+    }
+
+    /// How many backends' descriptors the last round fetched and verified.
+    pub fn fetched_last_round(&self) -> usize {
+        self.fetched_last_round
+    }
+
+    /// Every configured backend, in config order.
+    pub fn report(&self) -> Vec<BackendReport> {
+        self.backends
+            .iter()
+            .map(|b| BackendReport {
+                name: b.config.name.to_string(),
+                address: b.config.address.to_string(),
+                state: b.health.state(),
+                intro_points: b.intro_points.len(),
+                last_seen: b.health.last_seen(),
+                failure_count: b.health.failure_count(),
+                last_error: b.health.last_error().map(str::to_owned),
+            })
+            .collect()
     }
 
     fn healthy(&self) -> HealthyBackends {

@@ -29,6 +29,49 @@ pub const MAX_INTRO_POINTS: usize = 20;
 /// How soon to try again after a publish attempt in which no HSDir accepted the descriptor.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
+/// What one call of [`Publisher::publish_due`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRound {
+    /// When to call again at the latest (`None`: only when the healthy backends change).
+    pub wake_at: Option<SystemTime>,
+    pub uploads: UploadResult,
+}
+
+/// Whether uploads worked in one round: what tells the cluster that this node's Tor can
+/// publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadResult {
+    /// Nothing was due (or nothing could be built): says nothing about Tor.
+    NothingDue,
+    /// At least one HSDir accepted a descriptor.
+    Accepted,
+    /// Uploads were attempted and no HSDir accepted any, or the HSDirs could not be found.
+    Failed,
+}
+
+impl UploadResult {
+    /// The result of two rounds' worth of uploads: one acceptance is enough.
+    fn and(self, other: UploadResult) -> UploadResult {
+        use UploadResult::*;
+        match (self, other) {
+            (Accepted, _) | (_, Accepted) => Accepted,
+            (Failed, _) | (_, Failed) => Failed,
+            (NothingDue, NothingDue) => NothingDue,
+        }
+    }
+}
+
+/// What was last uploaded for one time period, for `rustbalance status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeriodReport {
+    pub time_period: u64,
+    pub published_at: SystemTime,
+    pub revision_counter: u64,
+    pub intro_points: usize,
+    pub hsdirs_accepted: usize,
+    pub hsdirs_tried: usize,
+}
+
 /// Publishes the master descriptor; remembers what it uploaded per time period.
 pub struct Publisher {
     master: MasterIdentity,
@@ -51,13 +94,12 @@ impl Publisher {
         }
     }
 
-    /// Upload for every period that needs it. Returns when to call again at the latest
-    /// (`None`: only when the healthy backends change).
+    /// Upload for every period that needs it.
     pub async fn publish_due(
         &mut self,
         tor: &EmbeddedTor,
         healthy: &HealthyBackends,
-    ) -> Option<SystemTime> {
+    ) -> PublishRound {
         if healthy.iter().all(|(_, ips)| ips.is_empty()) {
             if !self.all_dead_alerted {
                 tracing::error!(
@@ -66,7 +108,10 @@ impl Publisher {
                 );
                 self.all_dead_alerted = true;
             }
-            return None;
+            return PublishRound {
+                wake_at: None,
+                uploads: UploadResult::NothingDue,
+            };
         }
         if self.all_dead_alerted {
             tracing::info!("a backend is healthy again: publishing resumes");
@@ -77,7 +122,10 @@ impl Publisher {
             Ok(targets) => targets,
             Err(err) => {
                 tracing::warn!("cannot publish yet: {err}");
-                return Some(SystemTime::now() + RETRY_AFTER_FAILURE);
+                return PublishRound {
+                    wake_at: Some(SystemTime::now() + RETRY_AFTER_FAILURE),
+                    uploads: UploadResult::Failed,
+                };
             }
         };
         let periods: Vec<u64> = targets
@@ -87,21 +135,54 @@ impl Publisher {
         self.records.retain(|period, _| periods.contains(period));
         self.blinded.retain(|period, _| periods.contains(period));
 
-        let mut wake_at: Option<SystemTime> = None;
+        let mut round = PublishRound {
+            wake_at: None,
+            uploads: UploadResult::NothingDue,
+        };
         for target in &targets {
-            let due = self.publish_period(tor, target, healthy).await;
-            wake_at = Some(wake_at.map_or(due, |w| w.min(due)));
+            let (due, uploads) = self.publish_period(tor, target, healthy).await;
+            round.wake_at = Some(round.wake_at.map_or(due, |w| w.min(due)));
+            round.uploads = round.uploads.and(uploads);
         }
-        wake_at
+        round
     }
 
-    /// Publish one period if it is due; returns when it is due next.
+    /// Forget what was uploaded, so the next round uploads every period at once: for a node
+    /// that (re)gains the lease, since what it uploaded before may have been replaced since.
+    pub fn forget_uploads(&mut self) {
+        self.records.clear();
+    }
+
+    /// Whether the all-backends-dead alert is raised.
+    pub fn alert_raised(&self) -> bool {
+        self.all_dead_alerted
+    }
+
+    /// The last upload of every period still published, oldest period first.
+    pub fn report(&self) -> Vec<PeriodReport> {
+        let mut report: Vec<PeriodReport> = self
+            .records
+            .iter()
+            .map(|(period, record)| PeriodReport {
+                time_period: *period,
+                published_at: record.published_at,
+                revision_counter: record.revision_counter,
+                intro_points: record.intro_points.len(),
+                hsdirs_accepted: record.hsdirs_accepted,
+                hsdirs_tried: record.hsdirs_tried,
+            })
+            .collect();
+        report.sort_by_key(|r| r.time_period);
+        report
+    }
+
+    /// Publish one period if it is due; returns when it is due next, and how the upload went.
     async fn publish_period(
         &mut self,
         tor: &EmbeddedTor,
         target: &PublishTarget,
         healthy: &HealthyBackends,
-    ) -> SystemTime {
+    ) -> (SystemTime, UploadResult) {
         let period = target.time_period().interval_num();
         let address = self.master.address();
         let hsdirs = target.hsdir_ids(&address);
@@ -118,7 +199,7 @@ impl Publisher {
             Ok(blinded) => blinded,
             Err(err) => {
                 tracing::error!(period, "cannot publish this period: {err}");
-                return now + RETRY_AFTER_FAILURE;
+                return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
             }
         };
         let Some(srv_offset) = target.srv_offset(now) else {
@@ -126,7 +207,7 @@ impl Publisher {
                 period,
                 "the clock lies outside this period's SRV period: not publishing it now"
             );
-            return now + RETRY_AFTER_FAILURE;
+            return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
         };
         let base = DescriptorParams {
             intro_points: &[],
@@ -159,13 +240,16 @@ impl Publisher {
                 period,
                 "no descriptor with even one introduction point can be built for this period"
             );
-            return now + RETRY_AFTER_FAILURE;
+            return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
         };
         let intro_ids: Vec<String> = merged.intro_points.iter().map(intro_point_id).collect();
 
         let last = self.records.get(&period);
         let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdirs) else {
-            return last.map_or(now, |l| next_due(l, self.interval));
+            return (
+                last.map_or(now, |l| next_due(l, self.interval)),
+                UploadResult::NothingDue,
+            );
         };
         for left in &merged.left_out {
             let why = match left.reason {
@@ -185,7 +269,7 @@ impl Publisher {
             // Published within the same second (the counter's resolution): wait for the next.
             let Some(next) = self.next_revision_counter(target, period).await else {
                 tracing::warn!(period, "no usable revision counter (clock outside the SRV period, or stepped back): not publishing this period now");
-                return now + RETRY_AFTER_FAILURE;
+                return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
             };
             revision_counter = next;
             let params = DescriptorParams {
@@ -197,7 +281,7 @@ impl Publisher {
                 Ok(text) => text,
                 Err(err) => {
                     tracing::error!(period, "cannot build the descriptor: {err}");
-                    return now + RETRY_AFTER_FAILURE;
+                    return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
                 }
             };
         }
@@ -226,17 +310,22 @@ impl Publisher {
             backends.into_iter().cloned().collect::<Vec<_>>().join(", ")
         );
         if accepted == 0 {
-            return SystemTime::now() + RETRY_AFTER_FAILURE;
+            return (
+                SystemTime::now() + RETRY_AFTER_FAILURE,
+                UploadResult::Failed,
+            );
         }
         let record = PublishRecord {
             published_at: now,
             intro_points: intro_ids,
             hsdirs,
             revision_counter,
+            hsdirs_accepted: accepted,
+            hsdirs_tried: results.len(),
         };
         let due = next_due(&record, self.interval);
         self.records.insert(period, record);
-        due
+        (due, UploadResult::Accepted)
     }
 
     /// The master key blinded for `period`, from the cache or computed now.

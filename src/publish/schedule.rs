@@ -19,6 +19,9 @@ pub struct PublishRecord {
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
     pub revision_counter: u64,
+    /// HSDirs that accepted the upload, of how many tried (shown by `status`).
+    pub hsdirs_accepted: usize,
+    pub hsdirs_tried: usize,
 }
 
 /// Why a descriptor is being uploaded; logged with every upload.
@@ -96,6 +99,8 @@ mod tests {
             intro_points: strings(&["ip1", "ip2"]),
             hsdirs: strings(&["h1", "h2"]),
             revision_counter: 1,
+            hsdirs_accepted: 2,
+            hsdirs_tried: 2,
         }
     }
 

@@ -11,10 +11,17 @@
 //! - [`tornet`]: the network and its public API ([`TorNetwork`]).
 //! - [`http`]: a tiny HTTP/1.0 server per backend and an HTTP GET through a SOCKS5 proxy.
 //! - [`process`]: a guard that stops a child process by PID when dropped, also on panic.
+//! - [`master`]: fetches through the master address, and an Arti observer of its descriptor.
+//! - [`balancer`]: RustBalance nodes as processes of the built binary, and a log watcher.
 //! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
 #![allow(dead_code)]
 
+// Test binaries only: they need the built binary (examples include this directory too).
+#[cfg(test)]
+pub mod balancer;
 pub mod http;
+#[cfg(test)]
+pub mod master;
 pub mod process;
 pub mod tornet;
 

@@ -87,6 +87,25 @@ impl ProcessGuard {
         }
     }
 
+    /// SIGKILL now (a crash, as far as the process can tell), and reap it.
+    pub fn kill_hard(&mut self) {
+        if self.exit_status().is_none() {
+            let _ = self.child.kill();
+            if let Ok(status) = self.child.wait() {
+                self.exited = Some(status);
+            }
+        }
+    }
+
+    /// Wait up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while self.exit_status().is_none() && Instant::now() < deadline {
+            thread::sleep(EXIT_POLL);
+        }
+        self.exited
+    }
+
     /// Stop the process: SIGTERM, up to [`TERM_GRACE`] to exit, then SIGKILL; always reaped.
     pub fn stop(&mut self) {
         self.terminate();

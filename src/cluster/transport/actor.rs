@@ -39,7 +39,6 @@ use zeroize::Zeroize as _;
 
 use super::framing::{self, FramingError};
 use super::join_guard::{JoinGuard, JoinRejection};
-use super::log_limit::LogLimiter;
 use super::peer::{Inserted, PeerTable};
 use super::reliable::Outbox;
 use super::{
@@ -47,6 +46,7 @@ use super::{
     SendError, WgPrivateKey, WgPublicKey, HANDSHAKE_RATE_LIMIT, JOIN_RETRY_INTERVAL,
     RATE_LIMITER_RESET, TIMER_TICK, WARN_INTERVAL, WG_BUFFER_LEN,
 };
+use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{
     Ack, JoinAccept, JoinRequest, Message, MessageError, MsgId, JOIN_REQUEST_TAG,
 };
@@ -119,7 +119,7 @@ struct Net {
     /// The same socket, non-blocking, for sending on the spot: the tunnels hand us datagrams
     /// in buffers we must reuse at once, so we cannot await.
     sender: std::net::UdpSocket,
-    warnings: LogLimiter,
+    warnings: LogLimiter<SocketAddr>,
 }
 
 impl Net {

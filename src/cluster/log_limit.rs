@@ -1,4 +1,5 @@
-//! At most one warning per source every few seconds.
+//! At most one warning per source every few seconds (a source: an address for the transport,
+//! a peer for the election's warnings).
 //!
 //! Anyone on the internet can send datagrams to the cluster port. Each bad one deserves a
 //! warning (an operator wants to know a node is being probed, or that a peer runs with the
@@ -6,7 +7,7 @@
 //! one line per interval, and the next line says how many were held back.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::hash::Hash;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,9 +17,9 @@ use tokio::time::Instant;
 const MAX_SOURCES: usize = 1024;
 
 /// Decides whether a warning about a source may be logged now.
-pub(super) struct LogLimiter {
+pub(crate) struct LogLimiter<K> {
     interval: Duration,
-    sources: HashMap<SocketAddr, SourceState>,
+    sources: HashMap<K, SourceState>,
 }
 
 struct SourceState {
@@ -26,8 +27,8 @@ struct SourceState {
     suppressed: u64,
 }
 
-impl LogLimiter {
-    pub(super) fn new(interval: Duration) -> Self {
+impl<K: Hash + Eq> LogLimiter<K> {
+    pub(crate) fn new(interval: Duration) -> Self {
         LogLimiter {
             interval,
             sources: HashMap::new(),
@@ -36,7 +37,7 @@ impl LogLimiter {
 
     /// `Some(n)` if a warning about `source` may be logged now, `n` being how many were held
     /// back since the last one; `None` to stay quiet.
-    pub(super) fn allow(&mut self, source: SocketAddr, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, source: K, now: Instant) -> Option<u64> {
         if let Some(state) = self.sources.get_mut(&source) {
             if now.duration_since(state.last_logged) < self.interval {
                 state.suppressed += 1;
@@ -66,7 +67,7 @@ impl LogLimiter {
     }
 
     /// Drops the sources that have been quiet for a whole interval.
-    pub(super) fn forget_quiet(&mut self, now: Instant) {
+    pub(crate) fn forget_quiet(&mut self, now: Instant) {
         let interval = self.interval;
         self.sources
             .retain(|_, state| now.duration_since(state.last_logged) < interval);
@@ -76,6 +77,7 @@ impl LogLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))

@@ -1,0 +1,135 @@
+//! Whether this node can publish, from what its Tor client has shown: a pure state machine.
+//!
+//! The election needs one bit from the daemon (`Event::LocalHealth`): could this node upload
+//! the descriptor if it held the lease? It cannot while Arti bootstraps. It also cannot, as far
+//! as the cluster is concerned, once every upload has failed for `timing.upload_failure_release`
+//! (10 minutes by default): the election then hands the lease to a standby whose Tor works.
+//! Such a node must not claim the lease back at once while its own Tor is still broken, yet as
+//! a standby it uploads nothing that could prove its Tor works again. So it waits out one more
+//! release period and then needs a health round that fetched a backend's descriptor (its
+//! circuits to the HSDirs work again) before it counts as able. A successful upload (a lone
+//! publisher keeps trying) ends the trouble at once.
+
+use std::time::Duration;
+
+use super::election::Timestamp;
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct PublishAbility {
+    tor_ready: bool,
+    release_after: Duration,
+    /// The first failed upload since the last success.
+    failing_since: Option<Timestamp>,
+    /// When uploads had failed for `release_after` and this node gave up the ability.
+    gave_up_at: Option<Timestamp>,
+}
+
+impl PublishAbility {
+    /// A node whose Tor client has not bootstrapped yet.
+    pub fn new(release_after: Duration) -> Self {
+        PublishAbility {
+            tor_ready: false,
+            release_after,
+            failing_since: None,
+            gave_up_at: None,
+        }
+    }
+
+    /// Arti bootstrapped and holds a live consensus.
+    pub fn tor_ready(&mut self) {
+        self.tor_ready = true;
+    }
+
+    pub fn upload_succeeded(&mut self) {
+        self.failing_since = None;
+        self.gave_up_at = None;
+    }
+
+    pub fn upload_failed(&mut self, now: Timestamp) {
+        self.failing_since.get_or_insert(now);
+    }
+
+    /// A health round fetched at least one backend descriptor.
+    pub fn fetch_succeeded(&mut self, now: Timestamp) {
+        if self
+            .gave_up_at
+            .is_some_and(|at| now >= at + self.release_after)
+        {
+            self.gave_up_at = None;
+        }
+    }
+
+    /// Whether this node can publish at `now` (gives up here when uploads failed too long).
+    pub fn can_publish(&mut self, now: Timestamp) -> bool {
+        if self
+            .failing_since
+            .is_some_and(|since| now >= since + self.release_after)
+        {
+            self.failing_since = None;
+            self.gave_up_at = Some(now);
+        }
+        self.tor_ready && self.gave_up_at.is_none()
+    }
+
+    /// Whether the node gave up because its uploads kept failing.
+    pub fn gave_up(&self) -> bool {
+        self.gave_up_at.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RELEASE: Duration = Duration::from_secs(600);
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn not_before_tor_is_ready() {
+        let mut ability = PublishAbility::new(RELEASE);
+        assert!(!ability.can_publish(at(0)));
+        ability.tor_ready();
+        assert!(ability.can_publish(at(0)));
+    }
+
+    #[test]
+    fn failing_uploads_give_up_after_the_release_time_and_a_success_restores() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.upload_failed(at(10));
+        ability.upload_failed(at(300));
+        assert!(ability.can_publish(at(609)));
+        assert!(!ability.can_publish(at(610)));
+        assert!(ability.gave_up());
+        ability.upload_succeeded();
+        assert!(ability.can_publish(at(611)));
+    }
+
+    #[test]
+    fn a_success_in_between_restarts_the_count() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.upload_failed(at(0));
+        ability.upload_succeeded();
+        ability.upload_failed(at(500));
+        assert!(ability.can_publish(at(1000)));
+        assert!(!ability.can_publish(at(1100)));
+    }
+
+    #[test]
+    fn after_giving_up_only_a_fetch_one_release_period_later_restores() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.upload_failed(at(0));
+        assert!(!ability.can_publish(at(600)));
+        // Fetches right after giving up do not count: no claiming straight back.
+        ability.fetch_succeeded(at(700));
+        assert!(!ability.can_publish(at(700)));
+        ability.fetch_succeeded(at(1200));
+        assert!(ability.can_publish(at(1200)));
+    }
+}

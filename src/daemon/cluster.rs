@@ -1,0 +1,550 @@
+//! The daemon's cluster loop: one task that owns the election and carries out what it decides
+//! over the transport, admits joining nodes, and keeps the membership (`peers/`) current.
+//!
+//! - **heartbeat / receive**: every message from a peer goes to the election; the election's
+//!   actions go out as wire messages (heartbeats once, lease claims and releases reliably to
+//!   every member) or switch the publish loop on and off through a `watch` channel.
+//! - **local health**: the Tor side reports bootstrap, upload results and health rounds;
+//!   [`PublishAbility`] turns them into the election's `LocalHealth` bit.
+//! - **membership**: a verified join request gets the next free priority, the members and the
+//!   shared configuration through the new tunnel; once the newcomer acknowledged, every other
+//!   member hears a `PeerAnnounce`. Each node also repeats its member list now and then, so a
+//!   member that was down during an announcement catches up.
+//! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
+//!   the acks), so a standby takes over at once instead of after the grace.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use futures::future::join_all;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::cluster::ability::PublishAbility;
+use crate::cluster::election::{Action, Election, Event, Timestamp};
+use crate::cluster::log_limit::LogLimiter;
+use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
+use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
+use crate::cluster::{Endpoint, NodeId, Priority, Role};
+use crate::node_files;
+use crate::publish::UploadResult;
+use crate::status::{unix_secs, PeerStatus, StatusBoard};
+
+/// How often a node repeats its member list to every peer.
+const PEER_LIST_INTERVAL: Duration = Duration::from_secs(60);
+/// How long an announcement of a new member is resent to a peer that does not acknowledge.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(60);
+/// How long the accepting node resends the answer to a join request.
+const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(30);
+/// How long a clean shutdown waits for the peers to acknowledge the lease release.
+const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// At most one election warning about the same peer in this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the Tor side of the daemon reports to the cluster loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalEvent {
+    /// Arti bootstrapped and holds a live consensus.
+    TorReady,
+    /// The publish loop attempted uploads.
+    Uploads(UploadResult),
+    /// A health round finished, having fetched this many backend descriptors.
+    HealthRound { fetched: usize },
+}
+
+/// Everything the cluster loop starts from.
+pub struct ClusterSetup {
+    pub me: NodeId,
+    pub priority: Priority,
+    /// How peers reach this node; without it, this node cannot admit newcomers.
+    pub endpoint: Option<Endpoint>,
+    pub config_dir: PathBuf,
+    /// The shared tables of config.toml, handed to joining nodes.
+    pub shared_config: String,
+    pub members: Vec<PeerInfo>,
+    pub election: Election,
+    pub ability: PublishAbility,
+    /// How long a lease claim or release is resent: after a publisher timeout it is moot.
+    pub claim_wait: Duration,
+    pub transport: Transport,
+    pub publishing: watch::Sender<bool>,
+    pub board: StatusBoard,
+}
+
+/// The outcome of admitting a newcomer (reported by the task that waited for its ack).
+struct JoinDone {
+    newcomer: PeerInfo,
+    result: Result<(), SendError>,
+}
+
+struct ClusterNode {
+    me: NodeId,
+    priority: Priority,
+    endpoint: Option<Endpoint>,
+    config_dir: PathBuf,
+    shared_config: String,
+    members: BTreeMap<NodeId, PeerInfo>,
+    /// Newcomers being admitted, with the priority they were offered.
+    pending_joins: BTreeMap<NodeId, Priority>,
+    election: Election,
+    ability: PublishAbility,
+    claim_wait: Duration,
+    transport: Transport,
+    publishing: watch::Sender<bool>,
+    board: StatusBoard,
+    joins_done: mpsc::Sender<JoinDone>,
+    warnings: LogLimiter<String>,
+    last_publisher: Option<NodeId>,
+}
+
+/// Run the cluster loop until `shutdown` turns true (then release the lease and close the
+/// transport) or the transport stops.
+pub async fn run(
+    setup: ClusterSetup,
+    mut inbox: Inbox,
+    mut local: mpsc::Receiver<LocalEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (joins_done, mut joins) = mpsc::channel(16);
+    let mut node = ClusterNode {
+        me: setup.me,
+        priority: setup.priority,
+        endpoint: setup.endpoint,
+        config_dir: setup.config_dir,
+        shared_config: setup.shared_config,
+        members: setup
+            .members
+            .into_iter()
+            .map(|peer| (peer.node_id.clone(), peer))
+            .collect(),
+        pending_joins: BTreeMap::new(),
+        election: setup.election,
+        ability: setup.ability,
+        claim_wait: setup.claim_wait,
+        transport: setup.transport,
+        publishing: setup.publishing,
+        board: setup.board,
+        joins_done,
+        warnings: LogLimiter::new(WARN_INTERVAL),
+        last_publisher: None,
+    };
+    let mut peer_lists = tokio::time::interval_at(
+        tokio::time::Instant::now() + PEER_LIST_INTERVAL,
+        PEER_LIST_INTERVAL,
+    );
+    node.send_peer_list().await;
+    node.step(Event::Tick).await;
+    node.update_ability().await;
+    node.refresh();
+    loop {
+        let now = now();
+        let wake = node
+            .election
+            .poll_timeout(now)
+            .saturating_duration_since(now);
+        tokio::select! {
+            _ = tokio::time::sleep(wake) => {
+                node.step(Event::Tick).await;
+            }
+            incoming = inbox.recv() => match incoming {
+                Some(Incoming::Message { from, message }) => node.on_message(from, message).await,
+                Some(Incoming::JoinRequest(candidate)) => node.on_join_request(candidate),
+                None => {
+                    tracing::error!("the cluster transport stopped");
+                    return;
+                }
+            },
+            Some(event) = local.recv() => node.on_local(event).await,
+            Some(done) = joins.recv() => node.on_join_done(done).await,
+            _ = peer_lists.tick() => node.send_peer_list().await,
+            _ = shutdown.changed() => {
+                node.shut_down().await;
+                return;
+            }
+        }
+        node.update_ability().await;
+        node.refresh();
+    }
+}
+
+/// The local wall clock, which peers compare message timestamps with.
+fn now() -> Timestamp {
+    Timestamp::from_system_time(SystemTime::now())
+}
+
+impl ClusterNode {
+    /// Feed one event to the election and carry out its decisions.
+    async fn step(&mut self, event: Event) -> Vec<JoinHandle<()>> {
+        let actions = self.election.handle(event, now());
+        self.perform(actions).await
+    }
+
+    /// Carry out the election's actions. Returns the tasks resending acknowledged messages.
+    async fn perform(&mut self, actions: Vec<Action>) -> Vec<JoinHandle<()>> {
+        let mut resends = Vec::new();
+        for action in actions {
+            match action {
+                Action::BroadcastHeartbeat(heartbeat) => {
+                    let message = Message::Heartbeat((&heartbeat).into());
+                    if let Err(err) = self.transport.broadcast(&message).await {
+                        tracing::warn!("cannot send the heartbeat: {err}");
+                    }
+                }
+                Action::BroadcastLeaseClaim(claim) => {
+                    resends.extend(
+                        self.send_to_members(self.claim_wait, || {
+                            Message::LeaseClaim((&claim).into())
+                        }),
+                    );
+                }
+                Action::BroadcastLeaseRelease(release) => {
+                    resends.extend(self.send_to_members(self.claim_wait, || {
+                        Message::LeaseRelease((&release).into())
+                    }));
+                }
+                Action::StartPublishing => {
+                    tracing::info!(
+                        "this node is now the publisher (priority {})",
+                        self.priority
+                    );
+                    self.publishing.send_replace(true);
+                }
+                Action::StopPublishing => {
+                    tracing::info!("this node is now a standby: it stops publishing");
+                    self.publishing.send_replace(false);
+                }
+                Action::Warn(warning) => {
+                    // The warning's subject ("ignored a message from node-b") is the key, so a
+                    // peer with a skewed clock is reported every half minute, not every 10 s.
+                    let subject = warning.split(':').next().unwrap_or_default().to_owned();
+                    if let Some(held_back) =
+                        self.warnings.allow(subject, tokio::time::Instant::now())
+                    {
+                        if held_back > 0 {
+                            tracing::warn!("{warning} ({held_back} more like it held back)");
+                        } else {
+                            tracing::warn!("{warning}");
+                        }
+                    }
+                }
+            }
+        }
+        resends
+    }
+
+    /// Send a message (made fresh per member, each with its own msg_id) reliably to every
+    /// member, each in its own task so that a dead member delays nobody.
+    fn send_to_members(
+        &self,
+        give_up_after: Duration,
+        message: impl Fn() -> Message,
+    ) -> Vec<JoinHandle<()>> {
+        self.members
+            .keys()
+            .map(|member| {
+                let (transport, member, message) =
+                    (self.transport.clone(), member.clone(), message());
+                tokio::spawn(async move {
+                    let kind = message.kind();
+                    if let Err(err) = transport
+                        .send_reliable(&member, message, give_up_after)
+                        .await
+                    {
+                        tracing::debug!("{kind} to {member} not delivered: {err}");
+                    }
+                })
+            })
+            .collect()
+    }
+
+    async fn on_message(&mut self, from: NodeId, message: Message) {
+        if let Some(message) = message.to_election() {
+            self.step(Event::Heard(message)).await;
+            return;
+        }
+        match message {
+            Message::PeerAnnounce(announce) => self.learn_peer(announce.peer, true, &from).await,
+            Message::PeerList(list) => {
+                for peer in list.peers {
+                    self.learn_peer(peer, false, &from).await;
+                }
+            }
+            Message::JoinAccept(_) => {
+                tracing::debug!("ignored a JoinAccept from {from}: this node is not joining");
+            }
+            // Heartbeats and lease messages went to the election; acks stay in the transport.
+            _ => {}
+        }
+    }
+
+    /// Record a member that `via` told us about. `replace`: an announcement by the node that
+    /// admitted it (new key or endpoint) replaces what we knew; a member list only adds.
+    async fn learn_peer(&mut self, peer: PeerInfo, replace: bool, via: &NodeId) {
+        if peer.node_id == self.me {
+            return;
+        }
+        match self.members.get(&peer.node_id) {
+            Some(known) if *known == peer || !replace => return,
+            _ => {}
+        }
+        let address = match peer.endpoint.resolve().await {
+            Ok(address) => Some(address),
+            Err(err) => {
+                tracing::warn!(
+                    "peer {} announced by {via}: cannot resolve its endpoint {}: {err}; waiting until it contacts this node",
+                    peer.node_id,
+                    peer.endpoint
+                );
+                None
+            }
+        };
+        let config = PeerConfig {
+            node_id: peer.node_id.clone(),
+            public_key: peer.public_key,
+            endpoint: address,
+        };
+        if let Err(err) = self.transport.add_peer(config).await {
+            tracing::warn!("ignored peer {} announced by {via}: {err}", peer.node_id);
+            return;
+        }
+        if let Err(err) = node_files::save_peer(&self.config_dir, &peer) {
+            tracing::warn!("peer {} is in use but not saved: {err}", peer.node_id);
+        }
+        tracing::info!(
+            "new cluster member {} (priority {}) at {}, announced by {via}",
+            peer.node_id,
+            peer.priority,
+            peer.endpoint
+        );
+        self.members.insert(peer.node_id.clone(), peer);
+    }
+
+    /// Tell every member which members this node knows, so one that missed an announcement
+    /// (it was down) learns them. Unacknowledged: it is repeated every minute.
+    async fn send_peer_list(&mut self) {
+        let mut peers: Vec<PeerInfo> = self.members.values().cloned().collect();
+        if let Some(me) = self.my_peer_info() {
+            peers.push(me);
+        }
+        let message = Message::PeerList(PeerList {
+            peers,
+            msg_id: MsgId::random(),
+        });
+        if let Err(err) = self.transport.broadcast(&message).await {
+            tracing::warn!("cannot send the member list: {err}");
+        }
+    }
+
+    fn my_peer_info(&self) -> Option<PeerInfo> {
+        Some(PeerInfo {
+            node_id: self.me.clone(),
+            endpoint: self.endpoint.clone()?,
+            public_key: self.transport.public_key(),
+            priority: self.priority,
+        })
+    }
+
+    /// A node with the cluster secret asks to join: offer it a priority, the members and the
+    /// shared configuration. Joining again (same node id) keeps its priority.
+    fn on_join_request(&mut self, candidate: JoinCandidate) {
+        let Some(me) = self.my_peer_info() else {
+            tracing::warn!(
+                "refused the join request of {} from {}: [cluster] endpoint is not set on this node, so the members could not tell the newcomer how to reach it",
+                candidate.node_id,
+                candidate.source
+            );
+            return;
+        };
+        if candidate.node_id == self.me {
+            tracing::warn!(
+                "refused a join request from {} that uses this node's own id {}",
+                candidate.source,
+                self.me
+            );
+            return;
+        }
+        if self.pending_joins.contains_key(&candidate.node_id) {
+            return;
+        }
+        let priority = match self.members.get(&candidate.node_id) {
+            Some(known) => known.priority,
+            None => Priority::next_free(
+                self.members
+                    .values()
+                    .map(|peer| peer.priority)
+                    .chain(self.pending_joins.values().copied())
+                    .chain([self.priority]),
+            ),
+        };
+        let mut peers: Vec<PeerInfo> = self
+            .members
+            .values()
+            .filter(|peer| peer.node_id != candidate.node_id)
+            .cloned()
+            .collect();
+        peers.push(me);
+        let accept = JoinAccept {
+            assigned_priority: priority,
+            peers,
+            config: self.shared_config.clone(),
+            publisher: self.election.publisher(now()).cloned(),
+            msg_id: MsgId::random(),
+        };
+        let newcomer = PeerInfo {
+            node_id: candidate.node_id.clone(),
+            endpoint: candidate.endpoint.clone(),
+            public_key: candidate.public_key,
+            priority,
+        };
+        tracing::info!(
+            "{} asks to join from {}: admitting it with priority {priority}",
+            candidate.node_id,
+            candidate.source
+        );
+        self.pending_joins
+            .insert(candidate.node_id.clone(), priority);
+        let (transport, done) = (self.transport.clone(), self.joins_done.clone());
+        tokio::spawn(async move {
+            let result = transport
+                .accept_join(candidate, accept, JOIN_ANSWER_WAIT)
+                .await;
+            let _ = done.send(JoinDone { newcomer, result }).await;
+        });
+    }
+
+    /// The newcomer acknowledged (or never did): record it and tell every other member.
+    async fn on_join_done(&mut self, done: JoinDone) {
+        let JoinDone { newcomer, result } = done;
+        self.pending_joins.remove(&newcomer.node_id);
+        if let Err(err) = result {
+            tracing::warn!("{} did not complete its join: {err}", newcomer.node_id);
+            return;
+        }
+        if let Err(err) = node_files::save_peer(&self.config_dir, &newcomer) {
+            tracing::warn!("member {} is in use but not saved: {err}", newcomer.node_id);
+        }
+        tracing::info!(
+            "{} joined the cluster with priority {} (endpoint {})",
+            newcomer.node_id,
+            newcomer.priority,
+            newcomer.endpoint
+        );
+        self.members
+            .insert(newcomer.node_id.clone(), newcomer.clone());
+        for member in self.members.keys().filter(|id| **id != newcomer.node_id) {
+            let message = Message::PeerAnnounce(PeerAnnounce {
+                peer: newcomer.clone(),
+                msg_id: MsgId::random(),
+            });
+            let (transport, member) = (self.transport.clone(), member.clone());
+            tokio::spawn(async move {
+                if let Err(err) = transport
+                    .send_reliable(&member, message, ANNOUNCE_WAIT)
+                    .await
+                {
+                    tracing::warn!("could not tell {member} about the new member: {err}");
+                }
+            });
+        }
+    }
+
+    async fn on_local(&mut self, event: LocalEvent) {
+        let now = now();
+        match event {
+            LocalEvent::TorReady => self.ability.tor_ready(),
+            LocalEvent::Uploads(UploadResult::Accepted) => {
+                self.ability.upload_succeeded();
+                self.step(Event::UploadSucceeded).await;
+            }
+            LocalEvent::Uploads(UploadResult::Failed) => self.ability.upload_failed(now),
+            LocalEvent::Uploads(UploadResult::NothingDue) => {}
+            LocalEvent::HealthRound { fetched } => {
+                if fetched > 0 {
+                    self.ability.fetch_succeeded(now);
+                }
+            }
+        }
+    }
+
+    /// Tell the election when this node's ability to publish changed.
+    async fn update_ability(&mut self) {
+        let can_publish = self.ability.can_publish(now());
+        if can_publish == self.election.can_publish() {
+            return;
+        }
+        if !can_publish && self.ability.gave_up() {
+            tracing::warn!(
+                "every upload of this node has failed for too long: it leaves the lease to a standby whose Tor works"
+            );
+        }
+        self.step(Event::LocalHealth { can_publish }).await;
+    }
+
+    /// Update `status` and log a change of publisher.
+    fn refresh(&mut self) {
+        let now = now();
+        let publisher = self.election.publisher(now).cloned();
+        if publisher != self.last_publisher {
+            match &publisher {
+                Some(id) => tracing::info!("cluster publisher: {id}"),
+                None => tracing::info!("cluster publisher: none (lease vacant)"),
+            }
+            self.last_publisher = publisher.clone();
+        }
+        let mut peers: Vec<PeerStatus> = self
+            .election
+            .peers(now)
+            .map(|view| PeerStatus {
+                node_id: view.node_id.clone(),
+                priority: view.priority,
+                role: view.role,
+                can_publish: view.can_publish,
+                live: view.live,
+                last_heard: view.last_heard.map(|t| t.as_unix_secs()),
+                last_publish: view.last_publish.map(|t| t.as_unix_secs()),
+                endpoint: self
+                    .members
+                    .get(view.node_id)
+                    .map(|peer| peer.endpoint.to_string()),
+            })
+            .collect();
+        // Members the election has not heard from since start.
+        for member in self.members.values() {
+            if !peers.iter().any(|p| p.node_id == member.node_id) {
+                peers.push(PeerStatus {
+                    node_id: member.node_id.clone(),
+                    priority: member.priority,
+                    role: Role::Standby,
+                    can_publish: false,
+                    live: false,
+                    last_heard: None,
+                    last_publish: None,
+                    endpoint: Some(member.endpoint.to_string()),
+                });
+            }
+        }
+        peers.sort_by_key(|p| (p.priority, p.node_id.clone()));
+        let (role, can_publish) = (self.election.role(), self.election.can_publish());
+        self.board.update(|status| {
+            status.role = role;
+            status.can_publish = can_publish;
+            status.publisher = publisher;
+            status.peers = peers;
+            status.generated_at = unix_secs(SystemTime::now());
+        });
+    }
+
+    /// Clean shutdown: stop publishing, release the lease to every member (waiting briefly
+    /// for their acks), close the socket.
+    async fn shut_down(&mut self) {
+        let resends = self.step(Event::Shutdown).await;
+        if tokio::time::timeout(RELEASE_WAIT, join_all(resends))
+            .await
+            .is_err()
+        {
+            tracing::info!("not every member acknowledged the lease release in time");
+        }
+        self.transport.shutdown().await;
+    }
+}

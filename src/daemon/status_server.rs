@@ -1,0 +1,74 @@
+//! The status socket: `<state-dir>/status.sock`, owner only. Each connection gets the node's
+//! [`NodeStatus`](crate::status::NodeStatus) as one JSON document, then the socket closes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::UnixListener;
+
+use super::DaemonError;
+use crate::fsutil::PRIVATE_FILE_MODE;
+use crate::status::{StatusBoard, SOCKET_FILE};
+
+/// A reader that does not read within this time is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The bound socket; removes its file when dropped.
+pub struct StatusServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl StatusServer {
+    /// Bind `<state_dir>/status.sock`. Refuses if another daemon answers on it (two daemons on
+    /// one state directory would fight over Arti's cache and the lease); a stale socket file of
+    /// a crashed daemon is replaced.
+    pub fn bind(state_dir: &Path) -> Result<StatusServer, DaemonError> {
+        let path = state_dir.join(SOCKET_FILE);
+        if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+            return Err(DaemonError::AlreadyRunning(path));
+        }
+        let socket_error = |source| DaemonError::StatusSocket {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                return Err(socket_error(err))
+            }
+            _ => {}
+        }
+        let listener = UnixListener::bind(&path).map_err(socket_error)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
+            .map_err(socket_error)?;
+        Ok(StatusServer { listener, path })
+    }
+
+    /// Answer every connection with the current status, until the task is dropped.
+    pub async fn serve(self, board: StatusBoard) {
+        loop {
+            let Ok((mut stream, _)) = self.listener.accept().await else {
+                // Out of file descriptors, say: try again shortly rather than spin.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let board = board.clone();
+            tokio::spawn(async move {
+                let Ok(mut json) = serde_json::to_vec(&board.snapshot()) else {
+                    return;
+                };
+                json.push(b'\n');
+                // A client that vanished or stalls costs nothing but its connection.
+                let _ = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&json)).await;
+            });
+        }
+    }
+}
+
+impl Drop for StatusServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -1,0 +1,385 @@
+//! What `rustbalance status` shows: the node's own view of itself, the cluster, the backends
+//! and its uploads.
+//!
+//! The daemon keeps one [`NodeStatus`] up to date (each loop fills in its part through a
+//! [`StatusBoard`]) and serves it as JSON on a Unix socket only its owner can open; the `status`
+//! command reads it and prints either that JSON (`--json`, for scripts) or a table a person
+//! reads at a glance. [`NodeStatus::problems`] decides whether the node is healthy, which is
+//! the command's exit status, so monitoring can use it.
+//!
+//! Times travel as Unix seconds; the table shows them as ages relative to `generated_at`.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{NodeId, Priority, Role};
+
+/// File name of the status socket inside the state directory.
+pub const SOCKET_FILE: &str = "status.sock";
+
+/// Everything the status command shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// When the daemon produced this view (Unix seconds).
+    pub generated_at: u64,
+    pub node_id: NodeId,
+    pub priority: Priority,
+    pub master_address: String,
+    pub role: Role,
+    /// Whether this node could publish now (Tor bootstrapped, uploads not failing).
+    pub can_publish: bool,
+    /// The publisher as this node knows it (itself included); `None` while the lease is vacant.
+    pub publisher: Option<NodeId>,
+    pub tor: TorStatus,
+    pub peers: Vec<PeerStatus>,
+    pub backends: Vec<BackendStatus>,
+    /// The last upload of each time period this node published (empty on a standby).
+    pub publishes: Vec<PublishStatus>,
+    /// Conditions an operator must act on, as logged at error level.
+    pub alerts: Vec<String>,
+}
+
+/// The embedded Tor client.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorStatus {
+    pub bootstrapped: bool,
+    /// Valid-after of the live consensus (Unix seconds).
+    pub consensus_valid_after: Option<u64>,
+    /// The last bootstrap or consensus error, until Tor works again.
+    pub last_error: Option<String>,
+}
+
+/// One peer of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerStatus {
+    pub node_id: NodeId,
+    pub priority: Priority,
+    pub role: Role,
+    pub can_publish: bool,
+    /// Heard within the publisher timeout.
+    pub live: bool,
+    /// When its last message arrived (Unix seconds, this node's clock).
+    pub last_heard: Option<u64>,
+    /// When it last uploaded the descriptor, as it reported (Unix seconds).
+    pub last_publish: Option<u64>,
+    pub endpoint: Option<String>,
+}
+
+/// One backend onion service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub name: String,
+    pub address: String,
+    pub state: String,
+    pub intro_points: usize,
+    /// When its descriptor was last fetched and verified (Unix seconds).
+    pub last_fetch: Option<u64>,
+    pub failure_count: u32,
+    pub last_error: Option<String>,
+}
+
+/// The last upload for one time period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishStatus {
+    pub time_period: u64,
+    pub published_at: u64,
+    pub revision_counter: u64,
+    pub intro_points: usize,
+    pub hsdirs_accepted: usize,
+    pub hsdirs_tried: usize,
+}
+
+impl NodeStatus {
+    /// A node that has just started: nothing known yet.
+    pub fn starting(node_id: NodeId, priority: Priority, master_address: String) -> Self {
+        NodeStatus {
+            generated_at: unix_secs(SystemTime::now()),
+            node_id,
+            priority,
+            master_address,
+            role: Role::Standby,
+            can_publish: false,
+            publisher: None,
+            tor: TorStatus::default(),
+            peers: Vec::new(),
+            backends: Vec::new(),
+            publishes: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
+
+    /// Why this node is unhealthy; empty when it is healthy. A node is unhealthy when the
+    /// cluster has no publisher, its Tor client is not bootstrapped, every backend is dead
+    /// (or none is configured), or an alert is raised.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.publisher.is_none() {
+            problems.push("no publisher in the cluster".to_owned());
+        }
+        if !self.tor.bootstrapped {
+            problems.push("the embedded Tor client is not bootstrapped".to_owned());
+        }
+        if self.backends.is_empty() {
+            problems.push("no backends configured".to_owned());
+        } else if !self.backends.iter().any(|b| b.state == "healthy") {
+            problems.push("no healthy backend".to_owned());
+        }
+        problems.extend(self.alerts.iter().cloned());
+        problems
+    }
+
+    /// The table for people.
+    pub fn render(&self) -> String {
+        let now = self.generated_at;
+        let mut out = String::new();
+        let problems = self.problems();
+        let health = if problems.is_empty() {
+            "healthy".to_owned()
+        } else {
+            format!("UNHEALTHY: {}", problems.join("; "))
+        };
+        let _ = writeln!(
+            out,
+            "node       {} (priority {})",
+            self.node_id, self.priority
+        );
+        let _ = writeln!(out, "master     {}", self.master_address);
+        let _ = writeln!(
+            out,
+            "role       {}{}",
+            self.role,
+            if self.can_publish {
+                ""
+            } else {
+                " (cannot publish now)"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "publisher  {}",
+            self.publisher
+                .as_ref()
+                .map_or("none".to_owned(), ToString::to_string)
+        );
+        let tor = match (&self.tor.consensus_valid_after, self.tor.bootstrapped) {
+            (Some(valid_after), true) => {
+                format!(
+                    "bootstrapped, consensus of {} ago",
+                    ago(now, Some(*valid_after))
+                )
+            }
+            (None, true) => "bootstrapped".to_owned(),
+            (_, false) => "bootstrapping".to_owned(),
+        };
+        let _ = writeln!(out, "tor        {tor}");
+        if let Some(error) = &self.tor.last_error {
+            let _ = writeln!(out, "           last error: {error}");
+        }
+        let _ = writeln!(out, "health     {health}");
+
+        let _ = writeln!(out, "\npeers");
+        if self.peers.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for peer in &self.peers {
+            let _ = writeln!(
+                out,
+                "  {:<28} priority {:<3} {:<9} {:<14} last heard {:<9} {}",
+                peer.node_id.as_str(),
+                peer.priority,
+                peer.role.to_string(),
+                if !peer.live {
+                    "silent"
+                } else if peer.can_publish {
+                    "can publish"
+                } else {
+                    "cannot publish"
+                },
+                ago(now, peer.last_heard),
+                peer.endpoint.as_deref().unwrap_or("")
+            );
+        }
+
+        let _ = writeln!(out, "\nbackends");
+        if self.backends.is_empty() {
+            let _ = writeln!(out, "  (none)");
+        }
+        for backend in &self.backends {
+            let _ = writeln!(
+                out,
+                "  {:<16} {:<9} {:>2} intro points  fetched {:<9} {}",
+                backend.name,
+                backend.state,
+                backend.intro_points,
+                ago(now, backend.last_fetch),
+                backend.last_error.as_deref().unwrap_or("")
+            );
+        }
+
+        let _ = writeln!(out, "\nuploads");
+        if self.publishes.is_empty() {
+            let _ = writeln!(out, "  (none by this node)");
+        }
+        for publish in &self.publishes {
+            let _ = writeln!(
+                out,
+                "  period {:<8} {:<9} {}/{} HSDirs accepted, {} intro points, revision {}",
+                publish.time_period,
+                ago(now, Some(publish.published_at)),
+                publish.hsdirs_accepted,
+                publish.hsdirs_tried,
+                publish.intro_points,
+                publish.revision_counter
+            );
+        }
+        for alert in &self.alerts {
+            let _ = writeln!(out, "\nALERT: {alert}");
+        }
+        out
+    }
+}
+
+/// "12 s ago"-style age of `then` at `now`; "never" without a time.
+fn ago(now: u64, then: Option<u64>) -> String {
+    let Some(then) = then else {
+        return "never".to_owned();
+    };
+    let secs = now.saturating_sub(then);
+    match secs {
+        0..=119 => format!("{secs} s ago"),
+        120..=7199 => format!("{} min ago", secs / 60),
+        _ => format!("{} h ago", secs / 3600),
+    }
+}
+
+/// Seconds since the Unix epoch (0 for a clock before 1970).
+pub fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// The daemon's shared [`NodeStatus`]: each loop updates its part, the status socket reads it.
+#[derive(Clone, Debug)]
+pub struct StatusBoard(Arc<Mutex<NodeStatus>>);
+
+impl StatusBoard {
+    pub fn new(initial: NodeStatus) -> Self {
+        StatusBoard(Arc::new(Mutex::new(initial)))
+    }
+
+    /// Change part of the status.
+    pub fn update(&self, change: impl FnOnce(&mut NodeStatus)) {
+        // A loop that panicked while holding the lock left a status that is still worth showing.
+        let mut status = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        change(&mut status);
+    }
+
+    /// The status as of now.
+    pub fn snapshot(&self) -> NodeStatus {
+        let mut status = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        status.generated_at = unix_secs(SystemTime::now());
+        status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn healthy_node() -> NodeStatus {
+        let id = |s: &str| NodeId::try_from(s.to_owned()).unwrap();
+        let mut status = NodeStatus::starting(
+            id("node-a"),
+            Priority::try_from(1).unwrap(),
+            "example.onion".into(),
+        );
+        status.generated_at = 1_000;
+        status.role = Role::Publisher;
+        status.can_publish = true;
+        status.publisher = Some(id("node-a"));
+        status.tor.bootstrapped = true;
+        status.peers.push(PeerStatus {
+            node_id: id("node-b"),
+            priority: Priority::try_from(2).unwrap(),
+            role: Role::Standby,
+            can_publish: true,
+            live: true,
+            last_heard: Some(997),
+            last_publish: None,
+            endpoint: Some("127.0.0.1:5000".into()),
+        });
+        status.backends.push(BackendStatus {
+            name: "web1".into(),
+            address: "x.onion".into(),
+            state: "healthy".into(),
+            intro_points: 3,
+            last_fetch: Some(940),
+            failure_count: 0,
+            last_error: None,
+        });
+        status.publishes.push(PublishStatus {
+            time_period: 20_000,
+            published_at: 700,
+            revision_counter: 5,
+            intro_points: 3,
+            hsdirs_accepted: 8,
+            hsdirs_tried: 8,
+        });
+        status
+    }
+
+    #[test]
+    fn a_working_node_is_healthy_and_its_table_says_what_it_knows() {
+        let status = healthy_node();
+        assert!(status.problems().is_empty());
+        let table = status.render();
+        for expected in [
+            "node       node-a (priority 1)",
+            "role       publisher",
+            "publisher  node-a",
+            "health     healthy",
+            "node-b",
+            "3 s ago",
+            "web1",
+            "1 min ago",
+            "8/8 HSDirs accepted",
+            "5 min ago",
+        ] {
+            assert!(
+                table.contains(expected),
+                "{expected:?} missing from\n{table}"
+            );
+        }
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<NodeStatus>(&json).unwrap(), status);
+    }
+
+    #[test]
+    fn each_unhealthy_condition_is_named() {
+        let mut status = healthy_node();
+        status.publisher = None;
+        status.tor.bootstrapped = false;
+        status.backends[0].state = "dead".into();
+        status
+            .alerts
+            .push("no healthy backend: not publishing".into());
+        let problems = status.problems();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(status
+            .render()
+            .contains("UNHEALTHY: no publisher in the cluster"));
+        status.backends.clear();
+        assert!(status
+            .problems()
+            .contains(&"no backends configured".to_owned()));
+    }
+}

@@ -1,0 +1,254 @@
+//! Several nodes as real processes on 127.0.0.1, without Tor: `init`, `join` with the real
+//! token over real UDP and WireGuard, the new member announced to the others, `status` from
+//! every node, and bad input (tampered tokens, a wrong cluster secret, a dead origin, garbage
+//! datagrams) refused with a clear error and nothing changed.
+//!
+//! No Tor network runs here, so Arti cannot bootstrap and no node can publish: the cluster
+//! layer must work regardless (election with Tor is covered by `e2e_cluster`). Arti is pointed
+//! at a closed local port, never at the public network.
+
+mod support;
+
+use std::fs;
+use std::net::UdpSocket;
+use std::path::Path;
+use std::time::Duration;
+
+use rustbalance::cluster::secret::ClusterSecret;
+use rustbalance::token::JoinToken;
+use support::balancer::{free_udp_port, Balancer, LogWatcher};
+
+const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+/// An [arti] table whose only directory is a closed port on 127.0.0.1.
+const NOWHERE_ARTI: &str = "\n[arti.tor_network]\nfallback_caches = [\n    { rsa_identity = \"0000000000000000000000000000000000000001\", ed_identity = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE\", orports = [\"127.0.0.1:9\"] },\n]\n\n[arti.tor_network.authorities]\nv3idents = [\"0000000000000000000000000000000000000002\"]\n";
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The token line `init` printed.
+fn token_from(init_output: &str) -> String {
+    init_output
+        .lines()
+        .find(|line| line.starts_with("rb1:"))
+        .expect("init prints a token")
+        .to_owned()
+}
+
+/// Every file below `dir` with its contents, to compare before and after.
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push((path.display().to_string(), fs::read(&path).unwrap()));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+/// A token for the same origin under a different cluster secret (what someone who guessed
+/// the address but not the secret could make), or pointing at another endpoint.
+fn forged_token(real: &str, secret: ClusterSecret, endpoint: Option<String>) -> String {
+    let mut token = JoinToken::decode(real).unwrap();
+    token.cluster_secret = secret;
+    if let Some(endpoint) = endpoint {
+        token.origin.wg_endpoint = endpoint.parse().unwrap();
+    }
+    token.encode(&mut rand::rng())
+}
+
+/// `join --no-start` at 127.0.0.1:`port`, waiting at most `timeout` seconds.
+fn join_no_start(node: &Balancer, port: u16, token: &str, timeout: &str) -> std::process::Output {
+    let endpoint = format!("127.0.0.1:{port}");
+    node.run(&[
+        "join",
+        token,
+        "--endpoint",
+        &endpoint,
+        "--listen",
+        &endpoint,
+        "--timeout",
+        timeout,
+        "--no-start",
+    ])
+}
+
+#[test]
+fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
+    let root = tempfile::tempdir().unwrap();
+    let (port_a, port_b, port_c) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let endpoint = |port: u16| format!("127.0.0.1:{port}");
+
+    // The first node.
+    let mut a = Balancer::new(root.path(), "a");
+    let init = a.run(&[
+        "init",
+        "--no-start",
+        "--endpoint",
+        &endpoint(port_a),
+        "--listen",
+        &endpoint(port_a),
+        "--backend",
+        &format!("web1={BACKEND}"),
+    ]);
+    assert!(init.status.success(), "init: {}", stderr(&init));
+    let token = token_from(&stdout(&init));
+    let config_path = a.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
+    config.push_str(NOWHERE_ARTI);
+    fs::write(&config_path, config).unwrap();
+    a.start(&["run"]);
+    let mut a_log = LogWatcher::new(a.log_path());
+    a_log.wait_for("cluster transport listening", "", SETTLE);
+
+    // Bad tokens: refused at once, exit 2, nothing written.
+    let mut b = Balancer::new(root.path(), "b");
+    let mut tampered = token.clone().into_bytes();
+    let middle = tampered.len() / 2;
+    tampered[middle] = if tampered[middle] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for (bad, expected) in [
+        (
+            format!("rb2:{}", &token[4..]),
+            "not a RustBalance join token",
+        ),
+        (token[..token.len() - 10].to_owned(), "damaged"),
+        (tampered, "join token"),
+    ] {
+        let output = join_no_start(&b, port_b, &bad, "5");
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(expected), "{}", stderr(&output));
+        assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+        assert!(!b.config_dir().exists(), "a refused token wrote files");
+    }
+
+    // A request under the wrong cluster secret gets no answer; a dead origin neither.
+    let a_files = snapshot(a.config_dir());
+    let wrong_secret = forged_token(&token, ClusterSecret::generate(), None);
+    let output = join_no_start(&b, port_b, &wrong_secret, "3");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no answer"), "{}", stderr(&output));
+    assert!(stderr(&output).contains("nothing was changed"));
+    assert!(!b.config_dir().exists());
+    a_log.wait_for("join request", "", SETTLE);
+
+    let real = JoinToken::decode(&token).unwrap();
+    let dead_origin = forged_token(&token, real.cluster_secret, Some(endpoint(free_udp_port())));
+    let output = join_no_start(&b, port_b, &dead_origin, "2");
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(stderr(&output).contains("no answer"), "{}", stderr(&output));
+    assert!(!b.config_dir().exists());
+
+    // Garbage at the origin's port is logged and changes nothing.
+    let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for datagram in [
+        &b"garbage"[..],
+        &[1, 0, 0, 0, 9, 9][..],
+        &[
+            4, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+        ][..],
+        &b"J{\"node_id\":\"x\"}"[..],
+        &[][..],
+    ] {
+        probe.send_to(datagram, ("127.0.0.1", port_a)).unwrap();
+    }
+    a_log.wait_for("WARN", "", SETTLE);
+    assert_eq!(
+        snapshot(a.config_dir()),
+        a_files,
+        "bad input changed the origin's files"
+    );
+
+    // The real token: B joins and gets priority 2 and the cluster's configuration.
+    let output = join_no_start(&b, port_b, &token, "20");
+    assert!(output.status.success(), "join: {}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("priority:     2"), "{out}");
+    assert!(out.contains("cluster size: 2 nodes"), "{out}");
+    let b_config = fs::read_to_string(b.config_dir().join("config.toml")).unwrap();
+    assert!(b_config.contains(BACKEND), "{b_config}");
+    assert!(b_config.contains("takeover_grace_secs = 3"), "{b_config}");
+    assert!(b_config.contains("127.0.0.1:9"), "{b_config}");
+    b.start(&["run"]);
+
+    // Joining again with the same node changes nothing.
+    let b_files = snapshot(b.config_dir());
+    let again = join_no_start(&b, port_b, &token, "20");
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stdout(&again).contains("already belongs"),
+        "{}",
+        stdout(&again)
+    );
+    assert_eq!(snapshot(b.config_dir()), b_files);
+
+    // C joins and runs straight away; A tells B about it.
+    let mut c = Balancer::new(root.path(), "c");
+    c.start(&[
+        "join",
+        &token,
+        "--endpoint",
+        &endpoint(port_c),
+        "--listen",
+        &endpoint(port_c),
+    ]);
+    let mut c_log = LogWatcher::new(c.log_path());
+    c_log.wait_for("priority:     3", "", SETTLE);
+    c_log.wait_for("cluster size: 3 nodes", "", SETTLE);
+
+    let live_peers = |status: &serde_json::Value| {
+        status["peers"]
+            .as_array()
+            .map(|peers| peers.iter().filter(|p| p["live"] == true).count())
+            .unwrap_or(0)
+    };
+    for node in [&a, &b, &c] {
+        let status = node.wait_status("two live peers", SETTLE, |s| live_peers(s) == 2);
+        // Without Tor nobody can publish: the node says so and is unhealthy.
+        assert_eq!(status["tor"]["bootstrapped"], false);
+        assert_eq!(status["publisher"], serde_json::Value::Null);
+    }
+    let b_peers = fs::read_dir(b.config_dir().join("peers")).unwrap().count();
+    assert_eq!(b_peers, 2, "B saved A and the announced C");
+    let a_status = a.status().unwrap();
+    let priorities: Vec<u64> = a_status["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["priority"].as_u64().unwrap())
+        .collect();
+    assert_eq!(priorities, [2, 3]);
+
+    // The table for people, and the exit status for monitoring.
+    let table = a.run(&["status"]);
+    assert_eq!(table.status.code(), Some(1), "no publisher: unhealthy");
+    let text = stdout(&table);
+    assert!(
+        text.contains("UNHEALTHY: no publisher in the cluster"),
+        "{text}"
+    );
+    assert!(text.contains("priority 2"), "{text}");
+
+    for node in [&mut c, &mut b, &mut a] {
+        assert!(node.stop_cleanly(), "a node did not stop cleanly");
+    }
+    let gone = a.run(&["status"]);
+    assert_eq!(gone.status.code(), Some(3), "{}", stderr(&gone));
+    assert!(stderr(&gone).contains("no rustbalance daemon answers"));
+}

@@ -1,0 +1,210 @@
+//! End to end, on a private Tor network: a cluster of three balancer nodes (real processes:
+//! `init`, two `join`s with the real token, WireGuard over UDP on 127.0.0.1) in front of two
+//! C-tor backends.
+//!
+//! 1. The first node publishes; the others join as standbys.
+//! 2. The publisher is killed with SIGKILL: the best standby takes over within
+//!    `publisher_timeout + takeover_grace` and a few seconds, its descriptor is on the HSDirs
+//!    (read back through Arti: a newer revision listing both backends), and the C-tor client
+//!    still reaches both backends through the master address.
+//! 3. The old publisher comes back: it stays a standby (no flapping).
+//! 4. The new publisher stops cleanly: it releases the lease and the best remaining node (the
+//!    returned first node, priority 1) takes over at once, without waiting for the grace.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use rustbalance::onion_address::OnionAddress;
+use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::master::{fetch_until_seen, Observer};
+use support::{NetworkOptions, TorNetwork};
+
+const HEALTH_INTERVAL_SECS: u64 = 10;
+const HEARTBEAT_INTERVAL_SECS: u64 = 1;
+const PUBLISHER_TIMEOUT_SECS: u64 = 3;
+const TAKEOVER_GRACE_SECS: u64 = 5;
+/// The design's bound for a killed publisher: timeout + grace + 10 s until the standby's
+/// descriptor is on the HSDirs.
+const TAKEOVER_BOUND: Duration =
+    Duration::from_secs(PUBLISHER_TIMEOUT_SECS + TAKEOVER_GRACE_SECS + 10);
+/// Generous waits for a busy 2-core CI machine (bootstrap, first health round, upload).
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn node_args(command: &str, port: u16) -> Vec<String> {
+    let endpoint = format!("127.0.0.1:{port}");
+    vec![
+        command.to_owned(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "--listen".into(),
+        endpoint,
+    ]
+}
+
+fn as_strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master() {
+    let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
+    let root = net.data_dir().join("cluster");
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+
+    // 1. The first node, its backends, and two more nodes joining with its token.
+    let mut a = Balancer::new(&root, "a");
+    let mut init_args = node_args("init", ports[0]);
+    init_args.push("--no-start".into());
+    let init = a.run(&as_strs(&init_args));
+    assert!(
+        init.status.success(),
+        "init: {}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let printed = String::from_utf8_lossy(&init.stdout).into_owned();
+    let master_onion = printed
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("master address: "))
+        .expect("init prints the master address")
+        .to_owned();
+    let token = printed
+        .lines()
+        .find(|line| line.starts_with("rb1:"))
+        .expect("init prints a token")
+        .to_owned();
+    net.add_backend("alpha", Some(&master_onion))
+        .expect("backend alpha");
+    net.add_backend("beta", Some(&master_onion))
+        .expect("backend beta");
+    let config_path = a.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push_str(&format!(
+        "\n[[backends]]\nname = \"alpha\"\naddress = \"{}\"\n\n\
+         [[backends]]\nname = \"beta\"\naddress = \"{}\"\n\n\
+         [timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = 60\n\
+         heartbeat_interval_secs = {HEARTBEAT_INTERVAL_SECS}\n\
+         publisher_timeout_secs = {PUBLISHER_TIMEOUT_SECS}\ntakeover_grace_secs = {TAKEOVER_GRACE_SECS}\n\n{}",
+        net.backend_onion("alpha"),
+        net.backend_onion("beta"),
+        net.arti_toml()
+    ));
+    fs::write(&config_path, &config).unwrap();
+
+    a.start(&["run"]);
+    let mut a_log = LogWatcher::new(a.log_path());
+    a_log.wait_for("this node is now the publisher", "", START_TIMEOUT);
+    a_log.wait_for("published descriptor", "from 2 backend(s)", START_TIMEOUT);
+    let a_id = a.status().expect("status of a")["node_id"].clone();
+
+    let following_a = |status: &serde_json::Value| {
+        status["role"] == "standby"
+            && status["publisher"] == a_id
+            && status["can_publish"] == true
+            && status["backends"]
+                .as_array()
+                .is_some_and(|b| b.iter().all(|b| b["state"] == "healthy"))
+    };
+    // One after the other, so that the priorities are known: 2 for b, 3 for c.
+    let mut b = Balancer::new(&root, "b");
+    let mut c = Balancer::new(&root, "c");
+    let mut statuses = Vec::new();
+    for (node, port) in [(&mut b, ports[1]), (&mut c, ports[2])] {
+        let mut args = node_args("join", port);
+        args.insert(1, token.clone());
+        node.start(&as_strs(&args));
+        statuses.push(node.wait_status("standby following a", START_TIMEOUT, following_a));
+    }
+    let (b_status, c_status) = (&statuses[0], &statuses[1]);
+    assert_eq!(b_status["priority"], 2);
+    assert_eq!(c_status["priority"], 3);
+    let b_id = b_status["node_id"].clone();
+
+    let master: OnionAddress = master_onion.parse().unwrap();
+    let observer = Observer::start(&config, &root.join("observer"));
+    let revision_before = observer.master_revision(&master);
+
+    // 2. Kill the publisher.
+    let mut b_log = LogWatcher::from_end(b.log_path());
+    let c_log = LogWatcher::from_end(c.log_path());
+    a.kill_hard();
+    let killed = Instant::now();
+    b_log.wait_for("this node is now the publisher", "", TAKEOVER_BOUND);
+    let claimed = killed.elapsed();
+    b_log.wait_for("published descriptor", "from 2 backend(s)", TAKEOVER_BOUND);
+    let uploaded = killed.elapsed();
+    eprintln!(
+        "measured: publisher killed -> standby claimed the lease after {:.1} s, its descriptor accepted by the HSDirs after {:.1} s (timeout {PUBLISHER_TIMEOUT_SECS} s + grace {TAKEOVER_GRACE_SECS} s)",
+        claimed.as_secs_f64(),
+        uploaded.as_secs_f64()
+    );
+    assert!(
+        uploaded <= TAKEOVER_BOUND,
+        "took {uploaded:?}, more than timeout + grace + 10 s"
+    );
+    assert!(
+        claimed >= Duration::from_secs(PUBLISHER_TIMEOUT_SECS),
+        "claimed after {claimed:?}, before the publisher could even be suspect"
+    );
+    let c_text = c_log.text_since(c_log.position());
+    assert!(
+        !c_text.contains("this node is now the publisher"),
+        "priority 3 claimed while priority 2 was healthy:\n{c_text}"
+    );
+    assert!(observer.master_revision(&master) > revision_before);
+    assert_eq!(
+        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        ["alpha", "beta"]
+    );
+    net.newnym().expect("NEWNYM");
+    let both = BTreeSet::from([net.backend_page("alpha"), net.backend_page("beta")]);
+    assert_eq!(
+        fetch_until_seen(&net, &master_onion, &both),
+        both,
+        "after the failover the master address should still lead to both backends"
+    );
+
+    // 3. The old publisher returns and stays a standby.
+    let mut a_log = LogWatcher::from_end(a.log_path());
+    a.start(&["run"]);
+    let following_b = |status: &serde_json::Value| {
+        status["role"] == "standby" && status["publisher"] == b_id && status["can_publish"] == true
+    };
+    a.wait_status("returned node following b", START_TIMEOUT, following_b);
+    std::thread::sleep(Duration::from_secs(
+        PUBLISHER_TIMEOUT_SECS + TAKEOVER_GRACE_SECS + 2,
+    ));
+    let a_status = a.status().expect("status of a");
+    assert!(following_b(&a_status), "{a_status:#}");
+    assert_eq!(b.status().expect("status of b")["role"], "publisher");
+    let a_text = a_log.text_since(a_log.position());
+    assert!(
+        !a_text.contains("this node is now the publisher"),
+        "the returning node took the lease back:\n{a_text}"
+    );
+
+    // 4. A clean stop hands over at once, to the best remaining node.
+    assert!(b.stop_cleanly(), "b did not exit cleanly");
+    let stopped = Instant::now();
+    a_log.wait_for(
+        "this node is now the publisher",
+        "",
+        Duration::from_secs(PUBLISHER_TIMEOUT_SECS + TAKEOVER_GRACE_SECS),
+    );
+    let handover = stopped.elapsed();
+    eprintln!(
+        "measured: clean stop of the publisher -> the next node claimed after {:.1} s",
+        handover.as_secs_f64()
+    );
+    assert!(
+        handover < Duration::from_secs(TAKEOVER_GRACE_SECS),
+        "a clean stop should not wait for the grace ({handover:?})"
+    );
+    a_log.wait_for("published descriptor", "from 2 backend(s)", TAKEOVER_BOUND);
+
+    for node in [&mut c, &mut a] {
+        assert!(node.stop_cleanly(), "a node did not exit cleanly");
+    }
+}

@@ -1,0 +1,189 @@
+//! RustBalance nodes as real processes of the built binary: each with its own config and
+//! state directory and a log file, started and stopped by PID (also when a test fails).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::process::ProcessGuard;
+
+/// A UDP port on 127.0.0.1 free right now, for a node's cluster tunnel.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|socket| socket.local_addr())
+        .map(|addr| addr.port())
+        .expect("a free UDP port on 127.0.0.1")
+}
+
+/// One node: `<root>/<name>/{etc,state,node.log}`.
+pub struct Balancer {
+    name: String,
+    config_dir: PathBuf,
+    state_dir: PathBuf,
+    log_path: PathBuf,
+    process: Option<ProcessGuard>,
+}
+
+impl Balancer {
+    pub fn new(root: &Path, name: &str) -> Balancer {
+        let dir = root.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        Balancer {
+            name: name.to_owned(),
+            config_dir: dir.join("etc"),
+            state_dir: dir.join("state"),
+            log_path: dir.join("node.log"),
+            process: None,
+        }
+    }
+
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    pub fn log_path(&self) -> &Path {
+        &self.log_path
+    }
+
+    /// `rustbalance --config-dir .. --state-dir .. <args>` for this node.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_rustbalance"));
+        command
+            .arg("--config-dir")
+            .arg(&self.config_dir)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null());
+        command
+    }
+
+    /// Run a command that finishes (init, join --no-start, status, token) and return its output.
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run rustbalance")
+    }
+
+    /// Start a long-running command (`run`, or `join` without --no-start) in the background,
+    /// its stdout and stderr appended to the node's log.
+    pub fn start(&mut self, args: &[&str]) {
+        assert!(self.process.is_none(), "{} is running already", self.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .unwrap();
+        let mut command = self.command(args);
+        command.stdout(log.try_clone().unwrap()).stderr(log);
+        self.process = Some(ProcessGuard::spawn(self.name.clone(), &mut command).unwrap());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.as_ref().expect("node running").pid()
+    }
+
+    /// SIGKILL: the node gets no chance to say goodbye.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill_hard();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns whether it exited with status 0.
+    pub fn stop_cleanly(&mut self) -> bool {
+        let mut process = self.process.take().expect("node running");
+        process.terminate();
+        let status = process.wait_exit(Duration::from_secs(15));
+        status.is_some_and(|s| s.success())
+    }
+
+    /// `status --json`, parsed; `None` while the daemon does not answer.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let output = self.run(&["status", "--json"]);
+        serde_json::from_slice(&output.stdout).ok()
+    }
+
+    /// Wait until `status --json` satisfies `check`; returns that status.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if let Some(status) = status.as_ref().filter(|s| check(s)) {
+                return status.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {what} not seen within {timeout:?}; last status: {status:#?}\n--- log ---\n{}",
+                self.name,
+                fs::read_to_string(&self.log_path).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Reads a log as it grows; each wait starts where the previous one matched.
+pub struct LogWatcher {
+    path: PathBuf,
+    offset: usize,
+}
+
+impl LogWatcher {
+    pub fn new(path: &Path) -> Self {
+        LogWatcher {
+            path: path.to_owned(),
+            offset: 0,
+        }
+    }
+
+    /// Watch only what is written from now on.
+    pub fn from_end(path: &Path) -> Self {
+        let offset = fs::read_to_string(path).map_or(0, |text| text.len());
+        LogWatcher {
+            path: path.to_owned(),
+            offset,
+        }
+    }
+
+    pub fn position(&self) -> usize {
+        self.offset
+    }
+
+    pub fn text_since(&self, offset: usize) -> String {
+        let text = fs::read_to_string(&self.path).unwrap_or_default();
+        text.get(offset..).unwrap_or_default().to_owned()
+    }
+
+    /// Wait for a line containing both `first` and `second`; returns it.
+    pub fn wait_for(&mut self, first: &str, second: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = fs::read_to_string(&self.path).unwrap_or_default();
+            let mut line_start = self.offset;
+            for line in text
+                .get(self.offset..)
+                .unwrap_or_default()
+                .split_inclusive('\n')
+            {
+                line_start += line.len();
+                if line.ends_with('\n') && line.contains(first) && line.contains(second) {
+                    self.offset = line_start;
+                    return line.trim_end().to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no line with {first:?} and {second:?} in {} within {timeout:?}; log since the last match:\n{}",
+                self.path.display(),
+                text.get(self.offset..).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
