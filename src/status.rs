@@ -187,7 +187,7 @@ impl NodeStatus {
         for peer in &self.peers {
             let _ = writeln!(
                 out,
-                "  {:<28} priority {:<3} {:<9} {:<14} last heard {:<9} {}",
+                "  {:<28} priority {:<3} {:<10} {:<14} last heard {:<10} {}",
                 peer.node_id.as_str(),
                 peer.priority,
                 peer.role.to_string(),
@@ -210,7 +210,7 @@ impl NodeStatus {
         for backend in &self.backends {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<9} {:>2} intro points  fetched {:<9} {}",
+                "  {:<16} {:<10} {:>2} intro points  fetched {:<10} {}",
                 backend.name,
                 backend.state,
                 backend.intro_points,
@@ -226,7 +226,7 @@ impl NodeStatus {
         for publish in &self.publishes {
             let _ = writeln!(
                 out,
-                "  period {:<8} {:<9} {}/{} HSDirs accepted, {} intro points, revision {}",
+                "  period {:<8} {:<10} {}/{} HSDirs accepted, {} intro points, revision {}",
                 publish.time_period,
                 ago(now, Some(publish.published_at)),
                 publish.hsdirs_accepted,
@@ -350,7 +350,7 @@ mod tests {
             "node-b",
             "3 s ago",
             "web1",
-            "1 min ago",
+            "60 s ago",
             "8/8 HSDirs accepted",
             "5 min ago",
         ] {

@@ -140,9 +140,23 @@ fn every_bad_config_gets_one_line_naming_the_key_and_exit_2() {
 }
 
 #[test]
-fn unavailable_commands_say_so_and_change_nothing() {
-    let root = std::env::temp_dir().join(format!("rb-unavailable-{}", std::process::id()));
-    for command in [&["status"][..], &["join", "rb1:not-checked-yet"][..]] {
+fn status_and_join_refuse_bad_input_in_one_line_and_change_nothing() {
+    let root = std::env::temp_dir().join(format!("rb-refusals-{}", std::process::id()));
+    let cases: [(&[&str], i32, &str); 4] = [
+        (&["status"], 3, "no rustbalance daemon answers"),
+        (&["join", "rb1:e30"], 2, "--endpoint"),
+        (
+            &["join", "rb1:e30", "--endpoint", "127.0.0.1:51820"],
+            2,
+            "join token",
+        ),
+        (
+            &["join", "not-a-token", "--endpoint", "127.0.0.1:51820"],
+            2,
+            "not a RustBalance join token",
+        ),
+    ];
+    for (command, code, expected) in cases {
         let output = Command::new(env!("CARGO_BIN_EXE_rustbalance"))
             .arg("--config-dir")
             .arg(root.join("etc"))
@@ -152,11 +166,8 @@ fn unavailable_commands_say_so_and_change_nothing() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(3), "{command:?}: {stderr}");
-        assert!(
-            stderr.contains("not available in this build yet"),
-            "{command:?}: {stderr}"
-        );
+        assert_eq!(output.status.code(), Some(code), "{command:?}: {stderr}");
+        assert!(stderr.contains(expected), "{command:?}: {stderr}");
         assert!(!root.exists(), "{command:?} created files");
     }
 }
