@@ -18,5 +18,6 @@ pub mod onion_address;
 pub mod params;
 pub mod publish;
 pub mod status;
+pub mod systemd;
 pub mod token;
 pub mod tor;

@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::token::JoinToken;
-use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
-/// An [arti] table whose only directory is a closed port on 127.0.0.1.
-const NOWHERE_ARTI: &str = "\n[arti.tor_network]\nfallback_caches = [\n    { rsa_identity = \"0000000000000000000000000000000000000001\", ed_identity = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE\", orports = [\"127.0.0.1:9\"] },\n]\n\n[arti.tor_network.authorities]\nv3idents = [\"0000000000000000000000000000000000000002\"]\n";
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn stdout(output: &std::process::Output) -> String {

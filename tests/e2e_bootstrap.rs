@@ -5,6 +5,7 @@
 mod support;
 
 use std::fs;
+use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
@@ -49,6 +50,13 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
     fs::write(&config_path, config).unwrap();
     let state_dir = balancer.config_dir().parent().unwrap().join("state");
 
+    // Started the way systemd starts it: READY=1 must come once Tor has bootstrapped.
+    let notify_path = net.data_dir().join("notify.sock");
+    let systemd = UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(1)))
+        .unwrap();
+    balancer.set_env("NOTIFY_SOCKET", notify_path.to_str().unwrap());
     balancer.start(&["run"]);
     let mut log = LogWatcher::new(balancer.log_path());
     let consensus_line = log.wait_for("consensus: valid-after", "", BOOTSTRAP_TIMEOUT);
@@ -57,6 +65,13 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
         consensus_line.contains(&format!("{relays_listed} relays")),
         "consensus should list {relays_listed} relays: {consensus_line}"
     );
+    let mut buf = [0u8; 256];
+    let ready = (0..10).any(|_| {
+        systemd
+            .recv(&mut buf)
+            .is_ok_and(|n| String::from_utf8_lossy(&buf[..n]).contains("READY=1"))
+    });
+    assert!(ready, "no READY=1 after the bootstrap");
     let hsdirs = number_before(&consensus_line, " HSDirs").expect("HSDir count in the log line");
     assert!(hsdirs >= 6, "too few HSDirs reported: {consensus_line}");
     assert!(

@@ -3,7 +3,8 @@
 #
 # 1. Installs what the tests need from Debian if it is missing: tor (with tor-gencert) for the
 #    private Tor network, iproute2 and util-linux for the network namespace.
-# 2. Builds everything (this needs crates.io the first time).
+# 2. Builds everything (this needs crates.io the first time), including the static release
+#    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it).
 # 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
 #    fresh network namespace with only loopback up, so nothing can leave 127.0.0.1 (Arti's
 #    defaults would dial the public Tor network). Without the privileges for a namespace, it
@@ -28,6 +29,7 @@ fi
 # Debian's tor package starts a system tor service where systemd runs; the tests need none.
 
 cargo build --locked --all-targets
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu
 
 in_namespace='ip link set lo up && exec cargo test --locked --offline "$@"'
 if [ "$(id -u)" -eq 0 ] && unshare -n true 2>/dev/null; then

@@ -13,7 +13,6 @@ use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
-use crate::daemon;
 use crate::keys::files::load_master_key;
 use crate::keys::vanity::{self, VanityPrefix};
 use crate::keys::MasterKey;
@@ -106,9 +105,7 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
     if args.no_start {
         return Ok(());
     }
-    let config = Config::load(config_dir, state_dir)?;
-    daemon::run(config)?;
-    Ok(())
+    super::start_node(config_dir, state_dir, args.no_systemd)
 }
 
 /// `rustbalance token`: a fresh join token for this node's cluster.

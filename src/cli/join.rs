@@ -13,7 +13,6 @@ use super::{init, CliError, JoinArgs};
 use crate::cluster::transport::{Transport, WgPrivateKey, WgPublicKey};
 use crate::cluster::Endpoint;
 use crate::config::Config;
-use crate::daemon;
 use crate::node_files::{self, NewNode, NodeFilesError};
 use crate::params;
 use crate::token::JoinToken;
@@ -32,7 +31,11 @@ pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Resul
     }
 
     if config_dir.join(params::CONFIG_FILE_NAME).exists() {
-        return already_a_member(&token, config_dir, state_dir, args.no_start);
+        already_a_member(&token, config_dir, state_dir)?;
+        if args.no_start {
+            return Ok(());
+        }
+        return super::start_node(config_dir, state_dir, args.no_systemd);
     }
     node_files::ensure_no_node(config_dir)?;
 
@@ -108,9 +111,7 @@ pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Resul
     if args.no_start {
         return Ok(());
     }
-    let config = Config::load(config_dir, state_dir)?;
-    daemon::run(config)?;
-    Ok(())
+    super::start_node(config_dir, state_dir, args.no_systemd)
 }
 
 /// `join` on a machine that is already a node: fine (and nothing changes) if it belongs to the
@@ -119,7 +120,6 @@ fn already_a_member(
     token: &JoinToken,
     config_dir: &Path,
     state_dir: &Path,
-    no_start: bool,
 ) -> Result<(), CliError> {
     let config = Config::load(config_dir, state_dir)?;
     let secret = node_files::load_cluster_secret(config_dir)?;
@@ -130,9 +130,5 @@ fn already_a_member(
         "This machine already belongs to that cluster as {} (priority {}); nothing was changed.",
         config.node.id, config.node.priority
     );
-    if no_start {
-        return Ok(());
-    }
-    daemon::run(config)?;
     Ok(())
 }

@@ -121,6 +121,10 @@ pub struct InitArgs {
     /// Write everything but do not start the daemon.
     #[arg(long)]
     pub no_start: bool,
+    /// Run in the foreground even as root on a systemd host (default there: install, enable
+    /// and start rustbalance.service).
+    #[arg(long)]
+    pub no_systemd: bool,
 }
 
 #[derive(Debug, Args)]
@@ -139,6 +143,10 @@ pub struct JoinArgs {
     /// Join and write the config but do not start the daemon.
     #[arg(long)]
     pub no_start: bool,
+    /// Run in the foreground even as root on a systemd host (default there: install, enable
+    /// and start rustbalance.service).
+    #[arg(long)]
+    pub no_systemd: bool,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +213,8 @@ enum CliError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("installing the systemd unit: {0} (the node's files are written; run `rustbalance run`, or fix this and run `systemctl enable --now rustbalance`)")]
+    Install(#[from] crate::systemd::InstallError),
     /// `status` found the node unhealthy; the table already said why.
     #[error("the node is unhealthy: {0}")]
     Unhealthy(String),
@@ -226,7 +236,7 @@ impl CliError {
             CliError::VanityPrefix(_) | CliError::Argument(_) | CliError::Token(_) => {
                 ExitCode::from(2)
             }
-            CliError::Join(_) | CliError::Unhealthy(_) => ExitCode::from(1),
+            CliError::Join(_) | CliError::Unhealthy(_) | CliError::Install(_) => ExitCode::from(1),
             CliError::NoDaemon { .. } => ExitCode::from(3),
             // What a shell reports for a program stopped by SIGINT.
             CliError::Interrupted(_) => ExitCode::from(130),
@@ -259,6 +269,31 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
         Command::Status(args) => status(args, &cli.state_dir),
         Command::Keygen(args) => keygen::run(args),
+    }
+}
+
+/// After `init` or `join`: install and start the systemd unit where that is the way (root on a
+/// systemd host), else run the daemon in the foreground.
+fn start_node(
+    config_dir: &std::path::Path,
+    state_dir: &std::path::Path,
+    no_systemd: bool,
+) -> Result<(), CliError> {
+    use crate::systemd::{self, Host, ServicePlan};
+    match systemd::plan(Host::detect(config_dir, state_dir, no_systemd)) {
+        ServicePlan::Install => {
+            systemd::install_and_start(config_dir, state_dir)?;
+            println!("\nInstalled and started rustbalance.service. Look with `rustbalance status` or `systemctl status rustbalance`.");
+            Ok(())
+        }
+        ServicePlan::Foreground(note) => {
+            if let Some(note) = note {
+                println!("\n{note}");
+            }
+            let config = Config::load(config_dir, state_dir)?;
+            daemon::run(config)?;
+            Ok(())
+        }
     }
 }
 

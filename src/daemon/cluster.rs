@@ -15,6 +15,8 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::future::join_all;
@@ -39,6 +41,9 @@ const ANNOUNCE_WAIT: Duration = Duration::from_secs(60);
 const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(30);
 /// How long a clean shutdown waits for the peers to acknowledge the lease release.
 const RELEASE_WAIT: Duration = Duration::from_secs(2);
+/// The loop goes round at least this often even when the election has nothing due, so its
+/// progress (what systemd's watchdog hears about) is fresh.
+const MAX_IDLE: Duration = Duration::from_secs(1);
 /// At most one election warning about the same peer in this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -70,6 +75,8 @@ pub struct ClusterSetup {
     pub transport: Transport,
     pub publishing: watch::Sender<bool>,
     pub board: StatusBoard,
+    /// When the loop last went round (Unix milliseconds), for systemd's watchdog.
+    pub progress: Arc<AtomicU64>,
 }
 
 /// The outcome of admitting a newcomer (reported by the task that waited for its ack).
@@ -93,6 +100,7 @@ struct ClusterNode {
     transport: Transport,
     publishing: watch::Sender<bool>,
     board: StatusBoard,
+    progress: Arc<AtomicU64>,
     joins_done: mpsc::Sender<JoinDone>,
     warnings: LogLimiter<String>,
     last_publisher: Option<NodeId>,
@@ -125,6 +133,7 @@ pub async fn run(
         transport: setup.transport,
         publishing: setup.publishing,
         board: setup.board,
+        progress: setup.progress,
         joins_done,
         warnings: LogLimiter::new(WARN_INTERVAL),
         last_publisher: None,
@@ -142,7 +151,8 @@ pub async fn run(
         let wake = node
             .election
             .poll_timeout(now)
-            .saturating_duration_since(now);
+            .saturating_duration_since(now)
+            .min(MAX_IDLE);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {
                 node.step(Event::Tick).await;
@@ -484,6 +494,7 @@ impl ClusterNode {
     /// Update `status` and log a change of publisher.
     fn refresh(&mut self) {
         let now = now();
+        self.progress.store(now.as_unix_millis(), Ordering::Relaxed);
         let publisher = self.election.publisher(now).cloned();
         if publisher != self.last_publisher {
             match &publisher {

@@ -24,6 +24,7 @@ mod cluster;
 mod status_server;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -44,6 +45,7 @@ use crate::keys::files::{load_master_key, KeyFileError};
 use crate::node_files::{self, NodeFilesError};
 use crate::publish::{Publisher, UploadResult};
 use crate::status::{unix_secs, BackendStatus, NodeStatus, PublishStatus, StatusBoard};
+use crate::systemd;
 use crate::tor::{EmbeddedTor, TorError};
 use cluster::{ClusterSetup, LocalEvent};
 use status_server::StatusServer;
@@ -178,6 +180,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     let (publishing_tx, publishing_rx) = watch::channel(false);
     let (local_tx, local_rx) = mpsc::channel(64);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let progress = Arc::new(AtomicU64::new(unix_millis()));
     let election = Election::new(
         config.node.id.clone(),
         config.node.priority,
@@ -200,8 +203,11 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         transport,
         publishing: publishing_tx,
         board: board.clone(),
+        progress: progress.clone(),
     };
     let mut cluster_task = tokio::spawn(cluster::run(setup, inbox, local_rx, shutdown_rx));
+    let watchdog_task =
+        systemd::watchdog_interval().map(|interval| tokio::spawn(watchdog(progress, interval)));
     let status_task = tokio::spawn(status_server.serve(board.clone()));
 
     let tor_side = tor_side(&config, keys.master, board, local_tx, publishing_rx);
@@ -221,6 +227,10 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
             Ok(())
         }
     };
+    systemd::notify("STOPPING=1");
+    if let Some(task) = watchdog_task {
+        task.abort();
+    }
     if !cluster_stopped {
         let _ = shutdown_tx.send(true);
         if tokio::time::timeout(SHUTDOWN_WAIT, cluster_task)
@@ -232,6 +242,31 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     }
     status_task.abort();
     outcome
+}
+
+/// Tell systemd's watchdog the node is alive while the cluster loop makes progress (it runs
+/// at least every heartbeat interval); a hung loop stops the keep-alives and systemd restarts
+/// the node.
+async fn watchdog(progress: Arc<AtomicU64>, interval: Duration) {
+    loop {
+        tokio::time::sleep(interval).await;
+        let idle =
+            Duration::from_millis(unix_millis().saturating_sub(progress.load(Ordering::Relaxed)));
+        // systemd's limit is twice `interval`: one missed beat is not yet a hang.
+        if idle < 2 * interval {
+            systemd::notify("WATCHDOG=1");
+        } else {
+            tracing::error!(
+                "the cluster loop has made no progress for {} s: not telling systemd's watchdog, which restarts the node",
+                idle.as_secs()
+            );
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn unix_millis() -> u64 {
+    Timestamp::from_system_time(SystemTime::now()).as_unix_millis()
 }
 
 /// Bootstrap Arti (retrying while the network is unreachable), then run the health and
@@ -260,6 +295,8 @@ async fn tor_side(
     };
     let consensus = tor.live_consensus().await?;
     tracing::info!("consensus: {consensus}");
+    // Ready in systemd's sense: config loaded, cluster running, Tor bootstrapped.
+    systemd::notify("READY=1\nSTATUS=Tor bootstrapped; checking backends");
     board.update(|status| {
         status.tor.bootstrapped = true;
         status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));

@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 use super::process::ProcessGuard;
 
+/// An `[arti]` table for nodes that must not reach any Tor network: its only directory is a
+/// closed port on 127.0.0.1, so Arti never bootstraps (and never dials the public network).
+pub const NOWHERE_ARTI: &str = "\n[arti.tor_network]\nfallback_caches = [\n    { rsa_identity = \"0000000000000000000000000000000000000001\", ed_identity = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE\", orports = [\"127.0.0.1:9\"] },\n]\n\n[arti.tor_network.authorities]\nv3idents = [\"0000000000000000000000000000000000000002\"]\n";
+
 /// A UDP port on 127.0.0.1 free right now, for a node's cluster tunnel.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -23,6 +27,8 @@ pub struct Balancer {
     state_dir: PathBuf,
     log_path: PathBuf,
     process: Option<ProcessGuard>,
+    /// Extra environment for every command of this node.
+    env: Vec<(String, String)>,
 }
 
 impl Balancer {
@@ -35,7 +41,13 @@ impl Balancer {
             state_dir: dir.join("state"),
             log_path: dir.join("node.log"),
             process: None,
+            env: Vec::new(),
         }
+    }
+
+    /// Set an environment variable for every later command of this node.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.env.push((key.to_owned(), value.to_owned()));
     }
 
     pub fn config_dir(&self) -> &Path {
@@ -56,6 +68,7 @@ impl Balancer {
             .arg(&self.state_dir)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command
     }
