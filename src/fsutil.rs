@@ -4,8 +4,9 @@
 //! temporary file in the same directory, which is flushed to disk and then renamed over the
 //! target, and the directory itself is flushed so the rename survives a power cut. A reader
 //! (or the program after a crash) therefore sees the old file or the new one, never half of
-//! one. Files are created with the mode asked for from the start (no window in which a secret
-//! is readable by others).
+//! one. [`write_new_atomic`] does the same for a file that must never be replaced (a key that
+//! other files are encrypted under). Files are created with the mode asked for from the start
+//! (no window in which a secret is readable by others).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -41,6 +42,33 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
         let _ = fs::remove_file(&temp);
     }
     result
+}
+
+/// Create `path` with `contents` atomically, as [`write_atomic`] does, but never replace an
+/// existing file: if `path` exists (even as a dangling symlink) this fails with
+/// [`io::ErrorKind::AlreadyExists`] and changes nothing. The complete temporary file is
+/// hard-linked to `path` (link(2) refuses an existing name, where rename(2) would replace it),
+/// so two writers racing for the same name cannot both win.
+pub fn write_new_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let temp = temp_path(dir, path);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::hard_link(&temp, path)
+    })();
+    // The temporary name goes in every case: on success `path` holds the file.
+    let _ = fs::remove_file(&temp);
+    result?;
+    File::open(dir)?.sync_all()
 }
 
 /// Create `path` and any missing parents with mode 0700. Existing directories are left as
@@ -106,6 +134,23 @@ mod tests {
         assert!(write_atomic(&blocked, b"new", PRIVATE_FILE_MODE).is_err());
         assert_eq!(fs::read(&path).unwrap(), b"old");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_file_is_written_once_and_never_replaced() {
+        let dir = scratch("new");
+        let path = dir.join("kek");
+        write_new_atomic(&path, b"first", PRIVATE_FILE_MODE).unwrap();
+        let err = write_new_atomic(&path, b"second", PRIVATE_FILE_MODE).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // No temporary files are left behind, after success or refusal.
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
         fs::remove_dir_all(&dir).unwrap();
     }
 

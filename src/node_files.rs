@@ -3,7 +3,8 @@
 //! ```text
 //! <config-dir>/            0700
 //!   config.toml            0600  what the operator edits (see README "Configuration reference")
-//!   master.key             0600  the master identity key, tor's hs_ed25519_secret_key format
+//!   master.key             0600  the master identity key, sealed (AES-256-GCM) under the
+//!                                key-encryption key, which lives elsewhere (`keys::kek`)
 //!   wg_private.key         0600  this node's WireGuard private key, wg(8) base64
 //!   cluster.key            0600  the 32-byte cluster secret every member shares, base64
 //!   peers/                 0700  <node-id>.toml per known peer: endpoint, WireGuard public
@@ -31,8 +32,8 @@ use crate::cluster::transport::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
 use crate::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
-use crate::keys::files::{write_master_key_file, KeyFileError};
-use crate::keys::MasterKey;
+use crate::keys::files::{write_sealed_master_key, KeyFileError};
+use crate::keys::{ensure_kek, KekError, KekSource, MasterKey};
 use crate::onion_address::OnionAddress;
 use crate::params;
 
@@ -82,16 +83,21 @@ pub enum NodeFilesError {
     Damaged { path: PathBuf, reason: String },
     #[error(transparent)]
     MasterKey(#[from] KeyFileError),
+    #[error(transparent)]
+    Kek(#[from] KekError),
     /// The generated config.toml does not load: a defect of this program.
     #[error("internal error: the generated config.toml is invalid ({0}); nothing was written")]
     GeneratedConfig(String),
 }
 
-/// Create the files of a new node. Refuses, changing nothing, if `config_dir` already holds a
-/// node (or the leftovers of an interrupted init).
+/// Create the files of a new node, the master key sealed under the key-encryption key that
+/// `kek_source` finds (created there if there is none yet: `keys::ensure_kek`). Refuses,
+/// changing nothing, if `config_dir` already holds a node (or the leftovers of an interrupted
+/// init).
 pub fn create_node(
     config_dir: &Path,
     state_dir: &Path,
+    kek_source: &KekSource,
     node: &NewNode<'_>,
 ) -> Result<(), NodeFilesError> {
     ensure_no_node(config_dir)?;
@@ -100,6 +106,7 @@ pub fn create_node(
     // Check the text before anything is written: a config init wrote must always load.
     Config::parse(&config_text, &config_path, config_dir, state_dir)
         .map_err(|err| NodeFilesError::GeneratedConfig(err.to_string()))?;
+    let kek = ensure_kek(kek_source)?;
 
     for dir in [
         config_dir.to_owned(),
@@ -108,7 +115,7 @@ pub fn create_node(
     ] {
         create_private_dir(&dir).map_err(|source| NodeFilesError::Write { path: dir, source })?;
     }
-    write_master_key_file(&config_dir.join(MASTER_KEY_FILE), node.master_key)?;
+    write_sealed_master_key(&config_dir.join(MASTER_KEY_FILE), node.master_key, &kek)?;
     write_secret(
         &config_dir.join(WG_PRIVATE_KEY_FILE),
         &node.wg_private_key.to_base64(),
@@ -311,6 +318,14 @@ mod tests {
         dir
     }
 
+    /// A credential store of the test's own, never the machine's.
+    fn kek_source(root: &Path) -> KekSource {
+        KekSource {
+            credentials_dir: None,
+            credstore: root.join("credstore"),
+        }
+    }
+
     struct Fixture {
         node_id: NodeId,
         master_key: MasterKey,
@@ -358,13 +373,17 @@ mod tests {
         let root = scratch("create");
         let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
         let fixture = Fixture::new();
-        create_node(&config_dir, &state_dir, &fixture.node()).unwrap();
+        let kek_source = kek_source(&root);
+        create_node(&config_dir, &state_dir, &kek_source, &fixture.node()).unwrap();
 
         let config = Config::load(&config_dir, &state_dir).unwrap();
         assert_eq!(config.node.id, fixture.node_id);
         assert_eq!(config.backends.len(), 1);
         assert_eq!(config.cluster.endpoint, Some(fixture.endpoint.clone()));
-        let key = crate::keys::files::load_master_key(&config.master_key_path()).unwrap();
+        let sealed = std::fs::read(config.master_key_path()).unwrap();
+        assert!(crate::keys::sealed::is_sealed(&sealed));
+        let key = crate::keys::files::load_master_key_with(&config.master_key_path(), &kek_source)
+            .unwrap();
         assert_eq!(key.onion_address(), fixture.master_key.onion_address());
         assert_eq!(
             load_cluster_secret(&config_dir).unwrap().as_bytes(),
@@ -374,22 +393,42 @@ mod tests {
             load_wg_private_key(&config_dir).unwrap().public_key(),
             fixture.wg.public_key()
         );
-        for dir in [&config_dir, &config_dir.join(PEERS_DIR), &state_dir] {
+        for dir in [
+            &config_dir,
+            &config_dir.join(PEERS_DIR),
+            &state_dir,
+            &kek_source.credstore,
+        ] {
             let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o700, "{}", dir.display());
         }
         for file in [
-            "config.toml",
-            MASTER_KEY_FILE,
-            WG_PRIVATE_KEY_FILE,
-            CLUSTER_SECRET_FILE,
+            config_dir.join("config.toml"),
+            config_dir.join(MASTER_KEY_FILE),
+            config_dir.join(WG_PRIVATE_KEY_FILE),
+            config_dir.join(CLUSTER_SECRET_FILE),
+            kek_source.credstore_file(),
         ] {
-            let mode = std::fs::metadata(config_dir.join(file))
-                .unwrap()
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o777, 0o600, "{file}");
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", file.display());
         }
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn without_a_key_encryption_key_nothing_is_written() {
+        let root = scratch("nokek");
+        let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
+        // The credential store cannot be created: a file is in its way.
+        let kek_source = kek_source(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(&kek_source.credstore, "not a directory").unwrap();
+        let err =
+            create_node(&config_dir, &state_dir, &kek_source, &Fixture::new().node()).unwrap_err();
+        assert!(matches!(err, NodeFilesError::Kek(_)), "{err}");
+        assert!(err.to_string().contains("credstore"), "{err}");
+        assert!(!config_dir.exists());
+        assert!(!state_dir.exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -432,7 +471,8 @@ mod tests {
         let root = scratch("twice");
         let (config_dir, state_dir) = (root.join("etc"), root.join("state"));
         let fixture = Fixture::new();
-        create_node(&config_dir, &state_dir, &fixture.node()).unwrap();
+        let kek_source = kek_source(&root);
+        create_node(&config_dir, &state_dir, &kek_source, &fixture.node()).unwrap();
         let contents = || -> Vec<Vec<u8>> {
             [
                 MASTER_KEY_FILE,
@@ -447,13 +487,13 @@ mod tests {
         let before = contents();
 
         let other = Fixture::new();
-        let err = create_node(&config_dir, &state_dir, &other.node()).unwrap_err();
+        let err = create_node(&config_dir, &state_dir, &kek_source, &other.node()).unwrap_err();
         assert!(matches!(err, NodeFilesError::AlreadySetUp(_)), "{err}");
         assert_eq!(contents(), before);
 
         // Leftovers of an interrupted init are refused too.
         std::fs::remove_file(config_dir.join("config.toml")).unwrap();
-        let err = create_node(&config_dir, &state_dir, &other.node()).unwrap_err();
+        let err = create_node(&config_dir, &state_dir, &kek_source, &other.node()).unwrap_err();
         assert!(matches!(err, NodeFilesError::Leftover(_)), "{err}");
         std::fs::remove_dir_all(&root).unwrap();
     }

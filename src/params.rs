@@ -54,3 +54,20 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/rustbalance";
 pub const ARTI_STATE_SUBDIR: &str = "arti/state";
 /// Arti's directory cache, below the state directory unless `[arti.storage]` says otherwise.
 pub const ARTI_CACHE_SUBDIR: &str = "arti/cache";
+
+/// Name of the systemd credential that holds the key-encryption key (KEK) of `master.key`.
+/// systemd hands a unit's credentials to it as files named after them in
+/// `$CREDENTIALS_DIRECTORY` (`LoadCredential=`, `LoadCredentialEncrypted=`), so this is also
+/// the file name in the credential store.
+pub const KEK_CREDENTIAL_NAME: &str = "rustbalance-master-kek";
+/// Where the KEK is created and looked for when no systemd credential provides it
+/// (overridden by `RUSTBALANCE_CREDSTORE`). It is systemd's own credential store: a unit with
+/// `LoadCredential=rustbalance-master-kek` finds the file there, and it lies outside the config
+/// directory, so a copy of `/etc/rustbalance` alone does not carry the key to decrypt
+/// `master.key`.
+pub const DEFAULT_CREDSTORE_DIR: &str = "/etc/credstore";
+/// Environment variable naming the credential store directory (tests point it at a temporary
+/// directory).
+pub const CREDSTORE_ENV: &str = "RUSTBALANCE_CREDSTORE";
+/// Environment variable through which systemd tells a service where its credentials are.
+pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";

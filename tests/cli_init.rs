@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use rustbalance::config::Config;
-use rustbalance::keys::files::load_master_key;
+use rustbalance::keys::files::load_master_key_with;
+use rustbalance::keys::KekSource;
 use rustbalance::node_files::load_cluster_secret;
 use rustbalance::token::JoinToken;
 
@@ -18,6 +19,8 @@ struct Dirs {
     root: PathBuf,
     config: PathBuf,
     state: PathBuf,
+    /// This test's credential store for the key-encryption key, never /etc/credstore.
+    credstore: PathBuf,
 }
 
 impl Dirs {
@@ -27,7 +30,15 @@ impl Dirs {
         Dirs {
             config: root.join("etc"),
             state: root.join("state"),
+            credstore: root.join("credstore"),
             root,
+        }
+    }
+
+    fn kek_source(&self) -> KekSource {
+        KekSource {
+            credentials_dir: None,
+            credstore: self.credstore.clone(),
         }
     }
 
@@ -38,6 +49,8 @@ impl Dirs {
             .arg("--state-dir")
             .arg(&self.state)
             .args(args)
+            .env("RUSTBALANCE_CREDSTORE", &self.credstore)
+            .env_remove("CREDENTIALS_DIRECTORY")
             .output()
             .unwrap()
     }
@@ -84,7 +97,7 @@ fn init_creates_a_private_node_and_a_token_for_the_next_one() {
     let text = stdout(&output);
 
     let config = Config::load(&dirs.config, &dirs.state).unwrap();
-    let master = load_master_key(&config.master_key_path()).unwrap();
+    let master = load_master_key_with(&config.master_key_path(), &dirs.kek_source()).unwrap();
     assert!(
         text.contains(&format!("master address: {}", master.onion_address())),
         "{text}"
@@ -115,6 +128,9 @@ fn init_creates_a_private_node_and_a_token_for_the_next_one() {
     for file in ["config.toml", "master.key", "wg_private.key", "cluster.key"] {
         assert_eq!(mode(&dirs.config.join(file)), 0o600, "{file}");
     }
+    // The key-encryption key of master.key, outside the config directory.
+    assert_eq!(mode(&dirs.credstore), 0o700);
+    assert_eq!(mode(&dirs.credstore.join("rustbalance-master-kek")), 0o600);
 
     // `token` on the same node gives a fresh token for the same cluster.
     let again = dirs.run(&["token"]);
@@ -207,6 +223,6 @@ fn init_imports_an_existing_key_or_finds_a_vanity_one() {
         String::from_utf8_lossy(&output.stderr)
     );
     let config = Config::load(&vanity.config, &vanity.state).unwrap();
-    let master = load_master_key(&config.master_key_path()).unwrap();
+    let master = load_master_key_with(&config.master_key_path(), &vanity.kek_source()).unwrap();
     assert!(master.onion_address().to_string().starts_with("ab"));
 }

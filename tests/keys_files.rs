@@ -1,4 +1,5 @@
-//! Reading and writing master-key files in the formats of tor, mkp224o and Onionbalance.
+//! Reading and writing master-key files in the formats of tor, mkp224o and Onionbalance, and
+//! in the sealed form a node keeps its own `master.key` in.
 //!
 //! The fixtures in `tests/data/` were made by the real tools: `mkp224o/` is a key directory
 //! written by mkp224o (`mkp224o -n 1 rb`), `onionbalance_master_key.pem` is a PKCS#8 key from
@@ -12,9 +13,10 @@ use std::path::{Path, PathBuf};
 use ed25519::pkcs8::spki::der::pem::LineEnding;
 use ed25519::pkcs8::{EncodePrivateKey, KeypairBytes, PublicKeyBytes};
 use rustbalance::keys::files::{
-    load_hidden_service_dir, load_master_key, write_hidden_service_dir, KeyFileError,
+    load_hidden_service_dir, load_master_key, load_master_key_with, write_hidden_service_dir,
+    write_sealed_master_key, KeyFileError,
 };
-use rustbalance::keys::MasterKey;
+use rustbalance::keys::{ensure_kek, Kek, KekSource, MasterKey};
 
 const MKP224O_ADDRESS: &str = "rbq4zncq5shykd3kv2gt5b6oivjkodio4nffdrqtn2n2olpugqng4lyd.onion";
 /// From `openssl pkey -pubout` of the PEM file, encoded as rend-spec-v3 §6 says (by a script).
@@ -235,4 +237,143 @@ fn bad_inputs_are_errors_that_name_the_file() {
         assert!(message.contains(&path.display().to_string()), "{message}");
         assert!(!message.contains(&secret_hex), "{message}");
     }
+}
+
+/// A credential store inside `dir`, and no systemd credentials.
+fn kek_source_in(dir: &Path) -> KekSource {
+    KekSource {
+        credentials_dir: None,
+        credstore: dir.join("credstore"),
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn a_sealed_key_file_reads_back_with_its_kek_and_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = kek_source_in(dir.path());
+    let kek = ensure_kek(&source).unwrap();
+    let key = MasterKey::generate().unwrap();
+    let path = dir.path().join("master.key");
+    write_sealed_master_key(&path, &key, &kek).unwrap();
+
+    assert_eq!(mode(&path), 0o600);
+    let contents = fs::read(&path).unwrap();
+    assert!(contents.starts_with(b"rustbalance-sealed-master-key-v1\n"));
+    let text = String::from_utf8(contents).unwrap();
+    assert!(!text.contains(&hex(&key.expanded_secret()[..16])));
+    assert_eq!(
+        load_master_key_with(&path, &source).unwrap().public_key(),
+        key.public_key()
+    );
+
+    let other = MasterKey::generate().unwrap();
+    assert!(matches!(
+        write_sealed_master_key(&path, &other, &kek),
+        Err(KeyFileError::AlreadyExists { .. })
+    ));
+    assert_eq!(fs::read_to_string(&path).unwrap(), text);
+}
+
+#[test]
+fn a_sealed_key_without_its_kek_names_the_places_looked_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate().unwrap();
+    let path = dir.path().join("master.key");
+    write_sealed_master_key(&path, &key, &Kek::generate().unwrap()).unwrap();
+
+    let source = kek_source_in(dir.path());
+    let error = load_master_key_with(&path, &source).unwrap_err();
+    assert!(matches!(error, KeyFileError::Kek { .. }), "{error:?}");
+    let message = error.to_string();
+    assert_eq!(message.lines().count(), 1, "{message}");
+    assert!(
+        message.starts_with(&format!("{} is encrypted", path.display())),
+        "{message}"
+    );
+    assert!(message.contains("$CREDENTIALS_DIRECTORY"), "{message}");
+    assert!(
+        message.contains(&source.credstore_file().display().to_string()),
+        "{message}"
+    );
+    assert!(!message.contains(&hex(&key.expanded_secret()[..6])));
+}
+
+#[test]
+fn a_sealed_key_under_another_kek_or_altered_does_not_decrypt() {
+    let dir = tempfile::tempdir().unwrap();
+    let source = kek_source_in(dir.path());
+    ensure_kek(&source).unwrap();
+    let key = MasterKey::generate().unwrap();
+
+    let foreign = dir.path().join("foreign.key");
+    write_sealed_master_key(&foreign, &key, &Kek::generate().unwrap()).unwrap();
+
+    let altered = dir.path().join("altered.key");
+    write_sealed_master_key(&altered, &key, &ensure_kek(&source).unwrap()).unwrap();
+    let mut text = fs::read_to_string(&altered).unwrap().into_bytes();
+    let middle = text.len() - 40;
+    text[middle] = if text[middle] == b'A' { b'B' } else { b'A' };
+    fs::write(&altered, text).unwrap();
+
+    for path in [&foreign, &altered] {
+        let error = load_master_key_with(path, &source).unwrap_err();
+        assert!(
+            matches!(error, KeyFileError::CannotDecrypt { .. }),
+            "{error:?}"
+        );
+        let message = error.to_string();
+        assert!(
+            message.starts_with(&format!("cannot decrypt {}", path.display())),
+            "{message}"
+        );
+        assert!(
+            message.contains("(wrong key-encryption key, or the file was altered)"),
+            "{message}"
+        );
+        assert!(
+            message.contains(&source.credstore_file().display().to_string()),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn a_damaged_sealed_key_is_reported_as_such_even_without_a_kek() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let key = MasterKey::generate().unwrap();
+    write_sealed_master_key(&path, &key, &Kek::generate().unwrap()).unwrap();
+    let text = fs::read_to_string(&path).unwrap();
+    fs::write(&path, &text[..text.len() - 20]).unwrap();
+
+    let error = load_master_key_with(&path, &kek_source_in(dir.path())).unwrap_err();
+    assert!(matches!(error, KeyFileError::Sealed { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.starts_with(&format!("{} is a sealed master key, but", path.display())),
+        "{message}"
+    );
+}
+
+#[test]
+fn keys_in_clear_still_load_wherever_the_kek_would_be() {
+    // A plain key needs no KEK: a node set up before sealing keeps working (with a warning).
+    let dir = tempfile::tempdir().unwrap();
+    let key = MasterKey::generate().unwrap();
+    write_hidden_service_dir(&dir.path().join("hs"), &key).unwrap();
+    let source = kek_source_in(dir.path());
+    for path in [
+        dir.path().join("hs"),
+        dir.path().join("hs/hs_ed25519_secret_key"),
+    ] {
+        assert_eq!(
+            load_master_key_with(&path, &source).unwrap().public_key(),
+            key.public_key()
+        );
+    }
+    assert!(!source.credstore.exists(), "loading created a KEK");
 }

@@ -13,9 +13,9 @@ use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
-use crate::keys::files::load_master_key;
+use crate::keys::files::{import_master_key, load_master_key};
 use crate::keys::vanity::{self, VanityPrefix};
-use crate::keys::MasterKey;
+use crate::keys::{KekSource, MasterKey};
 use crate::node_files::{self, NewNode};
 use crate::onion_address::OnionAddress;
 use crate::params;
@@ -47,7 +47,7 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
     }
 
     let master_key = match (&args.import_key, &prefix) {
-        (Some(path), _) => load_master_key(path)?,
+        (Some(path), _) => import_master_key(path)?,
         (None, Some(prefix)) => {
             let stop = keygen::stop_on_signal()?;
             keygen::search(prefix, vanity::default_threads(), &stop)?
@@ -61,6 +61,7 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
     node_files::create_node(
         config_dir,
         state_dir,
+        &KekSource::from_env(),
         &NewNode {
             node_id: &node_id,
             priority,

@@ -13,6 +13,7 @@ use super::{init, CliError, JoinArgs};
 use crate::cluster::transport::{Transport, WgPrivateKey, WgPublicKey};
 use crate::cluster::Endpoint;
 use crate::config::Config;
+use crate::keys::KekSource;
 use crate::node_files::{self, NewNode, NodeFilesError};
 use crate::params;
 use crate::token::JoinToken;
@@ -80,9 +81,11 @@ pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Resul
         })
     })?;
 
+    // The token's master key is stored sealed under this machine's own key-encryption key.
     node_files::create_node(
         config_dir,
         state_dir,
+        &KekSource::from_env(),
         &NewNode {
             node_id: &node_id,
             priority: accept.assigned_priority,

@@ -1,6 +1,9 @@
-//! Master-key files: reading the formats operators already have, writing the one tor uses.
+//! Master-key files: reading the formats operators already have, writing the ones we need.
 //!
 //! Read (the format is recognised from the content, not the file name):
+//! - a sealed master key (`sealed.rs`): what `init` and `join` write as a node's `master.key`,
+//!   the key encrypted under the key-encryption key (`kek.rs`), which is looked for where
+//!   [`KekSource`] says.
 //! - tor's `hs_ed25519_secret_key`: the 32-byte header `== ed25519v1-secret: type0 ==` padded
 //!   with NULs, then the 64-byte expanded key `a ‖ h` (C tor `crypto_write_tagged_contents_to_file`).
 //! - a HiddenServiceDir, or a key directory written by mkp224o (the same three files): the
@@ -8,11 +11,14 @@
 //! - Onionbalance's master key: PEM "PRIVATE KEY", PKCS#8 (RFC 8410) holding a 32-byte seed.
 //! - a raw 32-byte ed25519 seed.
 //!
-//! Write: a HiddenServiceDir exactly as tor writes one (`hs_ed25519_secret_key`,
-//! `hs_ed25519_public_key`, `hostname`; directory 0700, files 0600), which tor, mkp224o users
-//! and Onionbalance can all load. Each file is written atomically (`fsutil::write_atomic`:
-//! temporary file in the same directory, fsync, rename, fsync of the directory) and an
-//! existing key is never overwritten.
+//! Every format but the sealed one holds the key in clear; a node still runs from such a file,
+//! with a warning in its log, so that existing keys keep working.
+//!
+//! Write: a node's `master.key` sealed ([`write_sealed_master_key`]); and a HiddenServiceDir
+//! exactly as tor writes one (`hs_ed25519_secret_key`, `hs_ed25519_public_key`, `hostname`;
+//! directory 0700, files 0600), which tor, mkp224o users and Onionbalance can all load. Each
+//! file is written atomically (`fsutil`: temporary file in the same directory, fsync, then
+//! rename or link, fsync of the directory) and an existing key is never overwritten.
 //!
 //! Errors name the file and what is wrong with it; no error message ever contains key bytes.
 
@@ -24,8 +30,12 @@ use std::path::{Path, PathBuf};
 use ed25519::pkcs8::DecodePrivateKey;
 use zeroize::Zeroizing;
 
+use super::kek::{Kek, KekError, KekSource};
+use super::sealed::{self, SealedMasterKey, UnsealError};
 use super::{MasterKey, NotClampedError};
-use crate::fsutil::{create_private_dir, write_atomic, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE};
+use crate::fsutil::{
+    create_private_dir, write_atomic, write_new_atomic, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
+};
 
 /// File names inside a HiddenServiceDir (C tor `hs_service.c`).
 pub const SECRET_KEY_FILE: &str = "hs_ed25519_secret_key";
@@ -60,11 +70,28 @@ pub enum KeyFileError {
     #[error("{path} is {len} bytes long, far too large for a key file")]
     TooLarge { path: PathBuf, len: u64 },
     #[error(
-        "{path} is not a key file rustbalance understands: expected tor's hs_ed25519_secret_key, \
-         an onion service directory (tor's HiddenServiceDir or mkp224o's output), an \
-         Onionbalance PEM key, or a raw 32-byte ed25519 seed"
+        "{path} is not a key file rustbalance understands: expected a sealed master.key, tor's \
+         hs_ed25519_secret_key, an onion service directory (tor's HiddenServiceDir or mkp224o's \
+         output), an Onionbalance PEM key, or a raw 32-byte ed25519 seed"
     )]
     UnknownFormat { path: PathBuf },
+    #[error("{path} is a sealed master key, but {source}")]
+    Sealed {
+        path: PathBuf,
+        #[source]
+        source: UnsealError,
+    },
+    #[error("{path} is encrypted, but {source}")]
+    Kek {
+        path: PathBuf,
+        #[source]
+        source: KekError,
+    },
+    #[error(
+        "cannot decrypt {path} with the key-encryption key {kek} (wrong key-encryption key, or \
+         the file was altered)"
+    )]
+    CannotDecrypt { path: PathBuf, kek: PathBuf },
     #[error(
         "{path} is tor's public key file; the master key is the secret one, {SECRET_KEY_FILE} \
          in the same directory"
@@ -111,24 +138,92 @@ pub enum KeyFileError {
 }
 
 /// Loads a master key from `path`: a key file in any accepted format, or a directory holding
-/// `hs_ed25519_secret_key` (see the module documentation).
+/// `hs_ed25519_secret_key` (see the module documentation). A sealed key is decrypted with the
+/// key-encryption key found through the environment ([`KekSource::from_env`]); a key in clear
+/// is accepted with a warning.
 pub fn load_master_key(path: &Path) -> Result<MasterKey, KeyFileError> {
+    load_master_key_with(path, &KekSource::from_env())
+}
+
+/// [`load_master_key`], looking for the key-encryption key where `kek_source` says.
+pub fn load_master_key_with(
+    path: &Path,
+    kek_source: &KekSource,
+) -> Result<MasterKey, KeyFileError> {
+    let (key, storage) = read_master_key(path, kek_source)?;
+    if storage == Storage::Clear {
+        tracing::warn!(
+            "{} holds the master key unencrypted: anyone who gets a copy of it has the key. \
+             To store it encrypted, set the node up from it in a new config directory with \
+             `rustbalance init --import-key {}` (see README, \"Secrets and threat model\")",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(key)
+}
+
+/// Loads a master key to import it (`init --import-key`): like [`load_master_key`], without
+/// the warning about a key in clear, which is about to be stored sealed.
+pub fn import_master_key(path: &Path) -> Result<MasterKey, KeyFileError> {
+    read_master_key(path, &KekSource::from_env()).map(|(key, _)| key)
+}
+
+/// How a key file holds the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Storage {
+    Sealed,
+    Clear,
+}
+
+fn read_master_key(
+    path: &Path,
+    kek_source: &KekSource,
+) -> Result<(MasterKey, Storage), KeyFileError> {
     let metadata = fs::metadata(path).map_err(|source| read_error(path, source))?;
     if metadata.is_dir() {
-        return load_hidden_service_dir(path);
+        return Ok((load_hidden_service_dir(path)?, Storage::Clear));
     }
     let contents = read_small_file(path)?;
-    if contents.starts_with(TOR_KEY_MAGIC) {
-        return parse_tor_secret_key(path, &contents);
+    if sealed::is_sealed(&contents) {
+        return Ok((unseal_file(path, &contents, kek_source)?, Storage::Sealed));
     }
-    if looks_like_pem(&contents) {
-        return parse_pem(path, &contents);
-    }
-    if let Ok(seed) = <&[u8; 32]>::try_from(&contents[..]) {
-        return Ok(MasterKey::from_seed(seed));
-    }
-    Err(KeyFileError::UnknownFormat {
+    let key = if contents.starts_with(TOR_KEY_MAGIC) {
+        parse_tor_secret_key(path, &contents)?
+    } else if looks_like_pem(&contents) {
+        parse_pem(path, &contents)?
+    } else if let Ok(seed) = <&[u8; 32]>::try_from(&contents[..]) {
+        MasterKey::from_seed(seed)
+    } else {
+        return Err(KeyFileError::UnknownFormat {
+            path: path.to_owned(),
+        });
+    };
+    Ok((key, Storage::Clear))
+}
+
+/// The key in the sealed file `path`: its text is checked first, so a damaged file is reported
+/// as such whether or not the key-encryption key is at hand.
+fn unseal_file(
+    path: &Path,
+    contents: &[u8],
+    kek_source: &KekSource,
+) -> Result<MasterKey, KeyFileError> {
+    let sealed_error = |source| KeyFileError::Sealed {
         path: path.to_owned(),
+        source,
+    };
+    let sealed = SealedMasterKey::parse(contents).map_err(sealed_error)?;
+    let (kek_path, kek) = kek_source.find().map_err(|source| KeyFileError::Kek {
+        path: path.to_owned(),
+        source,
+    })?;
+    sealed.open(&kek).map_err(|error| match error {
+        UnsealError::WrongKeyOrAltered => KeyFileError::CannotDecrypt {
+            path: path.to_owned(),
+            kek: kek_path,
+        },
+        other => sealed_error(other),
     })
 }
 
@@ -215,16 +310,23 @@ pub fn write_hidden_service_dir(dir: &Path, key: &MasterKey) -> Result<(), KeyFi
     Ok(())
 }
 
-/// Writes `key` to the single file `path` in tor's `hs_ed25519_secret_key` format (mode 0600,
-/// atomically). Refuses to replace an existing file.
-pub fn write_master_key_file(path: &Path, key: &MasterKey) -> Result<(), KeyFileError> {
-    if path.symlink_metadata().is_ok() {
-        return Err(KeyFileError::AlreadyExists {
-            path: path.to_owned(),
-        });
-    }
-    write_atomic(path, &secret_key_file_contents(key), PRIVATE_FILE_MODE)
-        .map_err(|source| write_error(path, source))
+/// Writes `key` sealed under `kek` to the single file `path` (mode 0600, atomically).
+/// Refuses to replace an existing file.
+pub fn write_sealed_master_key(
+    path: &Path,
+    key: &MasterKey,
+    kek: &Kek,
+) -> Result<(), KeyFileError> {
+    let text = sealed::seal(key, kek, &mut rand::rng());
+    write_new_atomic(path, text.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
+        if source.kind() == io::ErrorKind::AlreadyExists {
+            KeyFileError::AlreadyExists {
+                path: path.to_owned(),
+            }
+        } else {
+            write_error(path, source)
+        }
+    })
 }
 
 /// tor's `hs_ed25519_secret_key`: header, then `a ‖ h`.

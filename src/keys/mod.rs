@@ -2,12 +2,19 @@
 //!
 //! - [`MasterKey`] (`master_key.rs`): the service's ed25519 identity key in the expanded form
 //!   tor uses, with its public key and address.
-//! - [`files`]: reading the key from tor's, mkp224o's and Onionbalance's files, and writing a
-//!   HiddenServiceDir exactly as tor does.
+//! - [`files`]: reading the key from tor's, mkp224o's and Onionbalance's files and from a
+//!   node's sealed `master.key`, and writing both a sealed `master.key` and a HiddenServiceDir
+//!   exactly as tor does.
+//! - [`sealed`]: the encrypted-at-rest format of a node's `master.key`.
+//! - [`kek`]: the key-encryption key that format is sealed under, and where it is found
+//!   (systemd credentials, or the credential store).
 //! - [`vanity`]: the search for a key whose address starts with chosen characters.
 
 pub mod files;
+pub mod kek;
 mod master_key;
+pub mod sealed;
 pub mod vanity;
 
+pub use kek::{ensure_kek, Kek, KekError, KekSource};
 pub use master_key::{MasterKey, NotClampedError, RandomnessError};

@@ -20,11 +20,14 @@ pub fn free_udp_port() -> u16 {
         .expect("a free UDP port on 127.0.0.1")
 }
 
-/// One node: `<root>/<name>/{etc,state,node.log}`.
+/// One node: `<root>/<name>/{etc,state,credstore,node.log}`.
 pub struct Balancer {
     name: String,
     config_dir: PathBuf,
     state_dir: PathBuf,
+    /// The node's own credential store, where init and join create the key-encryption key of
+    /// master.key: each node is a machine of its own, and no test touches /etc/credstore.
+    credstore_dir: PathBuf,
     log_path: PathBuf,
     process: Option<ProcessGuard>,
     /// Extra environment for every command of this node.
@@ -39,6 +42,7 @@ impl Balancer {
             name: name.to_owned(),
             config_dir: dir.join("etc"),
             state_dir: dir.join("state"),
+            credstore_dir: dir.join("credstore"),
             log_path: dir.join("node.log"),
             process: None,
             env: Vec::new(),
@@ -67,6 +71,8 @@ impl Balancer {
             .arg("--state-dir")
             .arg(&self.state_dir)
             .args(args)
+            .env("RUSTBALANCE_CREDSTORE", &self.credstore_dir)
+            .env_remove("CREDENTIALS_DIRECTORY")
             .env("RUST_LOG", "info")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
