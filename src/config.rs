@@ -184,6 +184,7 @@ pub struct TimingConfig {
     pub max_clock_skew: Duration,
     pub descriptor_max_age: Duration,
     pub upload_failure_release: Duration,
+    pub tor_stall: Duration,
 }
 
 impl Default for TimingConfig {
@@ -197,6 +198,7 @@ impl Default for TimingConfig {
             max_clock_skew: params::DEFAULT_MAX_CLOCK_SKEW,
             descriptor_max_age: params::DEFAULT_DESCRIPTOR_MAX_AGE,
             upload_failure_release: params::DEFAULT_UPLOAD_FAILURE_RELEASE,
+            tor_stall: params::DEFAULT_TOR_STALL,
         }
     }
 }
@@ -229,6 +231,7 @@ struct TimingFile {
     max_clock_skew_secs: Seconds,
     descriptor_max_age_secs: Seconds,
     upload_failure_release_secs: Seconds,
+    tor_stall_secs: Seconds,
 }
 
 impl Default for TimingFile {
@@ -243,6 +246,7 @@ impl Default for TimingFile {
             max_clock_skew_secs: Seconds(d.max_clock_skew),
             descriptor_max_age_secs: Seconds(d.descriptor_max_age),
             upload_failure_release_secs: Seconds(d.upload_failure_release),
+            tor_stall_secs: Seconds(d.tor_stall),
         }
     }
 }
@@ -338,6 +342,7 @@ impl Config {
             max_clock_skew: file.timing.max_clock_skew_secs.0,
             descriptor_max_age: file.timing.descriptor_max_age_secs.0,
             upload_failure_release: file.timing.upload_failure_release_secs.0,
+            tor_stall: file.timing.tor_stall_secs.0,
         };
         if timing.heartbeat_interval >= timing.publisher_timeout {
             return Err(invalid(
@@ -418,6 +423,35 @@ impl Config {
     /// `[node]` and `[cluster]` tables. Comments are not kept.
     pub fn shared_text(&self) -> &str {
         &self.shared
+    }
+
+    /// The configuration to run after a reload that loaded `new`: backends, timing and health
+    /// checks from `new`; `[node]`, `[cluster]` and `[arti]` stay as running (the node's
+    /// identity, its socket and its Tor client are set up once). Also returns which of those
+    /// tables changed, and so wait for a restart.
+    pub fn reloaded(&self, new: Config) -> (Config, Vec<&'static str>) {
+        let mut needs_restart = Vec::new();
+        if new.node.id != self.node.id
+            || new.node.priority != self.node.priority
+            || new.node.master_key != self.node.master_key
+        {
+            needs_restart.push("[node]");
+        }
+        if new.cluster.listen != self.cluster.listen
+            || new.cluster.endpoint != self.cluster.endpoint
+        {
+            needs_restart.push("[cluster]");
+        }
+        if new.arti != self.arti {
+            needs_restart.push("[arti]");
+        }
+        let applied = Config {
+            node: self.node.clone(),
+            cluster: self.cluster.clone(),
+            arti: self.arti.clone(),
+            ..new
+        };
+        (applied, needs_restart)
     }
 
     /// The master key file, resolved against the config directory.
@@ -544,6 +578,23 @@ mod tests {
         assert_eq!(joined.health, origin.health);
         assert_eq!(joined.node.id.as_str(), "node-b");
         assert_eq!(joined.cluster.listen.to_string(), "0.0.0.0:51820");
+    }
+
+    #[test]
+    fn a_reload_takes_backends_and_timing_and_keeps_identity() {
+        let running = parse("[node]\nid = \"node-a\"\npriority = 1\n").unwrap();
+        let new = parse(&format!(
+            "[node]\nid = \"node-b\"\npriority = 1\n[timing]\nhealth_interval_secs = 7\n\
+             [[backends]]\nname = \"a\"\naddress = \"{A}\"\n"
+        ))
+        .unwrap();
+        let (applied, needs_restart) = running.reloaded(new);
+        assert_eq!(needs_restart, ["[node]"]);
+        assert_eq!(applied.node.id.as_str(), "node-a");
+        assert_eq!(applied.backends.len(), 1);
+        assert_eq!(applied.timing.health_interval, Duration::from_secs(7));
+        let (_, nothing) = applied.reloaded(applied.clone());
+        assert!(nothing.is_empty());
     }
 
     #[test]

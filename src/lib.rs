@@ -17,6 +17,7 @@ pub mod node_files;
 pub mod onion_address;
 pub mod params;
 pub mod publish;
+pub mod state;
 pub mod status;
 pub mod systemd;
 pub mod token;

@@ -23,6 +23,11 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// of trouble on the Tor side without giving up the lease at the first hiccup, and stays far
 /// below the descriptors' 180-minute lifetime, so clients never see the master address vanish.
 pub const DEFAULT_UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(10 * 60);
+/// How long the embedded Tor client may go without a live consensus, or (with backends
+/// configured) without fetching or uploading any descriptor, before it is rebuilt
+/// (`timing.tor_stall_secs`). Three default health rounds: one failed round is bad luck, three
+/// in a row while nothing else works either is a wedged client.
+pub const DEFAULT_TOR_STALL: Duration = Duration::from_secs(15 * 60);
 /// A backend whose descriptor has not changed for this long is Stale
 /// (`timing.descriptor_max_age_secs`).
 ///

@@ -36,6 +36,11 @@ impl PublishAbility {
         }
     }
 
+    /// A new `timing.upload_failure_release` (a configuration reload).
+    pub fn set_release_after(&mut self, release_after: Duration) {
+        self.release_after = release_after;
+    }
+
     /// Arti bootstrapped and holds a live consensus.
     pub fn tor_ready(&mut self) {
         self.tor_ready = true;

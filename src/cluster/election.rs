@@ -401,6 +401,11 @@ impl Election {
         next
     }
 
+    /// New intervals (a configuration reload); they apply from the next decision on.
+    pub fn set_timing(&mut self, timing: ElectionTiming) {
+        self.timing = timing;
+    }
+
     pub fn me(&self) -> &NodeId {
         &self.me
     }
@@ -1050,6 +1055,7 @@ mod tests {
             max_clock_skew: Duration::from_secs(6),
             descriptor_max_age: Duration::from_secs(7),
             upload_failure_release: Duration::from_secs(8),
+            tor_stall: Duration::from_secs(9),
         };
         let timing = ElectionTiming::from(&config);
         assert_eq!(timing.heartbeat_interval, Duration::from_secs(2));

@@ -29,6 +29,7 @@ use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
+use crate::config::Config;
 use crate::node_files;
 use crate::publish::UploadResult;
 use crate::status::{unix_secs, PeerStatus, StatusBoard};
@@ -112,6 +113,7 @@ pub async fn run(
     setup: ClusterSetup,
     mut inbox: Inbox,
     mut local: mpsc::Receiver<LocalEvent>,
+    mut configs: watch::Receiver<Arc<Config>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (joins_done, mut joins) = mpsc::channel(16);
@@ -168,6 +170,10 @@ pub async fn run(
             Some(event) = local.recv() => node.on_local(event).await,
             Some(done) = joins.recv() => node.on_join_done(done).await,
             _ = peer_lists.tick() => node.send_peer_list().await,
+            Ok(()) = configs.changed() => {
+                let config = configs.borrow_and_update().clone();
+                node.apply(&config);
+            }
             _ = shutdown.changed() => {
                 node.shut_down().await;
                 return;
@@ -489,6 +495,15 @@ impl ClusterNode {
             );
         }
         self.step(Event::LocalHealth { can_publish }).await;
+    }
+
+    /// A reloaded configuration: new intervals, and the shared tables a newcomer receives.
+    fn apply(&mut self, config: &Config) {
+        self.election.set_timing((&config.timing).into());
+        self.ability
+            .set_release_after(config.timing.upload_failure_release);
+        self.claim_wait = config.timing.publisher_timeout;
+        self.shared_config = config.shared_text().to_owned();
     }
 
     /// Update `status` and log a change of publisher.

@@ -5,30 +5,33 @@
 //! - the **cluster loop** ([`cluster`]) starts first and never waits for Tor: heartbeats,
 //!   election, joins and membership run while Arti bootstraps, so a node without working Tor
 //!   still takes part (and says it cannot publish);
-//! - the **Tor side** bootstraps Arti (retrying while the network is unreachable), then runs:
+//! - the **Tor side** ([`tor_side`]) owns the embedded Arti client and runs on it:
 //!   - the **health loop**, on every node: checks every backend at start and every
 //!     `health_interval`, and passes the Healthy backends' introduction points to the publish
-//!     loop through a `watch` channel, so a standby that takes over publishes at once with
-//!     fresh introduction points;
+//!     loop, so a standby that takes over publishes at once with fresh introduction points;
 //!   - the **publish loop**, active only while the election made this node the publisher:
-//!     uploads at once when it gains the lease, then whenever the publisher's schedule says a
-//!     period is due, the healthy set changes, or a new consensus arrives; it reports every
-//!     upload's outcome to the cluster loop;
-//!   - a **consensus watcher** that logs each new consensus at debug level;
-//! - the **status socket** ([`status_server`]) answers `rustbalance status`.
+//!     uploads at once when it gains the lease, then whenever a period is due, the healthy set
+//!     changes, or a new consensus arrives; it reports every upload's outcome to the cluster
+//!     loop;
+//!   - a **consensus watcher**, and a stall detector that rebuilds a wedged client in-process;
+//! - the **status socket** ([`status_server`]) answers `rustbalance status`;
+//! - the **state writer** ([`state_writer`]) keeps `state.json` current, atomically.
 //!
-//! SIGTERM (what systemd sends) and SIGINT (Ctrl-C) stop it cleanly with exit status 0; the
-//! lease is released first, so a standby takes over at once.
+//! SIGHUP reloads config.toml: new backends and timing apply at once; a config that does not
+//! load is refused with its error and the running one stays in force. SIGTERM (what systemd
+//! sends) and SIGINT (Ctrl-C) stop the node cleanly with exit status 0; the lease is released
+//! first, so a standby takes over at once.
 
 mod cluster;
+mod state_writer;
 mod status_server;
+mod tor_side;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
@@ -36,22 +39,23 @@ use crate::cluster::ability::PublishAbility;
 use crate::cluster::election::{Election, Timestamp};
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
-use crate::cluster::transport::{PeerConfig, Transport, TransportError, WgPrivateKey};
+use crate::cluster::transport::{Inbox, PeerConfig, Transport, TransportError, WgPrivateKey};
+use crate::cluster::Role;
 use crate::config::Config;
 use crate::descriptor::build::MasterIdentity;
 use crate::fsutil;
-use crate::health::{BackendReport, HealthMonitor, HealthyBackends};
+use crate::health::{BackendReport, HealthMonitor};
 use crate::keys::files::{load_master_key, KeyFileError};
 use crate::node_files::{self, NodeFilesError};
-use crate::publish::{Publisher, UploadResult};
-use crate::status::{unix_secs, BackendStatus, NodeStatus, PublishStatus, StatusBoard};
+use crate::publish::Publisher;
+use crate::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
+use crate::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
 use crate::systemd;
-use crate::tor::{EmbeddedTor, TorError};
-use cluster::{ClusterSetup, LocalEvent};
+use crate::tor::TorError;
+use cluster::ClusterSetup;
 use status_server::StatusServer;
+use tor_side::TorSide;
 
-/// Wait between two bootstrap attempts when the Tor network cannot be reached.
-const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
 /// Longest a clean shutdown waits for the cluster loop to release the lease.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
@@ -125,6 +129,7 @@ fn load_master_identity(config: &Config) -> Result<MasterIdentity, DaemonError> 
 async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     let master_address = keys.master.address();
     tracing::info!(
         node = %config.node.id,
@@ -145,30 +150,13 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
     let status_server = StatusServer::bind(&config.state_dir)?;
 
-    let mut transport_peers = Vec::new();
-    for peer in &keys.peers {
-        let endpoint = match peer.endpoint.resolve().await {
-            Ok(address) => Some(address),
-            Err(err) => {
-                tracing::warn!(
-                    "peer {}: cannot resolve {}: {err}; waiting until it contacts this node",
-                    peer.node_id,
-                    peer.endpoint
-                );
-                None
-            }
-        };
-        transport_peers.push(PeerConfig {
-            node_id: peer.node_id.clone(),
-            public_key: peer.public_key,
-            endpoint,
-        });
-    }
-    let (transport, inbox) = Transport::bind(
-        config.cluster.listen,
-        config.node.id.clone(),
+    let mut publisher = Publisher::new(keys.master, config.timing.publish_interval);
+    resume_uploads(&config, !keys.peers.is_empty(), &mut publisher);
+
+    let (transport, inbox) = bind_transport(
+        &config,
         keys.wg_private_key,
-        transport_peers,
+        &keys.peers,
         &keys.cluster_secret,
     )
     .await?;
@@ -180,6 +168,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     let (publishing_tx, publishing_rx) = watch::channel(false);
     let (local_tx, local_rx) = mpsc::channel(64);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (uploads_tx, uploads_rx) = watch::channel(publisher.saved_uploads());
     let progress = Arc::new(AtomicU64::new(unix_millis()));
     let election = Election::new(
         config.node.id.clone(),
@@ -205,26 +194,51 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         board: board.clone(),
         progress: progress.clone(),
     };
-    let mut cluster_task = tokio::spawn(cluster::run(setup, inbox, local_rx, shutdown_rx));
+    let state_dir = config.state_dir.clone();
+    let (configs_tx, configs) = watch::channel(Arc::new(config));
+    let mut cluster_task = tokio::spawn(cluster::run(
+        setup,
+        inbox,
+        local_rx,
+        configs.clone(),
+        shutdown_rx,
+    ));
+    let status_task = tokio::spawn(status_server.serve(board.clone()));
+    let state_task = tokio::spawn(state_writer::run(
+        state_dir.clone(),
+        board.clone(),
+        uploads_rx.clone(),
+    ));
     let watchdog_task =
         systemd::watchdog_interval().map(|interval| tokio::spawn(watchdog(progress, interval)));
-    let status_task = tokio::spawn(status_server.serve(board.clone()));
 
-    let tor_side = tor_side(&config, keys.master, board, local_tx, publishing_rx);
+    let tor_side = TorSide {
+        configs,
+        publisher,
+        board: board.clone(),
+        local_tx,
+        publishing_rx,
+        uploads_tx,
+    }
+    .run();
+    tokio::pin!(tor_side);
     let mut cluster_stopped = false;
-    let outcome = tokio::select! {
-        result = tor_side => result,
-        _ = &mut cluster_task => {
-            cluster_stopped = true;
-            Err(DaemonError::LoopStopped("cluster"))
-        }
-        _ = sigterm.recv() => {
-            tracing::info!("SIGTERM received, shutting down");
-            Ok(())
-        }
-        _ = sigint.recv() => {
-            tracing::info!("SIGINT received, shutting down");
-            Ok(())
+    let outcome = loop {
+        tokio::select! {
+            result = &mut tor_side => break result,
+            _ = &mut cluster_task => {
+                cluster_stopped = true;
+                break Err(DaemonError::LoopStopped("cluster"));
+            }
+            _ = sighup.recv() => reload(&configs_tx),
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM received, shutting down");
+                break Ok(());
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT received, shutting down");
+                break Ok(());
+            }
         }
     };
     systemd::notify("STOPPING=1");
@@ -240,13 +254,104 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
             tracing::warn!("the cluster loop did not stop in time");
         }
     }
+    state_task.abort();
+    state_writer::save_now(&state_dir, &board, &uploads_rx);
     status_task.abort();
     outcome
 }
 
-/// Tell systemd's watchdog the node is alive while the cluster loop makes progress (it runs
-/// at least every heartbeat interval); a hung loop stops the keep-alives and systemd restarts
-/// the node.
+/// Bind the cluster transport with every known peer (resolving their endpoints).
+async fn bind_transport(
+    config: &Config,
+    private_key: WgPrivateKey,
+    peers: &[PeerInfo],
+    secret: &ClusterSecret,
+) -> Result<(Transport, Inbox), DaemonError> {
+    let mut transport_peers = Vec::new();
+    for peer in peers {
+        let endpoint = match peer.endpoint.resolve().await {
+            Ok(address) => Some(address),
+            Err(err) => {
+                tracing::warn!(
+                    "peer {}: cannot resolve {}: {err}; waiting until it contacts this node",
+                    peer.node_id,
+                    peer.endpoint
+                );
+                None
+            }
+        };
+        transport_peers.push(PeerConfig {
+            node_id: peer.node_id.clone(),
+            public_key: peer.public_key,
+            endpoint,
+        });
+    }
+    Ok(Transport::bind(
+        config.cluster.listen,
+        config.node.id.clone(),
+        private_key,
+        transport_peers,
+        secret,
+    )
+    .await?)
+}
+
+/// Give the publisher the uploads saved before a restart, when it is safe to trust them: this
+/// node was publishing, and either it has no peers or it is back before any peer could have
+/// taken over (publisher timeout + takeover grace). Otherwise a new lease uploads at once.
+fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut Publisher) {
+    let saved = match state::load(&config.state_dir, &config.node.id) {
+        Ok(saved) => saved,
+        Err(err) => {
+            tracing::warn!("{err}");
+            None
+        }
+    };
+    let Some(saved) = saved else {
+        return;
+    };
+    let age = Duration::from_secs(unix_secs(SystemTime::now()).saturating_sub(saved.saved_at));
+    let nobody_took_over =
+        !has_peers || age < config.timing.publisher_timeout + config.timing.takeover_grace;
+    if saved.role == Role::Publisher && nobody_took_over && !saved.uploads.is_empty() {
+        tracing::info!(
+            "resuming from state.json ({} s old): {} upload(s) still current are not repeated",
+            age.as_secs(),
+            saved.uploads.len()
+        );
+        publisher.restore(&saved.uploads);
+    }
+}
+
+/// SIGHUP: load config.toml again and hand it to the loops, or keep the running one.
+fn reload(configs: &watch::Sender<Arc<Config>>) {
+    let current = configs.borrow().clone();
+    let new = match Config::load(&current.config_dir, &current.state_dir) {
+        Ok(new) => new,
+        Err(err) => {
+            tracing::error!(
+                "SIGHUP: configuration not reloaded: {err}; the running configuration stays in force"
+            );
+            return;
+        }
+    };
+    let (applied, needs_restart) = current.reloaded(new);
+    if !needs_restart.is_empty() {
+        tracing::warn!(
+            "SIGHUP: changes to {} take effect at the next restart",
+            needs_restart.join(", ")
+        );
+    }
+    tracing::info!(
+        backends = applied.backends.len(),
+        "SIGHUP: configuration reloaded (backends, timing, health checks)"
+    );
+    configs.send_replace(Arc::new(applied));
+}
+
+/// Tell systemd's watchdog the node is alive while the cluster loop makes progress (it goes
+/// round at least every second); a hung loop stops the keep-alives and systemd restarts the
+/// node.
 async fn watchdog(progress: Arc<AtomicU64>, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
@@ -269,109 +374,6 @@ fn unix_millis() -> u64 {
     Timestamp::from_system_time(SystemTime::now()).as_unix_millis()
 }
 
-/// Bootstrap Arti (retrying while the network is unreachable), then run the health and
-/// publish loops and the consensus watcher. Returns only on a fatal error.
-async fn tor_side(
-    config: &Config,
-    master: MasterIdentity,
-    board: StatusBoard,
-    local_tx: mpsc::Sender<LocalEvent>,
-    publishing_rx: watch::Receiver<bool>,
-) -> Result<(), DaemonError> {
-    let tor = loop {
-        match EmbeddedTor::bootstrap(&config.arti).await {
-            Ok(tor) => break Arc::new(tor),
-            // A bad configuration or runtime does not get better by waiting.
-            Err(err @ (TorError::Create(_) | TorError::Runtime(_))) => return Err(err.into()),
-            Err(err) => {
-                tracing::error!(
-                    "{err}; retrying in {} s (the cluster keeps running meanwhile)",
-                    BOOTSTRAP_RETRY.as_secs()
-                );
-                board.update(|status| status.tor.last_error = Some(err.to_string()));
-                tokio::time::sleep(BOOTSTRAP_RETRY).await;
-            }
-        }
-    };
-    let consensus = tor.live_consensus().await?;
-    tracing::info!("consensus: {consensus}");
-    // Ready in systemd's sense: config loaded, cluster running, Tor bootstrapped.
-    systemd::notify("READY=1\nSTATUS=Tor bootstrapped; checking backends");
-    board.update(|status| {
-        status.tor.bootstrapped = true;
-        status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
-        status.tor.last_error = None;
-    });
-    let _ = local_tx.send(LocalEvent::TorReady).await;
-
-    let (healthy_tx, healthy_rx) = watch::channel(None);
-    let health = tokio::spawn(health_loop(
-        tor.clone(),
-        HealthMonitor::new(config),
-        config.timing.health_interval,
-        healthy_tx,
-        local_tx.clone(),
-        board.clone(),
-    ));
-    let publish = tokio::spawn(publish_loop(
-        tor.clone(),
-        Publisher::new(master, config.timing.publish_interval),
-        healthy_rx,
-        publishing_rx,
-        local_tx,
-        board.clone(),
-    ));
-    let watch_consensus = consensus_watcher(&tor, consensus.valid_after, &board);
-    tokio::select! {
-        result = watch_consensus => result.map_err(DaemonError::from),
-        _ = health => Err(DaemonError::LoopStopped("health")),
-        _ = publish => Err(DaemonError::LoopStopped("publish")),
-    }
-}
-
-/// Log every new consensus (at debug: on a test network one arrives every 20 s).
-async fn consensus_watcher(
-    tor: &EmbeddedTor,
-    mut last_valid_after: SystemTime,
-    board: &StatusBoard,
-) -> Result<(), TorError> {
-    let mut updates = tor.consensus_updates()?;
-    while let Some(consensus) = updates.next().await {
-        // Arti also signals new parameters and descriptors for the same consensus; only a
-        // new valid-after is news.
-        if consensus.valid_after != last_valid_after {
-            tracing::debug!("new consensus: {consensus}");
-            last_valid_after = consensus.valid_after;
-            board.update(|status| {
-                status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
-            });
-        }
-    }
-    Err(TorError::Shutdown)
-}
-
-/// Check the backends at start and every `interval`; hand the healthy set to the publish loop
-/// and the round's outcome to the cluster loop after each round.
-async fn health_loop(
-    tor: Arc<EmbeddedTor>,
-    mut monitor: HealthMonitor,
-    interval: Duration,
-    healthy_tx: watch::Sender<Option<HealthyBackends>>,
-    local_tx: mpsc::Sender<LocalEvent>,
-    board: StatusBoard,
-) {
-    loop {
-        let healthy = monitor.run_round(&tor).await;
-        let backends = monitor.report().into_iter().map(backend_status).collect();
-        board.update(|status| status.backends = backends);
-        let fetched = monitor.fetched_last_round();
-        // No receiver left means the daemon is stopping.
-        let _ = local_tx.send(LocalEvent::HealthRound { fetched }).await;
-        let _ = healthy_tx.send(Some(healthy));
-        tokio::time::sleep(interval).await;
-    }
-}
-
 fn backend_status(report: BackendReport) -> BackendStatus {
     BackendStatus {
         name: report.name,
@@ -384,70 +386,31 @@ fn backend_status(report: BackendReport) -> BackendStatus {
     }
 }
 
-/// While this node holds the lease: publish once the first health round is done, then
-/// whenever something is due. Uploads at once each time the node gains the lease.
-async fn publish_loop(
-    tor: Arc<EmbeddedTor>,
-    mut publisher: Publisher,
-    mut healthy_rx: watch::Receiver<Option<HealthyBackends>>,
-    mut publishing_rx: watch::Receiver<bool>,
-    local_tx: mpsc::Sender<LocalEvent>,
-    board: StatusBoard,
-) {
-    let Ok(mut consensus_updates) = tor.consensus_updates() else {
-        return;
-    };
-    let mut was_publishing = false;
-    loop {
-        let publishing = *publishing_rx.borrow_and_update();
-        if publishing && !was_publishing {
-            // What this node uploaded before may have been replaced by another publisher's.
-            publisher.forget_uploads();
-        }
-        was_publishing = publishing;
-        let healthy = healthy_rx.borrow_and_update().clone();
-        let (true, Some(healthy)) = (publishing, healthy) else {
-            tokio::select! {
-                changed = publishing_rx.changed() => if changed.is_err() { return },
-                changed = healthy_rx.changed() => if changed.is_err() { return },
-            }
-            continue;
-        };
-        let round = publisher.publish_due(&tor, &healthy).await;
-        if round.uploads != UploadResult::NothingDue {
-            let _ = local_tx.send(LocalEvent::Uploads(round.uploads)).await;
-        }
-        let publishes = publisher
-            .report()
-            .into_iter()
-            .map(|period| PublishStatus {
-                time_period: period.time_period,
-                published_at: unix_secs(period.published_at),
-                revision_counter: period.revision_counter,
-                intro_points: period.intro_points,
-                hsdirs_accepted: period.hsdirs_accepted,
-                hsdirs_tried: period.hsdirs_tried,
-            })
-            .collect();
-        let alerts = if publisher.alert_raised() {
-            vec!["no healthy backend: the descriptor is not being published".to_owned()]
-        } else {
-            Vec::new()
-        };
-        board.update(|status| {
-            status.publishes = publishes;
-            status.alerts = alerts;
-        });
-        let sleep = match round.wake_at {
-            Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
-            // Nothing to publish until the healthy set changes.
-            None => Duration::from_secs(24 * 3600),
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(sleep) => {}
-            changed = healthy_rx.changed() => if changed.is_err() { return },
-            changed = publishing_rx.changed() => if changed.is_err() { return },
-            _ = consensus_updates.next() => {}
-        }
-    }
+/// The parts of the status that go into state.json.
+fn saved_state(status: &NodeStatus, uploads: Vec<SavedUpload>) -> SavedState {
+    let mut state = SavedState::new(
+        status.node_id.clone(),
+        status.role,
+        status.publisher.clone(),
+    );
+    state.peers = status
+        .peers
+        .iter()
+        .map(|peer| SavedPeer {
+            node_id: peer.node_id.clone(),
+            priority: peer.priority,
+            role: peer.role,
+        })
+        .collect();
+    state.backends = status
+        .backends
+        .iter()
+        .map(|backend| SavedBackend {
+            name: backend.name.clone(),
+            state: backend.state.clone(),
+            last_fetch: backend.last_fetch,
+        })
+        .collect();
+    state.uploads = uploads;
+    state
 }

@@ -11,7 +11,7 @@ pub mod schedule;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
@@ -20,6 +20,8 @@ use crate::descriptor::build::{
 };
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::health::HealthyBackends;
+use crate::state::SavedUpload;
+use crate::status::unix_secs;
 use crate::tor::{EmbeddedTor, PublishTarget};
 use schedule::{next_due, publish_reason, PublishRecord};
 use tor_hscrypto::time::TimePeriod;
@@ -61,17 +63,6 @@ impl UploadResult {
     }
 }
 
-/// What was last uploaded for one time period, for `rustbalance status`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeriodReport {
-    pub time_period: u64,
-    pub published_at: SystemTime,
-    pub revision_counter: u64,
-    pub intro_points: usize,
-    pub hsdirs_accepted: usize,
-    pub hsdirs_tried: usize,
-}
-
 /// Publishes the master descriptor; remembers what it uploaded per time period.
 pub struct Publisher {
     master: MasterIdentity,
@@ -81,6 +72,9 @@ pub struct Publisher {
     /// The master key blinded for each period we publish, computed once per period.
     blinded: HashMap<u64, Arc<BlindedIdentity>>,
     all_dead_alerted: bool,
+    /// The records came from state.json: keep them when the lease is gained (see
+    /// [`Publisher::on_lease_gained`]).
+    restored: bool,
 }
 
 impl Publisher {
@@ -91,6 +85,7 @@ impl Publisher {
             records: HashMap::new(),
             blinded: HashMap::new(),
             all_dead_alerted: false,
+            restored: false,
         }
     }
 
@@ -147,10 +142,19 @@ impl Publisher {
         round
     }
 
-    /// Forget what was uploaded, so the next round uploads every period at once: for a node
-    /// that (re)gains the lease, since what it uploaded before may have been replaced since.
-    pub fn forget_uploads(&mut self) {
-        self.records.clear();
+    /// This node has just gained the lease. What it uploaded before may have been replaced by
+    /// another publisher's since, so it forgets its records and uploads every period at once;
+    /// unless the records were just restored from before a restart recent enough that nobody
+    /// could have taken over (see `daemon`), so that a restart does not re-upload needlessly.
+    pub fn on_lease_gained(&mut self) {
+        if !std::mem::take(&mut self.restored) {
+            self.records.clear();
+        }
+    }
+
+    /// A new `timing.publish_interval` (a configuration reload).
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
     }
 
     /// Whether the all-backends-dead alert is raised.
@@ -158,22 +162,43 @@ impl Publisher {
         self.all_dead_alerted
     }
 
-    /// The last upload of every period still published, oldest period first.
-    pub fn report(&self) -> Vec<PeriodReport> {
-        let mut report: Vec<PeriodReport> = self
+    /// The last upload of every period still published, oldest period first (for state.json
+    /// and `status`).
+    pub fn saved_uploads(&self) -> Vec<SavedUpload> {
+        let mut uploads: Vec<SavedUpload> = self
             .records
             .iter()
-            .map(|(period, record)| PeriodReport {
+            .map(|(period, record)| SavedUpload {
                 time_period: *period,
-                published_at: record.published_at,
+                published_at: unix_secs(record.published_at),
                 revision_counter: record.revision_counter,
-                intro_points: record.intro_points.len(),
+                intro_points: record.intro_points.clone(),
+                hsdirs: record.hsdirs.clone(),
                 hsdirs_accepted: record.hsdirs_accepted,
                 hsdirs_tried: record.hsdirs_tried,
             })
             .collect();
-        report.sort_by_key(|r| r.time_period);
-        report
+        uploads.sort_by_key(|u| u.time_period);
+        uploads
+    }
+
+    /// Resume from the uploads saved before a restart. Periods no longer published are dropped
+    /// at the next round.
+    pub fn restore(&mut self, uploads: &[SavedUpload]) {
+        for upload in uploads {
+            self.records.insert(
+                upload.time_period,
+                PublishRecord {
+                    published_at: UNIX_EPOCH + Duration::from_secs(upload.published_at),
+                    intro_points: upload.intro_points.clone(),
+                    hsdirs: upload.hsdirs.clone(),
+                    revision_counter: upload.revision_counter,
+                    hsdirs_accepted: upload.hsdirs_accepted,
+                    hsdirs_tried: upload.hsdirs_tried,
+                },
+            );
+        }
+        self.restored = !uploads.is_empty();
     }
 
     /// Publish one period if it is due; returns when it is due next, and how the upload went.

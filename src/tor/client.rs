@@ -114,6 +114,13 @@ impl EmbeddedTor {
             .map_err(|_| TorError::Shutdown)
     }
 
+    /// Whether the client holds a consensus that is live right now (no waiting).
+    pub fn has_live_consensus(&self) -> bool {
+        self.client
+            .dirmgr()
+            .is_ok_and(|dirmgr| dirmgr.netdir(Timeliness::Strict).is_ok())
+    }
+
     /// A summary of every new live consensus from now on. Ends when the client shuts down.
     pub fn consensus_updates(&self) -> Result<BoxStream<'static, ConsensusSummary>, TorError> {
         let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;

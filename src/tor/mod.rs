@@ -10,6 +10,7 @@ mod client;
 mod hsdir;
 mod probe;
 mod settings;
+pub mod stall;
 
 pub use client::{ConsensusSummary, EmbeddedTor, TorError};
 pub use hsdir::{BackendDescriptor, FetchError, HsDirUpload, PublishTarget};

@@ -25,7 +25,7 @@ use tor_config::{ConfigurationSource, ConfigurationSources};
 use crate::params;
 
 /// An Arti client configuration that Arti's loader accepted.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ArtiSettings {
     client_config: TorClientConfig,
 }

@@ -1,0 +1,279 @@
+//! The daemon's Tor side: the embedded Arti client and the loops that use it.
+//!
+//! A supervisor owns the client. It bootstraps it (retrying while the network is
+//! unreachable), then runs the health loop, the publish loop and the consensus watcher until
+//! one of three things happens:
+//! - a new configuration arrives (SIGHUP): the loops restart with the new backends and timing,
+//!   on the same client, and the publisher keeps what it uploaded (no needless re-upload);
+//! - the client stops making progress ([`StallDetector`]): the client is dropped and a new one
+//!   is built in-process, logged, and the loops resume on it;
+//! - a loop fails for good: the daemon stops with an error.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+
+use super::cluster::LocalEvent;
+use super::{backend_status, unix_millis, DaemonError};
+use crate::config::Config;
+use crate::health::{HealthMonitor, HealthyBackends};
+use crate::publish::{Publisher, UploadResult};
+use crate::state::SavedUpload;
+use crate::status::{unix_secs, PublishStatus, StatusBoard};
+use crate::systemd;
+use crate::tor::stall::StallDetector;
+use crate::tor::{EmbeddedTor, TorError};
+
+/// Wait between two bootstrap attempts when the Tor network cannot be reached.
+const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
+/// How often the stall detector looks.
+const STALL_CHECK: Duration = Duration::from_secs(5);
+
+/// Everything the Tor side reports to or shares with the rest of the daemon.
+pub struct TorSide {
+    pub configs: watch::Receiver<Arc<Config>>,
+    pub publisher: Publisher,
+    pub board: StatusBoard,
+    pub local_tx: mpsc::Sender<LocalEvent>,
+    pub publishing_rx: watch::Receiver<bool>,
+    /// The publisher's uploads, for state.json.
+    pub uploads_tx: watch::Sender<Vec<SavedUpload>>,
+}
+
+/// Why the loops on one client ended.
+enum End {
+    Reload,
+    Stalled(String),
+    Failed(DaemonError),
+}
+
+impl TorSide {
+    /// Run until a fatal error.
+    pub async fn run(mut self) -> Result<(), DaemonError> {
+        let mut was_publishing = false;
+        let mut ready_sent = false;
+        loop {
+            let config = self.configs.borrow_and_update().clone();
+            let tor = Arc::new(self.bootstrap(&config).await?);
+            let consensus = tor.live_consensus().await?;
+            tracing::info!("consensus: {consensus}");
+            self.board.update(|status| {
+                status.tor.bootstrapped = true;
+                status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
+                status.tor.last_error = None;
+            });
+            if !ready_sent {
+                // Ready in systemd's sense: config loaded, cluster running, Tor bootstrapped.
+                systemd::notify("READY=1\nSTATUS=Tor bootstrapped; checking backends");
+                ready_sent = true;
+            }
+            let _ = self.local_tx.send(LocalEvent::TorReady).await;
+            // Fetches and uploads that worked, in Unix milliseconds: the stall detector's input.
+            let progress = AtomicU64::new(unix_millis());
+
+            let stalled = loop {
+                let config = self.configs.borrow_and_update().clone();
+                let mut monitor = HealthMonitor::new(&config);
+                self.publisher.set_interval(config.timing.publish_interval);
+                let (healthy_tx, healthy_rx) = watch::channel(None);
+                let publishing_rx = self.publishing_rx.clone();
+                let end = tokio::select! {
+                    _ = health_loop(&tor, &mut monitor, config.timing.health_interval, healthy_tx, &self.local_tx, &self.board, &progress) => {
+                        End::Failed(DaemonError::LoopStopped("health"))
+                    }
+                    _ = publish_loop(&tor, &mut self.publisher, &mut was_publishing, healthy_rx, publishing_rx, &self.local_tx, &self.board, &self.uploads_tx, &progress) => {
+                        End::Failed(DaemonError::LoopStopped("publish"))
+                    }
+                    result = consensus_watcher(&tor, consensus.valid_after, &self.board) => {
+                        End::Failed(result.map_or_else(DaemonError::from, |()| DaemonError::LoopStopped("consensus")))
+                    }
+                    reason = watch_for_stall(&tor, &progress, &config) => End::Stalled(reason),
+                    changed = self.configs.changed() => match changed {
+                        Ok(()) => End::Reload,
+                        // The daemon is stopping.
+                        Err(_) => return Ok(()),
+                    },
+                };
+                match end {
+                    End::Reload => {
+                        tracing::info!("configuration reloaded: new backends and timing in force")
+                    }
+                    End::Stalled(reason) => break reason,
+                    End::Failed(err) => return Err(err),
+                }
+            };
+            tracing::warn!("the Tor client stopped making progress ({stalled}): rebuilding it");
+            self.board.update(|status| {
+                status.tor.bootstrapped = false;
+                status.tor.last_error = Some(format!("rebuilt the Tor client: {stalled}"));
+            });
+        }
+    }
+
+    /// Create and bootstrap a client, retrying while the network cannot be reached.
+    async fn bootstrap(&self, config: &Config) -> Result<EmbeddedTor, DaemonError> {
+        loop {
+            match EmbeddedTor::bootstrap(&config.arti).await {
+                Ok(tor) => return Ok(tor),
+                // A bad configuration or runtime does not get better by waiting.
+                Err(err @ (TorError::Create(_) | TorError::Runtime(_))) => return Err(err.into()),
+                Err(err) => {
+                    tracing::error!(
+                        "{err}; retrying in {} s (the cluster keeps running meanwhile)",
+                        BOOTSTRAP_RETRY.as_secs()
+                    );
+                    self.board
+                        .update(|status| status.tor.last_error = Some(err.to_string()));
+                    tokio::time::sleep(BOOTSTRAP_RETRY).await;
+                }
+            }
+        }
+    }
+}
+
+/// Returns (with the reason) once the client has made no progress for `timing.tor_stall`.
+async fn watch_for_stall(tor: &EmbeddedTor, progress: &AtomicU64, config: &Config) -> String {
+    let mut detector = StallDetector::new(
+        config.timing.tor_stall,
+        !config.backends.is_empty(),
+        SystemTime::now(),
+    );
+    loop {
+        tokio::time::sleep(STALL_CHECK).await;
+        let now = SystemTime::now();
+        if tor.has_live_consensus() {
+            detector.live_consensus(now);
+        }
+        let last_progress =
+            std::time::UNIX_EPOCH + Duration::from_millis(progress.load(Ordering::Relaxed));
+        detector.progress(last_progress);
+        if let Some(reason) = detector.stalled(now) {
+            return reason;
+        }
+    }
+}
+
+/// Log every new consensus (at debug: on a test network one arrives every 20 s).
+async fn consensus_watcher(
+    tor: &EmbeddedTor,
+    mut last_valid_after: SystemTime,
+    board: &StatusBoard,
+) -> Result<(), TorError> {
+    let mut updates = tor.consensus_updates()?;
+    while let Some(consensus) = updates.next().await {
+        // Arti also signals new parameters and descriptors for the same consensus; only a
+        // new valid-after is news.
+        if consensus.valid_after != last_valid_after {
+            tracing::debug!("new consensus: {consensus}");
+            last_valid_after = consensus.valid_after;
+            board.update(|status| {
+                status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
+            });
+        }
+    }
+    Err(TorError::Shutdown)
+}
+
+/// Check the backends at start and every `interval`; hand the healthy set to the publish loop
+/// and the round's outcome to the cluster loop after each round.
+async fn health_loop(
+    tor: &EmbeddedTor,
+    monitor: &mut HealthMonitor,
+    interval: Duration,
+    healthy_tx: watch::Sender<Option<HealthyBackends>>,
+    local_tx: &mpsc::Sender<LocalEvent>,
+    board: &StatusBoard,
+    progress: &AtomicU64,
+) {
+    loop {
+        let healthy = monitor.run_round(tor).await;
+        let backends = monitor.report().into_iter().map(backend_status).collect();
+        board.update(|status| status.backends = backends);
+        let fetched = monitor.fetched_last_round();
+        if fetched > 0 {
+            progress.store(unix_millis(), Ordering::Relaxed);
+        }
+        // No receiver left means the daemon is stopping.
+        let _ = local_tx.send(LocalEvent::HealthRound { fetched }).await;
+        let _ = healthy_tx.send(Some(healthy));
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// While this node holds the lease: publish once the first health round is done, then
+/// whenever something is due. `was_publishing` outlives the loop (a reload restarts it), so
+/// only a real gain of the lease counts as one.
+#[allow(clippy::too_many_arguments)]
+async fn publish_loop(
+    tor: &EmbeddedTor,
+    publisher: &mut Publisher,
+    was_publishing: &mut bool,
+    mut healthy_rx: watch::Receiver<Option<HealthyBackends>>,
+    mut publishing_rx: watch::Receiver<bool>,
+    local_tx: &mpsc::Sender<LocalEvent>,
+    board: &StatusBoard,
+    uploads_tx: &watch::Sender<Vec<SavedUpload>>,
+    progress: &AtomicU64,
+) {
+    let Ok(mut consensus_updates) = tor.consensus_updates() else {
+        return;
+    };
+    loop {
+        let publishing = *publishing_rx.borrow_and_update();
+        if publishing && !*was_publishing {
+            publisher.on_lease_gained();
+        }
+        *was_publishing = publishing;
+        let healthy = healthy_rx.borrow_and_update().clone();
+        let (true, Some(healthy)) = (publishing, healthy) else {
+            tokio::select! {
+                changed = publishing_rx.changed() => if changed.is_err() { return },
+                changed = healthy_rx.changed() => if changed.is_err() { return },
+            }
+            continue;
+        };
+        let round = publisher.publish_due(tor, &healthy).await;
+        if round.uploads == UploadResult::Accepted {
+            progress.store(unix_millis(), Ordering::Relaxed);
+        }
+        if round.uploads != UploadResult::NothingDue {
+            let _ = local_tx.send(LocalEvent::Uploads(round.uploads)).await;
+        }
+        let uploads = publisher.saved_uploads();
+        let publishes = uploads
+            .iter()
+            .map(|upload| PublishStatus {
+                time_period: upload.time_period,
+                published_at: upload.published_at,
+                revision_counter: upload.revision_counter,
+                intro_points: upload.intro_points.len(),
+                hsdirs_accepted: upload.hsdirs_accepted,
+                hsdirs_tried: upload.hsdirs_tried,
+            })
+            .collect();
+        uploads_tx.send_replace(uploads);
+        let alerts = if publisher.alert_raised() {
+            vec!["no healthy backend: the descriptor is not being published".to_owned()]
+        } else {
+            Vec::new()
+        };
+        board.update(|status| {
+            status.publishes = publishes;
+            status.alerts = alerts;
+        });
+        let sleep = match round.wake_at {
+            Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+            // Nothing to publish until the healthy set changes.
+            None => Duration::from_secs(24 * 3600),
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            changed = healthy_rx.changed() => if changed.is_err() { return },
+            changed = publishing_rx.changed() => if changed.is_err() { return },
+            _ = consensus_updates.next() => {}
+        }
+    }
+}
