@@ -148,6 +148,21 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
 
     eprintln!("measured: balancer memory {}", memory_of(node.pid()));
 
+    // A restart resumes from state.json: what the HSDirs hold is not uploaded again.
+    assert!(node.stop_cleanly(), "the balancer did not stop cleanly");
+    let mut log = LogWatcher::from_end(&log_path);
+    let restart_at = log.position();
+    node.start(&["run"]);
+    log.wait_for("resuming from state.json", "", FIRST_PUBLISH_TIMEOUT);
+    log.wait_for("backend alpha", "-> healthy", FIRST_PUBLISH_TIMEOUT);
+    log.wait_for("backend beta", "-> healthy", FIRST_PUBLISH_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(2 * HEALTH_INTERVAL_SECS));
+    let since_restart = log.text_since(restart_at);
+    assert!(
+        !since_restart.contains("first publish for this period"),
+        "the restarted node uploaded again what it had uploaded:\n{since_restart}"
+    );
+
     // 3. All backends dead: alert, and no upload after it.
     net.stop_backend("alpha");
     net.stop_backend("beta");

@@ -10,6 +10,9 @@
 //! 3. The old publisher comes back: it stays a standby (no flapping).
 //! 4. The new publisher stops cleanly: it releases the lease and the best remaining node (the
 //!    returned first node, priority 1) takes over at once, without waiting for the grace.
+//! 5. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
+//!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
+//!    appears in any log or status report.
 
 mod support;
 
@@ -17,9 +20,12 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::time::{Duration, Instant};
 
+use rustbalance::keys::files::load_master_key_with;
+use rustbalance::keys::KekSource;
 use rustbalance::onion_address::OnionAddress;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
 use support::master::{fetch_until_seen, Observer};
+use support::secrets::{assert_no_secret, Secret};
 use support::{NetworkOptions, TorNetwork};
 
 const HEALTH_INTERVAL_SECS: u64 = 10;
@@ -56,6 +62,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
 
     // 1. The first node, its backends, and two more nodes joining with its token.
     let mut a = Balancer::new(&root, "a");
+    a.set_env("RUST_LOG", "debug");
     let mut init_args = node_args("init", ports[0]);
     init_args.push("--no-start".into());
     let init = a.run(&as_strs(&init_args));
@@ -112,6 +119,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     let mut c = Balancer::new(&root, "c");
     let mut statuses = Vec::new();
     for (node, port) in [(&mut b, ports[1]), (&mut c, ports[2])] {
+        node.set_env("RUST_LOG", "debug");
         let mut args = node_args("join", port);
         args.insert(1, token.clone());
         node.start(&as_strs(&args));
@@ -204,7 +212,69 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     );
     a_log.wait_for("published descriptor", "from 2 backend(s)", TAKEOVER_BOUND);
 
+    // 5. The leak audit, over everything the nodes printed and reported.
+    let mut texts = Vec::new();
+    for (name, node) in [("a", &a), ("c", &c)] {
+        for args in [&["status"][..], &["status", "--json"][..]] {
+            let output = node.run(args);
+            texts.push((
+                format!("{name}: rustbalance {}", args.join(" ")),
+                String::from_utf8_lossy(&output.stdout).into_owned()
+                    + &String::from_utf8_lossy(&output.stderr),
+            ));
+        }
+    }
     for node in [&mut c, &mut a] {
         assert!(node.stop_cleanly(), "a node did not exit cleanly");
     }
+    for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+        texts.push((
+            format!("log of {name}"),
+            fs::read_to_string(node.log_path()).unwrap(),
+        ));
+    }
+    let read_base64 = |path: std::path::PathBuf| {
+        use base64::Engine as _;
+        let text = fs::read_to_string(&path).unwrap();
+        base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
+    };
+    let master_key = load_master_key_with(
+        &a.config_dir().join("master.key"),
+        &KekSource {
+            credentials_dir: None,
+            credstore: a.credstore_dir().to_owned(),
+        },
+    )
+    .expect("a's master key");
+    let mut secrets = vec![
+        Secret::new("the master key", master_key.expanded_secret()),
+        Secret::new(
+            "the cluster secret",
+            &read_base64(a.config_dir().join("cluster.key")),
+        ),
+    ];
+    for (index, blinded) in observer.blinded_secrets(&master_key).iter().enumerate() {
+        secrets.push(Secret::new(format!("blinded key {index}"), blinded));
+    }
+    for (name, node) in [("a", &a), ("b", &b), ("c", &c)] {
+        secrets.push(Secret::new(
+            format!("{name}'s WireGuard private key"),
+            &read_base64(node.config_dir().join("wg_private.key")),
+        ));
+        secrets.push(Secret::new(
+            format!("{name}'s key-encryption key"),
+            &read_base64(node.credstore_dir().join("rustbalance-master-kek")),
+        ));
+    }
+    let payload = token.trim_start_matches("rb1:");
+    let literals = [
+        ("the join token".to_owned(), token.clone()),
+        (
+            "the join token's payload".to_owned(),
+            payload[..64].to_owned(),
+        ),
+    ];
+    assert_no_secret(&texts, &secrets, &literals);
 }

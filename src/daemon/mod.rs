@@ -230,7 +230,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
                 cluster_stopped = true;
                 break Err(DaemonError::LoopStopped("cluster"));
             }
-            _ = sighup.recv() => reload(&configs_tx),
+            _ = sighup.recv() => reload(&configs_tx, &board),
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM received, shutting down");
                 break Ok(());
@@ -255,6 +255,13 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         }
     }
     state_task.abort();
+    // A clean stop released the lease to the peers: whatever it uploaded may be replaced
+    // before it is back, so it must not resume those uploads (see `resume_uploads`).
+    board.update(|status| {
+        if !cluster_stopped && !status.peers.is_empty() {
+            status.role = Role::Standby;
+        }
+    });
     state_writer::save_now(&state_dir, &board, &uploads_rx);
     status_task.abort();
     outcome
@@ -324,7 +331,7 @@ fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut Publisher) {
 }
 
 /// SIGHUP: load config.toml again and hand it to the loops, or keep the running one.
-fn reload(configs: &watch::Sender<Arc<Config>>) {
+fn reload(configs: &watch::Sender<Arc<Config>>, board: &StatusBoard) {
     let current = configs.borrow().clone();
     let new = match Config::load(&current.config_dir, &current.state_dir) {
         Ok(new) => new,
@@ -346,6 +353,9 @@ fn reload(configs: &watch::Sender<Arc<Config>>) {
         backends = applied.backends.len(),
         "SIGHUP: configuration reloaded (backends, timing, health checks)"
     );
+    // The health loop starts over with the new list; until its first round, all unchecked.
+    let unchecked = HealthMonitor::new(&applied).report();
+    board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
     configs.send_replace(Arc::new(applied));
 }
 

@@ -23,6 +23,7 @@ pub async fn run(
     board: StatusBoard,
     mut uploads: watch::Receiver<Vec<SavedUpload>>,
 ) {
+    remove_leftovers(&state_dir);
     let mut last_saved: Option<SavedState> = None;
     let mut last_write = Instant::now();
     loop {
@@ -36,6 +37,19 @@ pub async fn run(
         tokio::select! {
             _ = tokio::time::sleep(CHECK_INTERVAL) => {}
             changed = uploads.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Temporary files of writes a crash interrupted (the state file itself is always whole).
+fn remove_leftovers(state_dir: &Path) {
+    let prefix = format!(".{}.tmp-", state::STATE_FILE);
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -138,6 +138,14 @@ impl BlindedIdentity {
     pub fn period(&self) -> TimePeriod {
         self.period
     }
+
+    /// The blinded signing key's secret (scalar ‖ nonce prefix). Nothing in the program reads
+    /// it: it exists for the tests that check no secret ever reaches a log or a status report.
+    #[doc(hidden)]
+    pub fn secret_bytes_for_leak_tests(&self) -> zeroize::Zeroizing<[u8; 64]> {
+        let keypair: &tor_llcrypto::pk::ed25519::ExpandedKeypair = self.keypair.as_ref();
+        zeroize::Zeroizing::new(keypair.to_secret_key_bytes())
+    }
 }
 
 /// Everything that varies between two descriptors of the same blinded identity.

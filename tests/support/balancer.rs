@@ -58,6 +58,11 @@ impl Balancer {
         &self.config_dir
     }
 
+    /// Where this node's key-encryption key lives (its `RUSTBALANCE_CREDSTORE`).
+    pub fn credstore_dir(&self) -> &Path {
+        &self.credstore_dir
+    }
+
     pub fn log_path(&self) -> &Path {
         &self.log_path
     }

@@ -6,6 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustbalance::config::Config;
+use rustbalance::descriptor::build::MasterIdentity;
+use rustbalance::keys::MasterKey;
 use rustbalance::onion_address::OnionAddress;
 use rustbalance::publish::intro_point_id;
 use rustbalance::tor::EmbeddedTor;
@@ -98,6 +100,24 @@ impl Observer {
             .block_on(self.tor.fetch_descriptor(master))
             .unwrap_or_else(|err| panic!("fetching {master}: {err}"))
             .revision_counter
+    }
+
+    /// The master key's blinded signing keys for every time period the network publishes for
+    /// now (secret bytes), for the leak audit.
+    pub fn blinded_secrets(&self, master: &MasterKey) -> Vec<Vec<u8>> {
+        let identity = MasterIdentity::from_expanded_secret(master.expanded_secret())
+            .expect("a usable master key");
+        let targets = self
+            .runtime
+            .block_on(self.tor.publish_targets())
+            .expect("publish targets");
+        targets
+            .iter()
+            .map(|target| {
+                let blinded = identity.blind(target.time_period()).expect("blinding");
+                blinded.secret_bytes_for_leak_tests().to_vec()
+            })
+            .collect()
     }
 
     /// Which of `backends` have introduction points in the master descriptor the HSDirs hold

@@ -11,6 +11,7 @@
 //! - [`tornet`]: the network and its public API ([`TorNetwork`]).
 //! - [`http`]: a tiny HTTP/1.0 server per backend and an HTTP GET through a SOCKS5 proxy.
 //! - [`process`]: a guard that stops a child process by PID when dropped, also on panic.
+//! - [`secrets`]: the leak audit (no secret in any encoding in a log or status report).
 //! - [`master`]: fetches through the master address, and an Arti observer of its descriptor.
 //! - [`balancer`]: RustBalance nodes as processes of the built binary, and a log watcher.
 //! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
@@ -23,6 +24,8 @@ pub mod http;
 #[cfg(test)]
 pub mod master;
 pub mod process;
+#[cfg(test)]
+pub mod secrets;
 pub mod tornet;
 
 mod consensus;

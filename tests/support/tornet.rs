@@ -411,6 +411,39 @@ impl TorNetwork {
         result
     }
 
+    /// Stop every relay and every authority but the first: circuits through the network fail,
+    /// and once the last consensus expires (40 s here) no client holds a live one. The client
+    /// and the backends keep running.
+    pub fn stop_most_relays(&mut self) {
+        let mut stopped: Vec<&mut TorNode> = self
+            .relays
+            .iter_mut()
+            .chain(self.authorities.iter_mut().skip(1).map(|a| &mut a.node))
+            .collect();
+        for node in &mut stopped {
+            node.terminate();
+        }
+        for node in &mut stopped {
+            node.stop();
+        }
+    }
+
+    /// Start what [`stop_most_relays`](Self::stop_most_relays) stopped (same keys, ports and
+    /// configuration) and wait until the relays report bootstrap 100 again.
+    pub fn restart_stopped_relays(&mut self) -> Result<(), HarnessError> {
+        for authority in self.authorities.iter_mut().skip(1) {
+            authority.node.start()?;
+        }
+        for relay in &mut self.relays {
+            relay.start()?;
+        }
+        let deadline = Instant::now() + BOOTSTRAP_TIMEOUT;
+        for relay in &mut self.relays {
+            relay.wait_bootstrapped(deadline)?;
+        }
+        Ok(())
+    }
+
     /// HTTP GET `url` through the client's SOCKS port; `isolation` is the SOCKS username, and
     /// tor builds fresh circuits for each distinct value. Returns the body of a 200 response.
     pub fn fetch(

@@ -1,0 +1,114 @@
+//! The daemon's state file and configuration reload, as real processes on 127.0.0.1 without
+//! Tor: state.json is always whole however the daemon is killed, and SIGHUP applies a good
+//! config and refuses a bad one, keeping the running one.
+
+mod support;
+
+use std::fs;
+use std::time::Duration;
+
+use rustbalance::state::{SavedState, STATE_FILE};
+use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
+
+const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+const SETTLE: Duration = Duration::from_secs(30);
+
+fn tor_less_node(root: &std::path::Path) -> Balancer {
+    let node = Balancer::new(root, "node");
+    let listen = format!("127.0.0.1:{}", free_udp_port());
+    let init = node.run(&["init", "--no-start", "--listen", &listen]);
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let config_path = node.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push_str(NOWHERE_ARTI);
+    fs::write(&config_path, config).unwrap();
+    node
+}
+
+#[test]
+fn the_state_file_is_always_whole_whenever_the_daemon_is_killed() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = tor_less_node(root.path());
+    let state_path = root.path().join("node/state").join(STATE_FILE);
+    let mut seen_whole = 0;
+    for round in 0..30u64 {
+        node.start(&["run"]);
+        // Kill at scattered moments of the start-up, when the file is first written.
+        std::thread::sleep(Duration::from_millis(20 + (round * 37) % 400));
+        node.kill_hard();
+        if let Ok(bytes) = fs::read(&state_path) {
+            let state: SavedState = serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                panic!(
+                    "round {round}: state.json is not whole ({err}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            });
+            assert_eq!(state.version, 1);
+            seen_whole += 1;
+        }
+    }
+    assert!(
+        seen_whole > 10,
+        "the daemon rarely wrote state.json: {seen_whole} of 30"
+    );
+    // A clean run removes what killed writes left behind, and writes the file once more.
+    node.start(&["run"]);
+    LogWatcher::new(node.log_path()).wait_for("cluster transport listening", "", SETTLE);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(node.stop_cleanly());
+    let leftovers: Vec<_> = fs::read_dir(state_path.parent().unwrap())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = tor_less_node(root.path());
+    node.start(&["run"]);
+    let mut log = LogWatcher::new(node.log_path());
+    log.wait_for("cluster transport listening", "", SETTLE);
+    let backends = |node: &Balancer| {
+        node.status().expect("status")["backends"]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(backends(&node), 0);
+
+    let config_path = node.config_dir().join("config.toml");
+    let good = fs::read_to_string(&config_path).unwrap();
+    let with_backend = format!("{good}\n[[backends]]\nname = \"web1\"\naddress = \"{BACKEND}\"\n");
+    fs::write(&config_path, &with_backend).unwrap();
+    hup(&node);
+    log.wait_for("configuration reloaded", "", SETTLE);
+    assert_eq!(backends(&node), 1);
+
+    fs::write(
+        &config_path,
+        format!("{with_backend}\n[timing]\nheartbeat_interval_secs = 0\n"),
+    )
+    .unwrap();
+    hup(&node);
+    let line = log.wait_for("configuration not reloaded", "", SETTLE);
+    assert!(line.contains("config.toml"), "{line}");
+    assert_eq!(backends(&node), 1, "the running configuration changed");
+    let text = fs::read_to_string(node.log_path()).unwrap();
+    assert!(!text.contains("panicked"), "{text}");
+    assert!(node.stop_cleanly());
+}
+
+fn hup(node: &Balancer) {
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &node.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
