@@ -55,7 +55,7 @@ fn send_notification(socket_path: &OsString, message: &str) -> std::io::Result<(
 /// process (`$WATCHDOG_USEC`, and `$WATCHDOG_PID` if set), or `None` without a watchdog.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }

@@ -8,24 +8,14 @@ use std::fs;
 use std::time::Duration;
 
 use rustbalance::state::{SavedState, STATE_FILE};
-use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
+use support::balancer::{Balancer, LogWatcher};
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
 const SETTLE: Duration = Duration::from_secs(30);
 
 fn tor_less_node(root: &std::path::Path) -> Balancer {
     let node = Balancer::new(root, "node");
-    let listen = format!("127.0.0.1:{}", free_udp_port());
-    let init = node.run(&["init", "--no-start", "--listen", &listen]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let config_path = node.config_dir().join("config.toml");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    config.push_str(NOWHERE_ARTI);
-    fs::write(&config_path, config).unwrap();
+    node.init_tor_less();
     node
 }
 

@@ -19,7 +19,7 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use rustbalance::keys::MasterKey;
-use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::balancer::{Balancer, LogWatcher};
 use support::master::{fetch_pages, fetch_until_seen, Observer};
 use support::{NetworkOptions, TorNetwork};
 
@@ -37,9 +37,8 @@ const LOSS_TIMEOUT: Duration = Duration::from_secs(HEALTH_INTERVAL_SECS + PROBE_
 fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
     let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
     // A master key as a 32-byte seed file, one of the formats the balancer imports.
+    // A master key as a 32-byte seed, one of the formats the balancer imports.
     let seed: [u8; 32] = rand::random();
-    let seed_path = net.data_dir().join("master-seed.key");
-    fs::write(&seed_path, seed).unwrap();
     let master = MasterKey::from_seed(&seed).onion_address();
     let master_onion = master.to_string();
 
@@ -48,31 +47,15 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
     net.add_backend("beta", Some(&master_onion))
         .expect("backend beta");
     let mut node = Balancer::new(net.data_dir(), "rustbalance");
-    let init = node.run(&[
-        "init",
-        "--no-start",
-        "--import-key",
-        seed_path.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{}", free_udp_port()),
-        "--backend",
-        &format!("alpha={}", net.backend_onion("alpha")),
-        "--backend",
-        &format!("beta={}", net.backend_onion("beta")),
-    ]);
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
+    let config_text = node.init_on_network(
+        &net,
+        &seed,
+        &["alpha", "beta"],
+        &format!(
+            "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = {PUBLISH_INTERVAL_SECS}\n\n\
+             [health.probe]\npath = \"/\"\ntimeout_secs = {PROBE_TIMEOUT_SECS}\n"
+        ),
     );
-    let config_path = node.config_dir().join("config.toml");
-    let mut config_text = fs::read_to_string(&config_path).unwrap();
-    config_text.push_str(&format!(
-        "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = {PUBLISH_INTERVAL_SECS}\n\n\
-         [health.probe]\npath = \"/\"\ntimeout_secs = {PROBE_TIMEOUT_SECS}\n\n{}",
-        net.arti_toml()
-    ));
-    fs::write(&config_path, &config_text).unwrap();
 
     let started = Instant::now();
     node.start(&["run"]);

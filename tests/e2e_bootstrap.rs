@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::balancer::{Balancer, LogWatcher};
 use support::{NetworkOptions, TorNetwork};
 
 /// Generous: a busy 2-core CI machine runs a debug build of Arti here.
@@ -23,31 +23,8 @@ fn run_bootstraps_on_the_private_network_and_reports_its_consensus() {
 
     // A node set up by `init` with an imported key (a 32-byte seed is one of the formats it
     // reads); config.toml then gets the private network's [arti] table.
-    let seed_path = net.data_dir().join("master-seed.key");
-    fs::write(&seed_path, rand::random::<[u8; 32]>()).unwrap();
     let mut balancer = Balancer::new(net.data_dir(), "rustbalance");
-    let init = balancer.run(&[
-        "init",
-        "--no-start",
-        "--import-key",
-        seed_path.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{}", free_udp_port()),
-        "--backend",
-        &format!("alpha={}", net.backend_onion("alpha")),
-        "--backend",
-        &format!("beta={}", net.backend_onion("beta")),
-    ]);
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let config_path = balancer.config_dir().join("config.toml");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    config.push('\n');
-    config.push_str(&net.arti_toml());
-    fs::write(&config_path, config).unwrap();
+    balancer.init_on_network(&net, &rand::random(), &["alpha", "beta"], "");
     let state_dir = balancer.config_dir().parent().unwrap().join("state");
 
     // Started the way systemd starts it: READY=1 must come once Tor has bootstrapped.

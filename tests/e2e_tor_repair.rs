@@ -13,7 +13,7 @@ mod support;
 use std::fs;
 use std::time::Duration;
 
-use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::balancer::{Balancer, LogWatcher};
 use support::{NetworkOptions, TorNetwork};
 
 const HEALTH_INTERVAL_SECS: u64 = 5;
@@ -26,9 +26,7 @@ const STALL_TIMEOUT: Duration = Duration::from_secs(40 + TOR_STALL_SECS + 60);
 #[test]
 fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
     let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
-    let seed_path = net.data_dir().join("master-seed.key");
     let seed: [u8; 32] = rand::random();
-    fs::write(&seed_path, seed).unwrap();
     let master = rustbalance::keys::MasterKey::from_seed(&seed)
         .onion_address()
         .to_string();
@@ -38,31 +36,16 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
         .expect("backend beta");
 
     let mut node = Balancer::new(net.data_dir(), "rustbalance");
-    let init = node.run(&[
-        "init",
-        "--no-start",
-        "--import-key",
-        seed_path.to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{}", free_udp_port()),
-        "--backend",
-        &format!("alpha={}", net.backend_onion("alpha")),
-        "--backend",
-        &format!("beta={}", net.backend_onion("beta")),
-    ]);
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
+    let config = node.init_on_network(
+        &net,
+        &seed,
+        &["alpha", "beta"],
+        &format!(
+            "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = 30\n\
+             tor_stall_secs = {TOR_STALL_SECS}\n"
+        ),
     );
     let config_path = node.config_dir().join("config.toml");
-    let base_config = fs::read_to_string(&config_path).unwrap();
-    let tuning = format!(
-        "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = 30\n\
-         tor_stall_secs = {TOR_STALL_SECS}\n\n{}",
-        net.arti_toml()
-    );
-    fs::write(&config_path, format!("{base_config}{tuning}")).unwrap();
     node.start(&["run"]);
     let pid = node.pid();
     let mut log = LogWatcher::new(node.log_path());
@@ -83,7 +66,7 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
     assert_eq!(status["tor"]["bootstrapped"], true, "{status:#}");
 
     // 2. SIGHUP: a broken config is refused, the running one stays.
-    fs::write(&config_path, format!("{base_config}{tuning}\n[timing]\n")).unwrap();
+    fs::write(&config_path, format!("{config}\n[timing]\n")).unwrap();
     signal_hup(pid);
     log.wait_for("configuration not reloaded", "config.toml", START_TIMEOUT);
     assert_eq!(
@@ -95,12 +78,9 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
     );
 
     // A good one excluding beta: beta leaves the descriptor, without a restart.
-    let excluded = base_config.replacen("name = \"beta\"", "name = \"beta\"\nexclude = true", 1);
-    assert_ne!(
-        excluded, base_config,
-        "beta's table not found in {base_config}"
-    );
-    fs::write(&config_path, format!("{excluded}{tuning}")).unwrap();
+    let excluded = config.replacen("name = \"beta\"", "name = \"beta\"\nexclude = true", 1);
+    assert_ne!(excluded, config, "beta's table not found in {config}");
+    fs::write(&config_path, excluded).unwrap();
     signal_hup(pid);
     log.wait_for("configuration reloaded", "", START_TIMEOUT);
     log.wait_for(

@@ -9,7 +9,7 @@ use std::os::unix::net::UnixDatagram;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
+use support::balancer::{Balancer, LogWatcher};
 
 const UNIT: &str = include_str!("../systemd/rustbalance.service");
 
@@ -91,18 +91,8 @@ fn keep_alives_flow_while_the_node_runs_and_ready_waits_for_tor() {
         .unwrap();
 
     let mut node = Balancer::new(root.path(), "node");
-    let listen = format!("127.0.0.1:{}", free_udp_port());
-    let init = node.run(&["init", "--no-start", "--listen", &listen]);
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
     // Tor cannot bootstrap: its only directory is a closed local port.
-    let config_path = node.config_dir().join("config.toml");
-    let mut config = std::fs::read_to_string(&config_path).unwrap();
-    config.push_str(NOWHERE_ARTI);
-    std::fs::write(&config_path, config).unwrap();
+    node.init_tor_less();
 
     node.set_env("NOTIFY_SOCKET", notify_path.to_str().unwrap());
     // WatchdogSec=2s, as systemd announces it: keep-alives every second.

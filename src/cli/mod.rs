@@ -350,10 +350,13 @@ fn listen_address(
     }
 }
 
-/// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the `info` default.
+/// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the default (`info`,
+/// boringtun's own lines only at `error`).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        // boringtun warns about every retried handshake while a peer is down, every few
+        // seconds; the transport reports what matters about peers itself, rate-limited.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=error"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

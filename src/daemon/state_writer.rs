@@ -28,11 +28,10 @@ pub async fn run(
     let mut last_write = Instant::now();
     loop {
         let state = saved_state(&board.snapshot(), uploads.borrow_and_update().clone());
-        if last_saved.as_ref() != Some(&state) || last_write.elapsed() >= REFRESH_INTERVAL {
-            if save(&state_dir, state.clone()) {
-                last_saved = Some(state);
-                last_write = Instant::now();
-            }
+        let due = last_saved.as_ref() != Some(&state) || last_write.elapsed() >= REFRESH_INTERVAL;
+        if due && save(&state_dir, state.clone()) {
+            last_saved = Some(state);
+            last_write = Instant::now();
         }
         tokio::select! {
             _ = tokio::time::sleep(CHECK_INTERVAL) => {}

@@ -7,6 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use super::process::ProcessGuard;
+use super::TorNetwork;
 
 /// An `[arti]` table for nodes that must not reach any Tor network: its only directory is a
 /// closed port on 127.0.0.1, so Arti never bootstraps (and never dials the public network).
@@ -69,7 +70,11 @@ impl Balancer {
 
     /// `rustbalance --config-dir .. --state-dir .. <args>` for this node.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_rustbalance"));
+        // `RB_BALANCER_BINARY` runs another build (the static release binary, for the
+        // figures in BENCHMARKS.md) under the same tests.
+        let binary = std::env::var_os("RB_BALANCER_BINARY")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_rustbalance").into());
+        let mut command = Command::new(binary);
         command
             .arg("--config-dir")
             .arg(&self.config_dir)
@@ -87,6 +92,52 @@ impl Balancer {
     /// Run a command that finishes (init, join --no-start, status, token) and return its output.
     pub fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("run rustbalance")
+    }
+
+    /// `init --no-start` with `args`, listening on a free UDP port of 127.0.0.1, then `append`
+    /// added to config.toml. Returns config.toml's text.
+    pub fn init_local(&self, args: &[&str], append: &str) -> String {
+        let listen = format!("127.0.0.1:{}", free_udp_port());
+        let mut all = vec!["init", "--no-start", "--listen", &listen];
+        all.extend_from_slice(args);
+        let init = self.run(&all);
+        assert!(
+            init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let config_path = self.config_dir.join("config.toml");
+        let mut config = fs::read_to_string(&config_path).unwrap();
+        config.push_str(append);
+        fs::write(&config_path, &config).unwrap();
+        config
+    }
+
+    /// A node that cannot reach any Tor network (see [`NOWHERE_ARTI`]).
+    pub fn init_tor_less(&self) -> String {
+        self.init_local(&[], NOWHERE_ARTI)
+    }
+
+    /// A node on `net` balancing `backends` of it, its master key imported from `seed` (a
+    /// 32-byte seed file, one of the formats it reads), `append` and the network's `[arti]`
+    /// table added to config.toml. Returns config.toml's text.
+    pub fn init_on_network(
+        &self,
+        net: &TorNetwork,
+        seed: &[u8; 32],
+        backends: &[&str],
+        append: &str,
+    ) -> String {
+        let seed_path = self.config_dir.with_file_name("master-seed.key");
+        fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
+        fs::write(&seed_path, seed).unwrap();
+        let mut args = vec!["--import-key".to_owned(), seed_path.display().to_string()];
+        for backend in backends {
+            args.push("--backend".into());
+            args.push(format!("{backend}={}", net.backend_onion(backend)));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.init_local(&args, &format!("{append}\n{}", net.arti_toml()))
     }
 
     /// Start a long-running command (`run`, or `join` without --no-start) in the background,
