@@ -29,6 +29,7 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     pub timing: TimingConfig,
     pub health: HealthConfig,
+    pub status: StatusConfig,
     /// The `[arti]` table, already resolved by Arti's own loader.
     pub arti: ArtiSettings,
     /// The directory the config was read from; relative key paths are resolved against it.
@@ -81,6 +82,15 @@ pub struct BackendConfig {
     /// Keep this backend out of the descriptor (maintenance) without removing it.
     #[serde(default)]
     pub exclude: bool,
+}
+
+/// `[status]`: how the node reports beyond `rustbalance status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusConfig {
+    /// Serve Prometheus text metrics over HTTP on this loopback address (off by default).
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `[health]`: when a backend counts as dead.
@@ -216,6 +226,8 @@ struct ConfigFile {
     timing: TimingFile,
     #[serde(default)]
     health: HealthConfig,
+    #[serde(default)]
+    status: StatusConfig,
     #[serde(default)]
     arti: toml::Table,
 }
@@ -393,6 +405,16 @@ impl Config {
             }
         }
 
+        if let Some(addr) = file.status.metrics_listen {
+            if !addr.ip().is_loopback() {
+                return Err(invalid(
+                    None,
+                    "status.metrics_listen",
+                    format!("{addr} is not a loopback address: metrics describe the cluster and stay on this machine (use 127.0.0.1 or [::1], and a reverse proxy or SSH tunnel to reach them)"),
+                ));
+            }
+        }
+
         if file.node.master_key.as_os_str().is_empty() {
             return Err(invalid(None, "node.master_key", "must name a file".into()));
         }
@@ -411,6 +433,7 @@ impl Config {
             backends: file.backends,
             timing,
             health: file.health,
+            status: file.status,
             arti,
             config_dir: config_dir.to_owned(),
             state_dir: state_dir.to_owned(),
@@ -595,6 +618,20 @@ mod tests {
         assert_eq!(applied.timing.health_interval, Duration::from_secs(7));
         let (_, nothing) = applied.reloaded(applied.clone());
         assert!(nothing.is_empty());
+    }
+
+    #[test]
+    fn metrics_listen_only_on_loopback() {
+        let base = "[node]\nid = \"n\"\npriority = 1\n[status]\n";
+        let ok = parse(&format!("{base}metrics_listen = \"127.0.0.1:9808\"\n")).unwrap();
+        assert_eq!(ok.status.metrics_listen.unwrap().port(), 9808);
+        let err = parse(&format!("{base}metrics_listen = \"0.0.0.0:9808\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("status.metrics_listen: 0.0.0.0:9808 is not a loopback"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -242,6 +242,104 @@ impl NodeStatus {
     }
 }
 
+impl NodeStatus {
+    /// The status as Prometheus text metrics (exposition format 0.0.4), every one a gauge.
+    pub fn prometheus(&self) -> String {
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        let node = |value: f64| vec![(format!("node=\"{}\"", self.node_id), value)];
+        let per_backend = |value: &dyn Fn(&BackendStatus) -> f64| {
+            self.backends
+                .iter()
+                .map(|b| (format!("backend=\"{}\"", b.name), value(b)))
+                .collect::<Vec<_>>()
+        };
+        let per_period = |value: &dyn Fn(&PublishStatus) -> f64| {
+            self.publishes
+                .iter()
+                .map(|p| (format!("time_period=\"{}\"", p.time_period), value(p)))
+                .collect::<Vec<_>>()
+        };
+        let live = self.peers.iter().filter(|p| p.live).count();
+        let metrics: [(&str, &str, Samples); 11] = [
+            (
+                "healthy",
+                "1 when the node is healthy (what `rustbalance status` exits 0 for)",
+                node(flag(self.problems().is_empty())),
+            ),
+            (
+                "publisher",
+                "1 while this node holds the publisher lease",
+                node(flag(self.role == Role::Publisher)),
+            ),
+            (
+                "cluster_has_publisher",
+                "1 while some node holds the lease, as this node knows",
+                node(flag(self.publisher.is_some())),
+            ),
+            (
+                "can_publish",
+                "1 when this node could publish (Tor bootstrapped, uploads working)",
+                node(flag(self.can_publish)),
+            ),
+            (
+                "tor_bootstrapped",
+                "1 when the embedded Tor client is bootstrapped",
+                node(flag(self.tor.bootstrapped)),
+            ),
+            (
+                "peers",
+                "known peers, by whether they were heard within the publisher timeout",
+                vec![
+                    ("state=\"live\"".to_owned(), live as f64),
+                    (
+                        "state=\"silent\"".to_owned(),
+                        (self.peers.len() - live) as f64,
+                    ),
+                ],
+            ),
+            (
+                "backend_healthy",
+                "1 when the backend's introduction points are published",
+                per_backend(&|b| flag(b.state == "healthy")),
+            ),
+            (
+                "backend_intro_points",
+                "introduction points of the backend's last verified descriptor",
+                per_backend(&|b| b.intro_points as f64),
+            ),
+            (
+                "last_upload_timestamp_seconds",
+                "when this node last uploaded the descriptor for the period",
+                per_period(&|p| p.published_at as f64),
+            ),
+            (
+                "upload_hsdirs_accepted",
+                "HSDirs that accepted the last upload for the period",
+                per_period(&|p| p.hsdirs_accepted as f64),
+            ),
+            (
+                "alerts",
+                "alerts raised (see the log)",
+                node(self.alerts.len() as f64),
+            ),
+        ];
+        let mut out = String::new();
+        for (name, help, samples) in metrics {
+            let _ = writeln!(
+                out,
+                "# HELP rustbalance_{name} {help}\n# TYPE rustbalance_{name} gauge"
+            );
+            for (labels, value) in samples {
+                let _ = writeln!(out, "rustbalance_{name}{{{labels}}} {value}");
+            }
+        }
+        out
+    }
+}
+
+/// One metric's samples: label pairs (`key="value"`) and the value.
+type Samples = Vec<(String, f64)>;
+
 /// "12 s ago"-style age of `then` at `now`; "never" without a time.
 fn ago(now: u64, then: Option<u64>) -> String {
     let Some(then) = then else {
@@ -361,6 +459,26 @@ mod tests {
         }
         let json = serde_json::to_string(&status).unwrap();
         assert_eq!(serde_json::from_str::<NodeStatus>(&json).unwrap(), status);
+    }
+
+    #[test]
+    fn metrics_say_the_same_as_the_table() {
+        let metrics = healthy_node().prometheus();
+        for line in [
+            "# TYPE rustbalance_healthy gauge",
+            "rustbalance_healthy{node=\"node-a\"} 1",
+            "rustbalance_publisher{node=\"node-a\"} 1",
+            "rustbalance_peers{state=\"live\"} 1",
+            "rustbalance_backend_healthy{backend=\"web1\"} 1",
+            "rustbalance_backend_intro_points{backend=\"web1\"} 3",
+            "rustbalance_last_upload_timestamp_seconds{time_period=\"20000\"} 700",
+            "rustbalance_upload_hsdirs_accepted{time_period=\"20000\"} 8",
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{line:?} missing from\n{metrics}"
+            );
+        }
     }
 
     #[test]

@@ -102,3 +102,47 @@ fn hup(node: &Balancer) {
         .unwrap();
     assert!(status.success());
 }
+
+#[test]
+fn prometheus_metrics_are_served_on_the_configured_loopback_port() {
+    use std::io::{Read, Write};
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Balancer::new(root.path(), "node");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    node.init_local(
+        &[],
+        &format!(
+            "\n[status]\nmetrics_listen = \"127.0.0.1:{port}\"\n{}",
+            support::balancer::NOWHERE_ARTI
+        ),
+    );
+    node.start(&["run"]);
+    LogWatcher::new(node.log_path()).wait_for("Prometheus metrics on", "", SETTLE);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    assert!(response.starts_with("HTTP/1.0 200 OK"), "{response}");
+    // Without Tor: no publisher, not bootstrapped, unhealthy.
+    assert!(
+        response.contains("\nrustbalance_tor_bootstrapped{node=\""),
+        "{response}"
+    );
+    assert!(
+        response.contains("rustbalance_healthy{node=\""),
+        "{response}"
+    );
+    assert!(
+        response
+            .lines()
+            .any(|l| l.starts_with("rustbalance_healthy{") && l.ends_with(" 0")),
+        "{response}"
+    );
+    assert!(node.stop_cleanly());
+}

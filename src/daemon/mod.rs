@@ -53,7 +53,7 @@ use crate::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
 use crate::systemd;
 use crate::tor::TorError;
 use cluster::ClusterSetup;
-use status_server::StatusServer;
+use status_server::{MetricsServer, StatusServer};
 use tor_side::TorSide;
 
 /// Longest a clean shutdown waits for the cluster loop to release the lease.
@@ -80,6 +80,11 @@ pub enum DaemonError {
     #[error("cannot serve status on {path}: {source}")]
     StatusSocket {
         path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot serve metrics on {addr} ([status] metrics_listen): {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
         source: std::io::Error,
     },
     #[error("cannot start the async runtime: {0}")]
@@ -149,6 +154,10 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     let unchecked = HealthMonitor::new(&config).report();
     board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
     let status_server = StatusServer::bind(&config.state_dir)?;
+    let metrics_server = match config.status.metrics_listen {
+        Some(addr) => Some(MetricsServer::bind(addr).await?),
+        None => None,
+    };
 
     let mut publisher = Publisher::new(keys.master, config.timing.publish_interval);
     resume_uploads(&config, !keys.peers.is_empty(), &mut publisher);
@@ -204,6 +213,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         shutdown_rx,
     ));
     let status_task = tokio::spawn(status_server.serve(board.clone()));
+    let metrics_task = metrics_server.map(|server| tokio::spawn(server.serve(board.clone())));
     let state_task = tokio::spawn(state_writer::run(
         state_dir.clone(),
         board.clone(),
@@ -264,6 +274,9 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
     });
     state_writer::save_now(&state_dir, &board, &uploads_rx);
     status_task.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     outcome
 }
 
