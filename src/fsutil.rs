@@ -21,22 +21,8 @@ pub const PRIVATE_DIR_MODE: u32 = 0o700;
 
 /// Replace `path` with `contents` atomically, creating it with `mode`.
 pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temp = temp_path(dir, path);
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        fs::rename(&temp, path)?;
-        File::open(dir)?.sync_all()
-    })();
+    let (dir, temp) = write_temp(path, contents, mode)?;
+    let result = fs::rename(&temp, path).and_then(|()| File::open(&dir)?.sync_all());
     if result.is_err() {
         // Best effort: the temporary file is garbage either way.
         let _ = fs::remove_file(&temp);
@@ -50,25 +36,39 @@ pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
 /// hard-linked to `path` (link(2) refuses an existing name, where rename(2) would replace it),
 /// so two writers racing for the same name cannot both win.
 pub fn write_new_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    let (dir, temp) = write_temp(path, contents, mode)?;
+    let result = fs::hard_link(&temp, path);
+    // The temporary name goes in every case: on success `path` holds the file.
+    let _ = fs::remove_file(&temp);
+    result?;
+    File::open(dir)?.sync_all()
+}
+
+/// `contents`, written and synced to a fresh temporary file with `mode` beside `path`.
+/// Returns the directory and the temporary file's path.
+fn write_temp(path: &Path, contents: &[u8], mode: u32) -> io::Result<(PathBuf, PathBuf)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let temp = temp_path(dir, path);
-    let result = (|| {
+        .unwrap_or(Path::new("."))
+        .to_owned();
+    let temp = temp_path(&dir, path);
+    let written = (|| {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(mode)
             .open(&temp)?;
         file.write_all(contents)?;
-        file.sync_all()?;
-        fs::hard_link(&temp, path)
+        file.sync_all()
     })();
-    // The temporary name goes in every case: on success `path` holds the file.
-    let _ = fs::remove_file(&temp);
-    result?;
-    File::open(dir)?.sync_all()
+    match written {
+        Ok(()) => Ok((dir, temp)),
+        Err(err) => {
+            let _ = fs::remove_file(&temp);
+            Err(err)
+        }
+    }
 }
 
 /// Create `path` and any missing parents with mode 0700. Existing directories are left as

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, exactly as CI runs it (.ci/run calls this script).
 #
-# 1. Installs what the tests need from Debian if it is missing: tor (with tor-gencert) for the
-#    private Tor network, iproute2 and util-linux for the network namespace.
+# 1. Installs what the tests need from Debian if it is missing: a C compiler and libc's static
+#    archive (the linker, ring, the static binary), tor (with tor-gencert) for the private Tor
+#    network, iproute2 and util-linux for the network namespace.
 # 2. Builds everything (this needs crates.io the first time), including the static release
 #    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it).
 # 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
@@ -15,6 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v cc >/dev/null || missing+=(gcc libc6-dev)
 command -v tor >/dev/null || missing+=(tor)
 command -v tor-gencert >/dev/null || missing+=(tor)
 command -v ip >/dev/null || missing+=(iproute2)
