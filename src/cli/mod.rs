@@ -50,11 +50,13 @@ pub struct Cli {
 pub enum Command {
     /// Set up the first node of a new cluster, then run it.
     ///
-    /// Creates the master key (new, imported with --import-key, or a vanity one), this node's
-    /// WireGuard key pair, a cluster secret and config.toml in the config directory (0700,
-    /// files 0600), prints the master address and a join token for further nodes, and starts
-    /// the daemon in the foreground unless --no-start. Refuses, changing nothing, if the
-    /// config directory already holds a node.
+    /// Creates the master key (new, imported with --import-key, or a vanity one; stored
+    /// encrypted), this node's WireGuard key pair, a cluster secret and config.toml in the
+    /// config directory (0700, files 0600), prints the master address and a join token for
+    /// further nodes, then starts the node unless --no-start: as root on a systemd host it
+    /// installs, enables and starts rustbalance.service (--no-systemd to opt out), elsewhere it
+    /// runs in the foreground. Refuses, changing nothing, if the config directory already holds
+    /// a node.
     Init(InitArgs),
 
     /// Add this machine to an existing cluster, then run it.
@@ -64,8 +66,8 @@ pub enum Command {
     /// node's WireGuard key pair, asks the member named in the token to admit it (a request
     /// authenticated with the cluster secret), receives its priority, the other members and
     /// the cluster's configuration through the new tunnel, writes the node's files and starts
-    /// the daemon unless --no-start. If the member does not answer, nothing is written.
-    /// Running it again on a member of the same cluster changes nothing.
+    /// the node unless --no-start (as init does). If the member does not answer, nothing is
+    /// written. Running it again on a member of the same cluster changes nothing.
     Join(JoinArgs),
 
     /// Run the node in the foreground (what the systemd unit starts).
