@@ -24,7 +24,7 @@ pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// below the descriptors' 180-minute lifetime, so clients never see the master address vanish.
 pub const DEFAULT_UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(10 * 60);
 /// How long the embedded Tor client may go without a live consensus, or (with backends
-/// configured) without fetching or uploading any descriptor, before it is rebuilt
+/// configured) without any HSDir answering a fetch or accepting an upload, before it is rebuilt
 /// (`timing.tor_stall_secs`). Three default health rounds: one failed round is bad luck, three
 /// in a row while nothing else works either is a wedged client.
 pub const DEFAULT_TOR_STALL: Duration = Duration::from_secs(15 * 60);

@@ -9,7 +9,8 @@
 //!    introduction points are gone from the descriptor on the HSDirs (fetched back through
 //!    Arti and decrypted here), and the client still gets the other page; restarted, it is
 //!    re-included;
-//! 3. every backend stopped: the balancer raises its alert and uploads nothing more.
+//! 3. every backend stopped: the balancer raises its alert and uploads nothing more, and does
+//!    not take the dead backends for a stalled Tor client.
 
 mod support;
 
@@ -30,6 +31,9 @@ const PUBLISH_INTERVAL_SECS: u64 = 60;
 /// benchmarks, not asserted here.
 const FIRST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(90);
 const PROBE_TIMEOUT_SECS: u64 = 20;
+/// Longer than any health round here (a probe timing out and a fetch), shorter than the
+/// all-dead phase: dead backends must not pass for a stalled Tor client.
+const TOR_STALL_SECS: u64 = 40;
 /// One health interval, one probe timeout and one publish (with upload retries).
 const LOSS_TIMEOUT: Duration = Duration::from_secs(HEALTH_INTERVAL_SECS + PROBE_TIMEOUT_SECS + 60);
 
@@ -52,7 +56,8 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         &seed,
         &["alpha", "beta"],
         &format!(
-            "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = {PUBLISH_INTERVAL_SECS}\n\n\
+            "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = {PUBLISH_INTERVAL_SECS}\n\
+             tor_stall_secs = {TOR_STALL_SECS}\n\n\
              [health.probe]\npath = \"/\"\ntimeout_secs = {PROBE_TIMEOUT_SECS}\n"
         ),
     );
@@ -162,6 +167,10 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         whole_log.matches("ALERT: no healthy backend").count(),
         1,
         "the alert is raised once"
+    );
+    assert!(
+        !whole_log.contains("rebuilding it"),
+        "dead backends were taken for a stalled Tor client:\n{whole_log}"
     );
 }
 

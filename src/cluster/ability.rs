@@ -6,8 +6,8 @@
 //! (10 minutes by default): the election then hands the lease to a standby whose Tor works.
 //! Such a node must not claim the lease back at once while its own Tor is still broken, yet as
 //! a standby it uploads nothing that could prove its Tor works again. So it waits out one more
-//! release period and then needs a health round that fetched a backend's descriptor (its
-//! circuits to the HSDirs work again) before it counts as able. A successful upload (a lone
+//! release period and then needs a health round in which an HSDir answered (its circuits to
+//! the HSDirs work again) before it counts as able. A successful upload (a lone
 //! publisher keeps trying) ends the trouble at once.
 
 use std::time::Duration;
@@ -55,7 +55,7 @@ impl PublishAbility {
         self.failing_since.get_or_insert(now);
     }
 
-    /// A health round fetched at least one backend descriptor.
+    /// A health round reached the HSDirs (some HSDir answered).
     pub fn fetch_succeeded(&mut self, now: Timestamp) {
         if self
             .gave_up_at

@@ -55,8 +55,8 @@ pub enum LocalEvent {
     TorReady,
     /// The publish loop attempted uploads.
     Uploads(UploadResult),
-    /// A health round finished, having fetched this many backend descriptors.
-    HealthRound { fetched: usize },
+    /// A health round finished; for this many backends some HSDir answered.
+    HealthRound { reached: usize },
 }
 
 /// Everything the cluster loop starts from.
@@ -475,8 +475,8 @@ impl ClusterNode {
             }
             LocalEvent::Uploads(UploadResult::Failed) => self.ability.upload_failed(now),
             LocalEvent::Uploads(UploadResult::NothingDue) => {}
-            LocalEvent::HealthRound { fetched } => {
-                if fetched > 0 {
+            LocalEvent::HealthRound { reached } => {
+                if reached > 0 {
                     self.ability.fetch_succeeded(now);
                 }
             }

@@ -55,6 +55,9 @@ impl TorSide {
     pub async fn run(mut self) -> Result<(), DaemonError> {
         let mut was_publishing = false;
         let mut ready_sent = false;
+        // Backend health outlives a rebuilt client (the backends did not change); a reload
+        // starts it over with the new list.
+        let mut monitor = HealthMonitor::new(&self.configs.borrow());
         loop {
             let config = self.configs.borrow_and_update().clone();
             let tor = Arc::new(self.bootstrap(&config).await?);
@@ -76,7 +79,6 @@ impl TorSide {
 
             let stalled = loop {
                 let config = self.configs.borrow_and_update().clone();
-                let mut monitor = HealthMonitor::new(&config);
                 self.publisher.set_interval(config.timing.publish_interval);
                 let (healthy_tx, healthy_rx) = watch::channel(None);
                 let publishing_rx = self.publishing_rx.clone();
@@ -99,7 +101,8 @@ impl TorSide {
                 };
                 match end {
                     End::Reload => {
-                        tracing::info!("configuration reloaded: new backends and timing in force")
+                        monitor = HealthMonitor::new(&self.configs.borrow());
+                        tracing::info!("configuration reloaded: new backends and timing in force");
                     }
                     End::Stalled(reason) => break reason,
                     End::Failed(err) => return Err(err),
@@ -192,12 +195,12 @@ async fn health_loop(
         let healthy = monitor.run_round(tor).await;
         let backends = monitor.report().into_iter().map(backend_status).collect();
         board.update(|status| status.backends = backends);
-        let fetched = monitor.fetched_last_round();
-        if fetched > 0 {
+        let reached = monitor.reached_last_round();
+        if reached > 0 {
             progress.store(unix_millis(), Ordering::Relaxed);
         }
         // No receiver left means the daemon is stopping.
-        let _ = local_tx.send(LocalEvent::HealthRound { fetched }).await;
+        let _ = local_tx.send(LocalEvent::HealthRound { reached }).await;
         let _ = healthy_tx.send(Some(healthy));
         tokio::time::sleep(interval).await;
     }

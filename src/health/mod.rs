@@ -49,9 +49,9 @@ pub struct BackendReport {
 /// The health of every configured backend.
 pub struct HealthMonitor {
     backends: Vec<MonitoredBackend>,
-    /// Backends whose descriptor was fetched and verified in the last round: proof that this
-    /// node's Tor client can reach the HSDirs.
-    fetched_last_round: usize,
+    /// Backends for which some HSDir answered in the last round (with the descriptor, or with
+    /// a 404 for a backend that is down): proof that this node's Tor client reaches the HSDirs.
+    reached_last_round: usize,
     policy: HealthPolicy,
     probe: Option<ProbeConfig>,
     descriptor_dir: PathBuf,
@@ -73,7 +73,7 @@ impl HealthMonitor {
                 descriptor_max_age: config.timing.descriptor_max_age,
                 dead_after_failures: config.health.dead_after_failures,
             },
-            fetched_last_round: 0,
+            reached_last_round: 0,
             probe: config.health.probe.clone(),
             descriptor_dir: config.state_dir.join("descriptors"),
         }
@@ -97,12 +97,18 @@ impl HealthMonitor {
         let results = join_all(checks).await;
 
         let now = SystemTime::now();
-        self.fetched_last_round = results
+        self.reached_last_round = results
             .iter()
-            .filter(|result| matches!(result, Some((_, Some(_)))))
+            .flatten()
+            .filter(|check| check.reached_hsdirs)
             .count();
         for (backend, result) in self.backends.iter_mut().zip(results) {
-            let Some((observation, descriptor)) = result else {
+            let Some(Check {
+                observation,
+                descriptor,
+                ..
+            }) = result
+            else {
                 continue;
             };
             if let Some(descriptor) = descriptor {
@@ -126,9 +132,9 @@ impl HealthMonitor {
         self.healthy()
     }
 
-    /// How many backends' descriptors the last round fetched and verified.
-    pub fn fetched_last_round(&self) -> usize {
-        self.fetched_last_round
+    /// For how many backends some HSDir answered in the last round.
+    pub fn reached_last_round(&self) -> usize {
+        self.reached_last_round
     }
 
     /// Every configured backend, in config order.
@@ -158,17 +164,31 @@ impl HealthMonitor {
     }
 }
 
-/// Fetch (and probe) one backend: what we saw, and the descriptor if it verified.
+/// What one check of one backend found.
+struct Check {
+    observation: Observation,
+    /// The descriptor, if it verified.
+    descriptor: Option<BackendDescriptor>,
+    /// Some HSDir answered (with or without a descriptor).
+    reached_hsdirs: bool,
+}
+
+/// Fetch (and probe) one backend.
 async fn check_backend(
     tor: &EmbeddedTor,
     backend: &BackendConfig,
     probe: Option<&HttpProbe<'_>>,
-) -> (Observation, Option<BackendDescriptor>) {
+) -> Check {
     let descriptor = match tor.fetch_descriptor(&backend.address).await {
         Ok(descriptor) => descriptor,
         Err(err) => {
-            let reason = format!("descriptor fetch: {err}");
-            return (Observation::FetchFailed { reason }, None);
+            return Check {
+                reached_hsdirs: err.reached_hsdirs(),
+                observation: Observation::FetchFailed {
+                    reason: format!("descriptor fetch: {err}"),
+                },
+                descriptor: None,
+            };
         }
     };
     tracing::debug!(
@@ -179,15 +199,21 @@ async fn check_backend(
     );
     if let Some(probe) = probe {
         if let Err(err) = tor.probe(&backend.address, probe).await {
-            let reason = format!("probe: {err}");
-            return (Observation::ProbeFailed { reason }, Some(descriptor));
+            return Check {
+                observation: Observation::ProbeFailed {
+                    reason: format!("probe: {err}"),
+                },
+                descriptor: Some(descriptor),
+                reached_hsdirs: true,
+            };
         }
     }
     let revision_counter = descriptor.revision_counter;
-    (
-        Observation::Descriptor { revision_counter },
-        Some(descriptor),
-    )
+    Check {
+        observation: Observation::Descriptor { revision_counter },
+        descriptor: Some(descriptor),
+        reached_hsdirs: true,
+    }
 }
 
 /// Keep the last verified descriptor for the operator to inspect; failure only costs that.

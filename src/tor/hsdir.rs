@@ -67,7 +67,28 @@ pub enum FetchError {
     #[error("no HSDir is responsible for it in the current consensus")]
     NoHsDirs,
     #[error("{tried} HSDirs asked, none gave a valid descriptor (last: {last})")]
-    AllFailed { tried: usize, last: String },
+    AllFailed {
+        tried: usize,
+        /// How many of them answered at all (a 404, a bad descriptor): circuits worked.
+        answered: usize,
+        last: String,
+    },
+}
+
+impl FetchError {
+    /// Whether the attempt got through the Tor network to some HSDir, so that the failure is
+    /// the backend's (no descriptor published) rather than this node's Tor client's.
+    pub fn reached_hsdirs(&self) -> bool {
+        matches!(self, FetchError::AllFailed { answered, .. } if *answered > 0)
+    }
+}
+
+/// Why one HSDir gave no usable descriptor.
+enum HsDirFailure {
+    /// No answer: the circuit or the directory request failed.
+    Unreached(String),
+    /// It answered, but not with a valid descriptor (404, another status, a bad document).
+    Answered(String),
 }
 
 /// One time period the master descriptor must be published for, with the consensus it was
@@ -138,7 +159,7 @@ impl EmbeddedTor {
         // and keeping the highest revision counter makes picking up a stale copy unlikely;
         // the next pair is asked only if neither gave a valid descriptor.
         let mut last = String::new();
-        let mut tried = 0;
+        let (mut tried, mut answered) = (0, 0);
         for pair in hsdirs
             .chunks(HSDIRS_ASKED_TOGETHER)
             .take(FETCH_ATTEMPTS / HSDIRS_ASKED_TOGETHER)
@@ -159,14 +180,22 @@ impl EmbeddedTor {
                             newest = Some(descriptor);
                         }
                     }
-                    Err(reason) => last = reason,
+                    Err(HsDirFailure::Unreached(reason)) => last = reason,
+                    Err(HsDirFailure::Answered(reason)) => {
+                        answered += 1;
+                        last = reason;
+                    }
                 }
             }
             if let Some(descriptor) = newest {
                 return Ok(descriptor);
             }
         }
-        Err(FetchError::AllFailed { tried, last })
+        Err(FetchError::AllFailed {
+            tried,
+            answered,
+            last,
+        })
     }
 
     /// Download a descriptor from one HSDir and verify it for the blinded key: signatures,
@@ -178,12 +207,13 @@ impl EmbeddedTor {
         address: &OnionAddress,
         blind_id: HsBlindId,
         subcredential: &Subcredential,
-    ) -> Result<BackendDescriptor, String> {
+    ) -> Result<BackendDescriptor, HsDirFailure> {
         let hsdir_name = relay_name(hsdir);
         let text = self
             .download(netdir, hsdir, blind_id)
             .await
-            .inspect_err(|reason| {
+            .inspect_err(|failure| {
+                let (HsDirFailure::Unreached(reason) | HsDirFailure::Answered(reason)) = failure;
                 tracing::debug!(%address, hsdir = %hsdir_name, "descriptor fetch failed: {reason}");
             })?;
         let descriptor = HsDesc::parse_decrypt_validate(&text, &blind_id, subcredential, None)
@@ -193,8 +223,9 @@ impl EmbeddedTor {
                     .if_valid_at(&SystemTime::now())
                     .map_err(|err| format!("descriptor not valid now: {err}"))
             })
-            .inspect_err(|reason| {
+            .map_err(|reason| {
                 tracing::warn!(%address, hsdir = %hsdir_name, "rejected descriptor: {reason}");
+                HsDirFailure::Answered(reason)
             })?;
         Ok(BackendDescriptor {
             revision_counter: u64::from(descriptor.revision()),
@@ -277,17 +308,20 @@ impl EmbeddedTor {
         netdir: &NetDir,
         hsdir: &Relay<'_>,
         blind_id: HsBlindId,
-    ) -> Result<String, String> {
+    ) -> Result<String, HsDirFailure> {
         let request = HsDescDownloadRequest::new(blind_id);
         let response = self
             .hsdir_request(netdir, hsdir, CircuitRole::Client, &request)
-            .await?;
+            .await
+            .map_err(HsDirFailure::Unreached)?;
         match response.status_code() {
             200 => response
                 .into_output_string()
-                .map_err(|e| format!("bad reply body: {}", e.error)),
-            404 => Err("HTTP 404: the HSDir holds no descriptor for it".to_owned()),
-            code => Err(format!("HTTP {code}")),
+                .map_err(|e| HsDirFailure::Answered(format!("bad reply body: {}", e.error))),
+            404 => Err(HsDirFailure::Answered(
+                "HTTP 404: the HSDir holds no descriptor for it".to_owned(),
+            )),
+            code => Err(HsDirFailure::Answered(format!("HTTP {code}"))),
         }
     }
 

@@ -4,8 +4,9 @@
 //! can still wedge: no usable consensus for a long time, or every circuit to the HSDirs
 //! failing. The daemon then rebuilds it in-process rather than wait for an operator. The
 //! detector is fed the moments the client last held a live consensus and last got something
-//! done through the network (a backend descriptor fetched, or the master descriptor accepted by
-//! an HSDir) and says the client is stalled when either is older than `limit`
+//! done through the network (an HSDir answered a fetch, even with "not found" for a backend
+//! that is down, or accepted the master descriptor) and says the client is stalled when either
+//! is older than `limit`
 //! (`timing.tor_stall_secs`). A node with no backend to check has nothing to measure progress
 //! by, so only the consensus counts there.
 
@@ -53,7 +54,7 @@ impl StallDetector {
         }
         if self.expects_progress && since(self.last_progress) >= self.limit {
             return Some(format!(
-                "no descriptor fetched or uploaded for {} s",
+                "no HSDir reached for {} s",
                 since(self.last_progress).as_secs()
             ));
         }
@@ -98,10 +99,7 @@ mod tests {
         for detector in [&mut with, &mut without] {
             detector.live_consensus(at(900));
         }
-        assert!(with
-            .stalled(at(900))
-            .unwrap()
-            .contains("no descriptor fetched"));
+        assert!(with.stalled(at(900)).unwrap().contains("no HSDir reached"));
         assert_eq!(without.stalled(at(900)), None);
     }
 
