@@ -99,7 +99,9 @@ pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Resul
             peers: &accept.peers,
         },
     )?;
-    println!("Joined the cluster of {}", token.master_key.onion_address());
+    // Only the public address is printed; the key itself stays in the sealed master.key.
+    let master_address = token.master_key.onion_address();
+    println!("Joined the cluster of {master_address}");
     println!("  node id:      {node_id}");
     println!("  priority:     {}", accept.assigned_priority);
     println!("  cluster size: {} nodes", accept.peers.len() + 1);

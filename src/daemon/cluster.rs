@@ -184,6 +184,27 @@ pub async fn run(
     }
 }
 
+/// The transport's view of a member: its key, and its endpoint resolved now. A name that does
+/// not resolve is logged and left out: the peer is then reached once it contacts this node.
+pub(super) async fn transport_peer(peer: &PeerInfo) -> PeerConfig {
+    let endpoint = match peer.endpoint.resolve().await {
+        Ok(address) => Some(address),
+        Err(err) => {
+            tracing::warn!(
+                "peer {}: cannot resolve its endpoint {}: {err}; waiting until it contacts this node",
+                peer.node_id,
+                peer.endpoint
+            );
+            None
+        }
+    };
+    PeerConfig {
+        node_id: peer.node_id.clone(),
+        public_key: peer.public_key,
+        endpoint,
+    }
+}
+
 /// The local wall clock, which peers compare message timestamps with.
 fn now() -> Timestamp {
     Timestamp::from_system_time(SystemTime::now())
@@ -304,23 +325,7 @@ impl ClusterNode {
             Some(known) if *known == peer || !replace => return,
             _ => {}
         }
-        let address = match peer.endpoint.resolve().await {
-            Ok(address) => Some(address),
-            Err(err) => {
-                tracing::warn!(
-                    "peer {} announced by {via}: cannot resolve its endpoint {}: {err}; waiting until it contacts this node",
-                    peer.node_id,
-                    peer.endpoint
-                );
-                None
-            }
-        };
-        let config = PeerConfig {
-            node_id: peer.node_id.clone(),
-            public_key: peer.public_key,
-            endpoint: address,
-        };
-        if let Err(err) = self.transport.add_peer(config).await {
+        if let Err(err) = self.transport.add_peer(transport_peer(&peer).await).await {
             tracing::warn!("ignored peer {} announced by {via}: {err}", peer.node_id);
             return;
         }

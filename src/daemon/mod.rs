@@ -39,7 +39,7 @@ use crate::cluster::ability::PublishAbility;
 use crate::cluster::election::{Election, Timestamp};
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
-use crate::cluster::transport::{Inbox, PeerConfig, Transport, TransportError, WgPrivateKey};
+use crate::cluster::transport::{Inbox, Transport, TransportError, WgPrivateKey};
 use crate::cluster::Role;
 use crate::config::Config;
 use crate::descriptor::build::MasterIdentity;
@@ -48,7 +48,7 @@ use crate::health::{BackendReport, HealthMonitor};
 use crate::keys::files::{load_master_key, KeyFileError};
 use crate::node_files::{self, NodeFilesError};
 use crate::publish::Publisher;
-use crate::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
+use crate::state;
 use crate::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
 use crate::systemd;
 use crate::tor::TorError;
@@ -151,8 +151,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         config.node.priority,
         master_address.to_string(),
     ));
-    let unchecked = HealthMonitor::new(&config).report();
-    board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
+    show_unchecked_backends(&board, &config);
     let status_server = StatusServer::bind(&config.state_dir)?;
     let metrics_server = match config.status.metrics_listen {
         Some(addr) => Some(MetricsServer::bind(addr).await?),
@@ -289,22 +288,7 @@ async fn bind_transport(
 ) -> Result<(Transport, Inbox), DaemonError> {
     let mut transport_peers = Vec::new();
     for peer in peers {
-        let endpoint = match peer.endpoint.resolve().await {
-            Ok(address) => Some(address),
-            Err(err) => {
-                tracing::warn!(
-                    "peer {}: cannot resolve {}: {err}; waiting until it contacts this node",
-                    peer.node_id,
-                    peer.endpoint
-                );
-                None
-            }
-        };
-        transport_peers.push(PeerConfig {
-            node_id: peer.node_id.clone(),
-            public_key: peer.public_key,
-            endpoint,
-        });
+        transport_peers.push(cluster::transport_peer(peer).await);
     }
     Ok(Transport::bind(
         config.cluster.listen,
@@ -366,9 +350,8 @@ fn reload(configs: &watch::Sender<Arc<Config>>, board: &StatusBoard) {
         backends = applied.backends.len(),
         "SIGHUP: configuration reloaded (backends, timing, health checks)"
     );
-    // The health loop starts over with the new list; until its first round, all unchecked.
-    let unchecked = HealthMonitor::new(&applied).report();
-    board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
+    // The health loop starts over with the new list.
+    show_unchecked_backends(board, &applied);
     configs.send_replace(Arc::new(applied));
 }
 
@@ -397,6 +380,12 @@ fn unix_millis() -> u64 {
     Timestamp::from_system_time(SystemTime::now()).as_unix_millis()
 }
 
+/// Every configured backend as unchecked: the status until the health loop's first round.
+fn show_unchecked_backends(board: &StatusBoard, config: &Config) {
+    let unchecked = HealthMonitor::new(config).report();
+    board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
+}
+
 fn backend_status(report: BackendReport) -> BackendStatus {
     BackendStatus {
         name: report.name,
@@ -407,33 +396,4 @@ fn backend_status(report: BackendReport) -> BackendStatus {
         failure_count: report.failure_count,
         last_error: report.last_error,
     }
-}
-
-/// The parts of the status that go into state.json.
-fn saved_state(status: &NodeStatus, uploads: Vec<SavedUpload>) -> SavedState {
-    let mut state = SavedState::new(
-        status.node_id.clone(),
-        status.role,
-        status.publisher.clone(),
-    );
-    state.peers = status
-        .peers
-        .iter()
-        .map(|peer| SavedPeer {
-            node_id: peer.node_id.clone(),
-            priority: peer.priority,
-            role: peer.role,
-        })
-        .collect();
-    state.backends = status
-        .backends
-        .iter()
-        .map(|backend| SavedBackend {
-            name: backend.name.clone(),
-            state: backend.state.clone(),
-            last_fetch: backend.last_fetch,
-        })
-        .collect();
-    state.uploads = uploads;
-    state
 }

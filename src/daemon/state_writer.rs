@@ -8,9 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::saved_state;
-use crate::state::{self, SavedState, SavedUpload};
-use crate::status::{unix_secs, StatusBoard};
+use crate::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
+use crate::status::{unix_secs, NodeStatus, StatusBoard};
 
 /// How often the writer looks for changes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -78,4 +77,33 @@ fn save(state_dir: &Path, mut state: SavedState) -> bool {
             false
         }
     }
+}
+
+/// The parts of the status that go into state.json.
+fn saved_state(status: &NodeStatus, uploads: Vec<SavedUpload>) -> SavedState {
+    let mut state = SavedState::new(
+        status.node_id.clone(),
+        status.role,
+        status.publisher.clone(),
+    );
+    state.peers = status
+        .peers
+        .iter()
+        .map(|peer| SavedPeer {
+            node_id: peer.node_id.clone(),
+            priority: peer.priority,
+            role: peer.role,
+        })
+        .collect();
+    state.backends = status
+        .backends
+        .iter()
+        .map(|backend| SavedBackend {
+            name: backend.name.clone(),
+            state: backend.state.clone(),
+            last_fetch: backend.last_fetch,
+        })
+        .collect();
+    state.uploads = uploads;
+    state
 }
