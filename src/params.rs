@@ -76,3 +76,20 @@ pub const DEFAULT_CREDSTORE_DIR: &str = "/etc/credstore";
 pub const CREDSTORE_ENV: &str = "RUSTBALANCE_CREDSTORE";
 /// Environment variable through which systemd tells a service where its credentials are.
 pub const CREDENTIALS_DIRECTORY_ENV: &str = "CREDENTIALS_DIRECTORY";
+
+// Numbers fixed by the Tor protocol (not configurable).
+
+/// Clients refuse a descriptor listing more introduction points (rend-spec-v3 §2.5.2.2; C tor
+/// rejects such a descriptor, Arti keeps the first 20).
+pub const MAX_INTRO_POINTS: usize = 20;
+/// The HSDirs' descriptor size limit when the consensus does not say
+/// (`HSV3MaxDescriptorSize`, dir-spec §3.4.1 "Consensus parameters"); HSDirs refuse a
+/// descriptor of this many bytes or more.
+pub const DEFAULT_MAX_DESCRIPTOR_SIZE: usize = 50_000;
+/// Lifetime written into the master descriptor: how long HSDirs and clients keep it
+/// (rend-spec-v3 §2.4 "descriptor-lifetime"; C tor uses 180 minutes for services).
+pub const DESCRIPTOR_LIFETIME_MINUTES: u16 = 180;
+/// Validity of the descriptor-signing certificate and of the re-certified introduction-point
+/// certificates (rend-spec-v3 §2.4, cert-spec; C tor: 54 hours, comfortably past the longest
+/// descriptor lifetime).
+pub const CERT_LIFETIME: Duration = Duration::from_secs(54 * 3600);

@@ -7,11 +7,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use rustbalance::cluster::token::JoinToken;
 use rustbalance::config::Config;
 use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::KekSource;
-use rustbalance::node_files::load_cluster_secret;
-use rustbalance::token::JoinToken;
+use rustbalance::storage::node_files::load_cluster_secret;
 
 const BACKEND: &str = "web1=2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
 

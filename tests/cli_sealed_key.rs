@@ -12,10 +12,10 @@ use std::process::{Command, Output};
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine as _;
+use rustbalance::cluster::token::JoinToken;
 use rustbalance::config::Config;
 use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::{KekSource, MasterKey};
-use rustbalance::token::JoinToken;
 
 const KEK_NAME: &str = "rustbalance-master-kek";
 

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustbalance::cluster::secret::ClusterSecret;
-use rustbalance::token::JoinToken;
+use rustbalance::cluster::token::JoinToken;
 use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";

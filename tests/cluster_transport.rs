@@ -16,9 +16,9 @@ use rustbalance::cluster::messages::{
 };
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::cluster::transport::{
-    generate_keypair, Inbox, Incoming, JoinCandidate, JoinError, PeerConfig, Transport,
-    WgPrivateKey, WgPublicKey,
+    Inbox, Incoming, JoinCandidate, JoinError, PeerConfig, Transport,
 };
+use rustbalance::cluster::wg_keys::{generate_keypair, WgPrivateKey, WgPublicKey};
 use rustbalance::cluster::{Endpoint, NodeId, Priority};
 use tokio::net::UdpSocket;
 use tokio::time::{sleep, timeout, Instant};

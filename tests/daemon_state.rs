@@ -7,7 +7,7 @@ mod support;
 use std::fs;
 use std::time::Duration;
 
-use rustbalance::state::{SavedState, STATE_FILE};
+use rustbalance::storage::state::{SavedState, STATE_FILE};
 use support::balancer::{Balancer, LogWatcher};
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";

@@ -10,16 +10,16 @@ use std::path::Path;
 
 use super::{keygen, CliError, InitArgs};
 use crate::cluster::secret::ClusterSecret;
-use crate::cluster::transport::WgPrivateKey;
+use crate::cluster::token::{JoinToken, TokenOrigin, TOKEN_WARNING};
+use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
 use crate::keys::files::{import_master_key, load_master_key};
 use crate::keys::vanity::{self, VanityPrefix};
 use crate::keys::{KekSource, MasterKey};
-use crate::node_files::{self, NewNode};
 use crate::onion_address::OnionAddress;
 use crate::params;
-use crate::token::{JoinToken, TokenOrigin, TOKEN_WARNING};
+use crate::storage::node_files::{self, NewNode};
 
 pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
     // Everything the operator typed is checked before anything is created.

@@ -10,13 +10,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::{init, CliError, JoinArgs};
-use crate::cluster::transport::{Transport, WgPrivateKey, WgPublicKey};
+use crate::cluster::token::JoinToken;
+use crate::cluster::transport::Transport;
+use crate::cluster::wg_keys::{WgPrivateKey, WgPublicKey};
 use crate::cluster::Endpoint;
 use crate::config::Config;
 use crate::keys::KekSource;
-use crate::node_files::{self, NewNode, NodeFilesError};
 use crate::params;
-use crate::token::JoinToken;
+use crate::storage::node_files::{self, NewNode, NodeFilesError};
 
 pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
     let token = JoinToken::decode(args.token.trim())?;

@@ -15,7 +15,8 @@ use crate::daemon::{self, DaemonError};
 use crate::keys::files::KeyFileError;
 use crate::keys::vanity::{PrefixError, SearchError};
 use crate::keys::RandomnessError;
-use crate::node_files::NodeFilesError;
+use crate::storage::node_files::NodeFilesError;
+use crate::tor::ArtiSettings;
 
 mod init;
 mod join;
@@ -205,7 +206,7 @@ enum CliError {
     #[error("stopped: {0}; nothing was written")]
     Interrupted(SearchError),
     #[error(transparent)]
-    Token(#[from] crate::token::TokenError),
+    Token(#[from] crate::cluster::token::TokenError),
     #[error("{0}")]
     Join(String),
     #[error(
@@ -216,7 +217,7 @@ enum CliError {
         source: std::io::Error,
     },
     #[error("installing the systemd unit: {0} (the node's files are written; run `rustbalance run`, or fix this and run `systemctl enable --now rustbalance`)")]
-    Install(#[from] crate::systemd::InstallError),
+    Install(#[from] crate::daemon::systemd::InstallError),
     /// `status` found the node unhealthy; the table already said why.
     #[error("the node is unhealthy: {0}")]
     Unhealthy(String),
@@ -261,11 +262,7 @@ pub fn main() -> ExitCode {
 
 fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Run => {
-            let config = Config::load(&cli.config_dir, &cli.state_dir)?;
-            daemon::run(config)?;
-            Ok(())
-        }
+        Command::Run => run_node(&cli.config_dir, &cli.state_dir),
         Command::Init(args) => init::init(args, &cli.config_dir, &cli.state_dir),
         Command::Token => init::token(&cli.config_dir, &cli.state_dir),
         Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
@@ -281,7 +278,7 @@ fn start_node(
     state_dir: &std::path::Path,
     no_systemd: bool,
 ) -> Result<(), CliError> {
-    use crate::systemd::{self, Host, ServicePlan};
+    use crate::daemon::systemd::{self, Host, ServicePlan};
     match systemd::plan(Host::detect(config_dir, state_dir, no_systemd)) {
         ServicePlan::Install => {
             systemd::install_and_start(config_dir, state_dir)?;
@@ -292,18 +289,25 @@ fn start_node(
             if let Some(note) = note {
                 println!("\n{note}");
             }
-            let config = Config::load(config_dir, state_dir)?;
-            daemon::run(config)?;
-            Ok(())
+            run_node(config_dir, state_dir)
         }
     }
+}
+
+/// `rustbalance run`: load and check the configuration (Arti's `[arti]` table included), then
+/// run the node in the foreground.
+fn run_node(config_dir: &std::path::Path, state_dir: &std::path::Path) -> Result<(), CliError> {
+    let config = Config::load(config_dir, state_dir)?;
+    let arti = ArtiSettings::from_config(&config)?;
+    daemon::run(config, arti)?;
+    Ok(())
 }
 
 /// `rustbalance status`: ask the daemon over its socket, print the table (or JSON).
 fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError> {
     use std::io::Read as _;
     const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-    let path = state_dir.join(crate::status::SOCKET_FILE);
+    let path = state_dir.join(crate::daemon::status::SOCKET_FILE);
     let no_daemon = |source| CliError::NoDaemon {
         path: path.clone(),
         source,
@@ -314,7 +318,7 @@ fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError>
         .map_err(no_daemon)?;
     let mut text = String::new();
     stream.read_to_string(&mut text).map_err(no_daemon)?;
-    let status: crate::status::NodeStatus = serde_json::from_str(&text).map_err(|err| {
+    let status: crate::daemon::status::NodeStatus = serde_json::from_str(&text).map_err(|err| {
         no_daemon(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("its answer is not a status report ({err}); is the daemon the same version?"),

@@ -26,7 +26,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::election::{self, Timestamp};
 use super::secret::ClusterSecret;
-use super::transport::WgPublicKey;
+use super::wg_keys::WgPublicKey;
 pub use super::Role;
 use super::{Endpoint, NodeId, Priority};
 
@@ -410,7 +410,7 @@ impl<'de> Deserialize<'de> for JoinMac {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::transport::generate_keypair;
+    use crate::cluster::wg_keys::generate_keypair;
 
     fn node(id: &str) -> NodeId {
         NodeId::try_from(id.to_owned()).unwrap()

@@ -9,7 +9,9 @@ pub mod election;
 pub(crate) mod log_limit;
 pub mod messages;
 pub mod secret;
+pub mod token;
 pub mod transport;
+pub mod wg_keys;
 
 use std::fmt;
 use std::num::NonZeroU32;

@@ -27,7 +27,6 @@
 mod actor;
 mod framing;
 mod join_guard;
-mod keys;
 mod peer;
 mod reliable;
 
@@ -36,7 +35,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use keys::{generate_keypair, KeyError, WgPrivateKey, WgPublicKey};
+use super::wg_keys::{WgPrivateKey, WgPublicKey};
 
 use super::messages::{JoinAccept, Message, MessageError};
 use super::secret::ClusterSecret;

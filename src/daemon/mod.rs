@@ -24,7 +24,9 @@
 
 mod cluster;
 mod state_writer;
+pub mod status;
 mod status_server;
+pub mod systemd;
 mod tor_side;
 
 use std::path::PathBuf;
@@ -39,19 +41,19 @@ use crate::cluster::ability::PublishAbility;
 use crate::cluster::election::{Election, Timestamp};
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
-use crate::cluster::transport::{Inbox, Transport, TransportError, WgPrivateKey};
+use crate::cluster::transport::{Inbox, Transport, TransportError};
+use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::Role;
 use crate::config::Config;
+use crate::daemon::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
 use crate::descriptor::build::MasterIdentity;
-use crate::fsutil;
 use crate::health::{BackendReport, HealthMonitor};
 use crate::keys::files::{load_master_key, KeyFileError};
-use crate::node_files::{self, NodeFilesError};
 use crate::publish::Publisher;
-use crate::state;
-use crate::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
-use crate::systemd;
-use crate::tor::TorError;
+use crate::storage::fsutil;
+use crate::storage::node_files::{self, NodeFilesError};
+use crate::storage::state;
+use crate::tor::{ArtiSettings, TorError};
 use cluster::ClusterSetup;
 use status_server::{MetricsServer, StatusServer};
 use tor_side::TorSide;
@@ -106,7 +108,7 @@ struct NodeKeys {
 }
 
 /// Run the node in the foreground until SIGTERM or SIGINT.
-pub fn run(config: Config) -> Result<(), DaemonError> {
+pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
     let keys = NodeKeys {
         master: load_master_identity(&config)?,
         cluster_secret: node_files::load_cluster_secret(&config.config_dir)?,
@@ -121,7 +123,7 @@ pub fn run(config: Config) -> Result<(), DaemonError> {
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(run_async(config, keys))
+    runtime.block_on(run_async(config, arti, keys))
 }
 
 fn load_master_identity(config: &Config) -> Result<MasterIdentity, DaemonError> {
@@ -131,7 +133,7 @@ fn load_master_identity(config: &Config) -> Result<MasterIdentity, DaemonError> 
         .map_err(|err| DaemonError::UnusableMasterKey(path, err.to_string()))
 }
 
-async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
+async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result<(), DaemonError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
@@ -222,6 +224,7 @@ async fn run_async(config: Config, keys: NodeKeys) -> Result<(), DaemonError> {
         systemd::watchdog_interval().map(|interval| tokio::spawn(watchdog(progress, interval)));
 
     let tor_side = TorSide {
+        arti,
         configs,
         publisher,
         board: board.clone(),
@@ -339,6 +342,14 @@ fn reload(configs: &watch::Sender<Arc<Config>>, board: &StatusBoard) {
             return;
         }
     };
+    // `[arti]` only takes effect at a restart, but a table Arti refuses would stop that
+    // restart: refuse it now, like any other error.
+    if let Err(err) = ArtiSettings::from_config(&new) {
+        tracing::error!(
+            "SIGHUP: configuration not reloaded: {err}; the running configuration stays in force"
+        );
+        return;
+    }
     let (applied, needs_restart) = current.reloaded(new);
     if !needs_restart.is_empty() {
         tracing::warn!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
-use crate::status::{unix_secs, NodeStatus, StatusBoard};
+use crate::daemon::status::{unix_secs, NodeStatus, StatusBoard};
+use crate::storage::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
 
 /// How often the writer looks for changes.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);

@@ -1,5 +1,5 @@
 //! The status socket: `<state-dir>/status.sock`, owner only. Each connection gets the node's
-//! [`NodeStatus`](crate::status::NodeStatus) as one JSON document, then the socket closes.
+//! [`NodeStatus`](crate::daemon::status::NodeStatus) as one JSON document, then the socket closes.
 //!
 //! And, when `[status] metrics_listen` is set, the same status as Prometheus text metrics over
 //! HTTP on that loopback address ([`MetricsServer`]).
@@ -13,8 +13,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 
 use super::DaemonError;
-use crate::fsutil::PRIVATE_FILE_MODE;
-use crate::status::{StatusBoard, SOCKET_FILE};
+use crate::daemon::status::{StatusBoard, SOCKET_FILE};
+use crate::storage::fsutil::PRIVATE_FILE_MODE;
 
 /// A reader that does not read within this time is dropped.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -19,13 +19,13 @@ use tokio::sync::{mpsc, watch};
 use super::cluster::LocalEvent;
 use super::{backend_status, unix_millis, DaemonError};
 use crate::config::Config;
+use crate::daemon::status::{unix_secs, PublishStatus, StatusBoard};
+use crate::daemon::systemd;
+use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
 use crate::publish::{Publisher, UploadResult};
-use crate::state::SavedUpload;
-use crate::status::{unix_secs, PublishStatus, StatusBoard};
-use crate::systemd;
-use crate::tor::stall::StallDetector;
-use crate::tor::{EmbeddedTor, TorError};
+use crate::storage::state::SavedUpload;
+use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
 /// Wait between two bootstrap attempts when the Tor network cannot be reached.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
@@ -34,6 +34,8 @@ const STALL_CHECK: Duration = Duration::from_secs(5);
 
 /// Everything the Tor side reports to or shares with the rest of the daemon.
 pub struct TorSide {
+    /// Arti's configuration; `[arti]` changes take effect at a restart.
+    pub arti: ArtiSettings,
     pub configs: watch::Receiver<Arc<Config>>,
     pub publisher: Publisher,
     pub board: StatusBoard,
@@ -59,8 +61,7 @@ impl TorSide {
         // starts it over with the new list.
         let mut monitor = HealthMonitor::new(&self.configs.borrow());
         loop {
-            let config = self.configs.borrow_and_update().clone();
-            let tor = Arc::new(self.bootstrap(&config).await?);
+            let tor = Arc::new(self.bootstrap().await?);
             let consensus = tor.live_consensus().await?;
             tracing::info!("consensus: {consensus}");
             self.board.update(|status| {
@@ -117,9 +118,9 @@ impl TorSide {
     }
 
     /// Create and bootstrap a client, retrying while the network cannot be reached.
-    async fn bootstrap(&self, config: &Config) -> Result<EmbeddedTor, DaemonError> {
+    async fn bootstrap(&self) -> Result<EmbeddedTor, DaemonError> {
         loop {
-            match EmbeddedTor::bootstrap(&config.arti).await {
+            match EmbeddedTor::bootstrap(&self.arti).await {
                 Ok(tor) => return Ok(tor),
                 // A bad configuration or runtime does not get better by waiting.
                 Err(err @ (TorError::Create(_) | TorError::Runtime(_))) => return Err(err.into()),

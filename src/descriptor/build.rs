@@ -16,7 +16,7 @@
 //! This module uses Arti's pure document and key crates (tor-netdoc, tor-hscrypto,
 //! tor-llcrypto) but nothing that touches the network.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use rand::{CryptoRng, Rng};
 use sha3::{Digest, Sha3_256};
@@ -30,13 +30,7 @@ use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, HsDescBuilder, IntroPoi
 use tor_netdoc::NetdocBuilder;
 
 use crate::onion_address::OnionAddress;
-
-/// Lifetime written into the descriptor: how long HSDirs and clients keep it (rend-spec-v3
-/// §2.4 "descriptor-lifetime"; C tor uses 180 minutes for services).
-pub const DESCRIPTOR_LIFETIME_MINUTES: u16 = 180;
-/// Validity of the descriptor-signing certificate and of the re-certified introduction-point
-/// certificates (C tor: 54 hours, comfortably past the longest descriptor lifetime).
-pub const CERT_LIFETIME: Duration = Duration::from_secs(54 * 3600);
+use crate::params::{CERT_LIFETIME, DESCRIPTOR_LIFETIME_MINUTES};
 
 /// The master identity, ready to blind and sign. Never printed.
 pub struct MasterIdentity {
@@ -139,6 +133,11 @@ impl BlindedIdentity {
         self.period
     }
 
+    /// The blinded public key, as HSDirs index descriptors by it.
+    pub fn blind_id(&self) -> HsBlindId {
+        self.public.id()
+    }
+
     /// The blinded signing key's secret (scalar ‖ nonce prefix). Nothing in the program reads
     /// it: it exists for the tests that check no secret ever reaches a log or a status report.
     #[doc(hidden)]
@@ -200,6 +199,7 @@ mod tests {
     use crate::descriptor::synthetic::synthetic_intro_points;
     use curve25519_dalek::Scalar;
     use sha2::Sha512;
+    use std::time::Duration;
     use tor_checkable::Timebound;
     use tor_netdoc::doc::hsdesc::HsDesc;
 

@@ -1,12 +1,15 @@
 //! Backend health: is each backend's descriptor on the HSDirs, valid, fresh, and does the
 //! backend answer?
 //!
-//! [`state`] decides, purely; [`HealthMonitor`] runs one round of checks through the
-//! embedded Tor client (all backends concurrently), feeds what it saw to each backend's
+//! [`state`] decides, purely; [`HealthMonitor`] runs one round of checks through the Tor
+//! seam ([`TorNetwork`]; all backends concurrently, each descriptor fetched and verified by
+//! [`fetch`]), feeds what it saw to each backend's
 //! state machine, logs every change of state, keeps the last good descriptor of each backend
 //! under `<state-dir>/descriptors/<name>.desc`, and hands the introduction points of the
 //! Healthy backends to the publisher.
 
+pub mod fetch;
+pub mod stall;
 pub mod state;
 
 use std::path::PathBuf;
@@ -17,8 +20,9 @@ use futures::future::join_all;
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
 use crate::config::{BackendConfig, Config, ProbeConfig};
-use crate::fsutil;
-use crate::tor::{BackendDescriptor, EmbeddedTor, HttpProbe};
+use crate::storage::fsutil;
+use crate::tor::{HttpProbe, TorNetwork};
+use fetch::VerifiedDescriptor;
 use state::{BackendHealth, BackendState, HealthPolicy, Observation};
 
 /// The introduction points of the backends that may be published, in config order.
@@ -81,7 +85,7 @@ impl HealthMonitor {
 
     /// Check every backend once, age the unchanged ones, and return the Healthy ones'
     /// introduction points.
-    pub async fn run_round(&mut self, tor: &EmbeddedTor) -> HealthyBackends {
+    pub async fn run_round<T: TorNetwork>(&mut self, tor: &T) -> HealthyBackends {
         let probe = self.probe.as_ref().map(|p| HttpProbe {
             path: &p.path,
             port: p.port,
@@ -168,18 +172,18 @@ impl HealthMonitor {
 struct Check {
     observation: Observation,
     /// The descriptor, if it verified.
-    descriptor: Option<BackendDescriptor>,
+    descriptor: Option<VerifiedDescriptor>,
     /// Some HSDir answered (with or without a descriptor).
     reached_hsdirs: bool,
 }
 
 /// Fetch (and probe) one backend.
-async fn check_backend(
-    tor: &EmbeddedTor,
+async fn check_backend<T: TorNetwork>(
+    tor: &T,
     backend: &BackendConfig,
     probe: Option<&HttpProbe<'_>>,
 ) -> Check {
-    let descriptor = match tor.fetch_descriptor(&backend.address).await {
+    let descriptor = match fetch::fetch_current(tor, &backend.address).await {
         Ok(descriptor) => descriptor,
         Err(err) => {
             return Check {
@@ -217,7 +221,11 @@ async fn check_backend(
 }
 
 /// Keep the last verified descriptor for the operator to inspect; failure only costs that.
-fn save_descriptor(dir: &std::path::Path, backend: &BackendConfig, descriptor: &BackendDescriptor) {
+fn save_descriptor(
+    dir: &std::path::Path,
+    backend: &BackendConfig,
+    descriptor: &VerifiedDescriptor,
+) {
     let path = dir.join(format!("{}.desc", backend.name));
     let result = fsutil::create_private_dir(dir).and_then(|()| {
         fsutil::write_atomic(&path, descriptor.text.as_bytes(), fsutil::PRIVATE_FILE_MODE)

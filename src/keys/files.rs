@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 use super::kek::{Kek, KekError, KekSource};
 use super::sealed::{self, SealedMasterKey, UnsealError};
 use super::{MasterKey, NotClampedError};
-use crate::fsutil::{
+use crate::storage::fsutil::{
     create_private_dir, write_atomic, write_new_atomic, PRIVATE_DIR_MODE, PRIVATE_FILE_MODE,
 };
 

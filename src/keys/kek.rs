@@ -33,10 +33,10 @@ use rand::TryRng;
 use zeroize::Zeroizing;
 
 use super::RandomnessError;
-use crate::fsutil::{create_private_dir, write_new_atomic, PRIVATE_FILE_MODE};
 use crate::params::{
     CREDENTIALS_DIRECTORY_ENV, CREDSTORE_ENV, DEFAULT_CREDSTORE_DIR, KEK_CREDENTIAL_NAME,
 };
+use crate::storage::fsutil::{create_private_dir, write_new_atomic, PRIVATE_FILE_MODE};
 
 /// Length of the KEK: an AES-256 key.
 pub const KEK_LEN: usize = 32;
@@ -288,7 +288,7 @@ mod tests {
     }
 
     fn write_kek(dir: &Path, kek: &Kek) {
-        crate::fsutil::create_private_dir(dir).unwrap();
+        crate::storage::fsutil::create_private_dir(dir).unwrap();
         std::fs::write(
             dir.join(KEK_CREDENTIAL_NAME),
             kek.to_file_contents().as_bytes(),
@@ -383,7 +383,7 @@ mod tests {
         let root = scratch();
         let source = source_in(root.path(), true);
         let credentials = source.credentials_dir.clone().unwrap();
-        crate::fsutil::create_private_dir(&credentials).unwrap();
+        crate::storage::fsutil::create_private_dir(&credentials).unwrap();
         let secret_b64 = BASE64.encode([0x77; 40]);
         std::fs::write(credentials.join(KEK_CREDENTIAL_NAME), &secret_b64).unwrap();
         write_kek(&source.credstore, &Kek::from_bytes([2; 32]));
@@ -431,7 +431,7 @@ mod tests {
     fn ensure_kek_never_replaces_a_damaged_kek() {
         let root = scratch();
         let source = source_in(root.path(), false);
-        crate::fsutil::create_private_dir(&source.credstore).unwrap();
+        crate::storage::fsutil::create_private_dir(&source.credstore).unwrap();
         std::fs::write(source.credstore_file(), "not a key").unwrap();
         let error = ensure_kek(&source).unwrap_err();
         assert!(matches!(error, KekError::Damaged { .. }), "{error}");

@@ -8,6 +8,7 @@
 //! once, until a backend comes back.
 
 pub mod schedule;
+mod upload;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,19 +16,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
+use crate::daemon::status::unix_secs;
 use crate::descriptor::build::{
     build_descriptor, BlindedIdentity, BuildError, DescriptorParams, MasterIdentity,
 };
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::health::HealthyBackends;
-use crate::state::SavedUpload;
-use crate::status::unix_secs;
-use crate::tor::{EmbeddedTor, PublishTarget};
+use crate::params::MAX_INTRO_POINTS;
+use crate::storage::state::SavedUpload;
+use crate::tor::{HsDirSet, PeriodInfo, TorNetwork};
 use schedule::{next_due, publish_reason, PublishRecord};
 use tor_hscrypto::time::TimePeriod;
+use upload::upload_to_all;
 
-/// Clients reject descriptors listing more introduction points (rend-spec-v3 §2.5.2.2).
-pub const MAX_INTRO_POINTS: usize = 20;
 /// How soon to try again after a publish attempt in which no HSDir accepted the descriptor.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 
@@ -90,9 +91,9 @@ impl Publisher {
     }
 
     /// Upload for every period that needs it.
-    pub async fn publish_due(
+    pub async fn publish_due<T: TorNetwork>(
         &mut self,
-        tor: &EmbeddedTor,
+        tor: &T,
         healthy: &HealthyBackends,
     ) -> PublishRound {
         if healthy.iter().all(|(_, ips)| ips.is_empty()) {
@@ -113,7 +114,7 @@ impl Publisher {
             self.all_dead_alerted = false;
         }
 
-        let targets = match tor.publish_targets().await {
+        let targets = match tor.publish_periods().await {
             Ok(targets) => targets,
             Err(err) => {
                 tracing::warn!("cannot publish yet: {err}");
@@ -125,7 +126,7 @@ impl Publisher {
         };
         let periods: Vec<u64> = targets
             .iter()
-            .map(|t| t.time_period().interval_num())
+            .map(|t| t.time_period.interval_num())
             .collect();
         self.records.retain(|period, _| periods.contains(period));
         self.blinded.retain(|period, _| periods.contains(period));
@@ -202,15 +203,13 @@ impl Publisher {
     }
 
     /// Publish one period if it is due; returns when it is due next, and how the upload went.
-    async fn publish_period(
+    async fn publish_period<T: TorNetwork>(
         &mut self,
-        tor: &EmbeddedTor,
-        target: &PublishTarget,
+        tor: &T,
+        target: &PeriodInfo,
         healthy: &HealthyBackends,
     ) -> (SystemTime, UploadResult) {
-        let period = target.time_period().interval_num();
-        let address = self.master.address();
-        let hsdirs = target.hsdir_ids(&address);
+        let period = target.time_period.interval_num();
         let now = SystemTime::now();
 
         let inputs: Vec<BackendIntroPoints<'_, IntroPointDesc>> = healthy
@@ -220,13 +219,24 @@ impl Publisher {
                 intro_points: ips,
             })
             .collect();
-        let blinded = match self.blinded_for(target.time_period()) {
+        let blinded = match self.blinded_for(target.time_period) {
             Ok(blinded) => blinded,
             Err(err) => {
                 tracing::error!(period, "cannot publish this period: {err}");
                 return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
             }
         };
+        let hsdirs = match tor
+            .hsdirs(&blinded.blind_id(), target.time_period, HsDirSet::Store)
+            .await
+        {
+            Ok(hsdirs) => hsdirs,
+            Err(err) => {
+                tracing::warn!(period, "cannot publish this period yet: {err}");
+                return (now + RETRY_AFTER_FAILURE, UploadResult::Failed);
+            }
+        };
+        let hsdir_names: Vec<String> = hsdirs.iter().map(ToString::to_string).collect();
         let Some(srv_offset) = target.srv_offset(now) else {
             tracing::warn!(
                 period,
@@ -238,7 +248,7 @@ impl Publisher {
             intro_points: &[],
             revision_counter: self.master.revision_counter(srv_offset),
             now,
-            size_limit: target.size_limit(),
+            size_limit: target.max_descriptor_size,
         };
         // The merge's size test builds the real descriptor; the last one that fitted is the
         // one for the final list (the bisection only moves up after a success).
@@ -270,7 +280,8 @@ impl Publisher {
         let intro_ids: Vec<String> = merged.intro_points.iter().map(intro_point_id).collect();
 
         let last = self.records.get(&period);
-        let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdirs) else {
+        let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdir_names)
+        else {
             return (
                 last.map_or(now, |l| next_due(l, self.interval)),
                 UploadResult::NothingDue,
@@ -292,7 +303,7 @@ impl Publisher {
         let mut revision_counter = base.revision_counter;
         if last.is_some_and(|last| revision_counter <= last.revision_counter) {
             // Published within the same second (the counter's resolution): wait for the next.
-            let Some(next) = self.next_revision_counter(target, period).await else {
+            let Some(next) = self.next_revision_counter(target).await else {
                 tracing::warn!(period, "no usable revision counter (clock outside the SRV period, or stepped back): not publishing this period now");
                 return (now + RETRY_AFTER_FAILURE, UploadResult::NothingDue);
             };
@@ -311,9 +322,7 @@ impl Publisher {
             };
         }
 
-        let results = tor
-            .upload_descriptor(target, &address, Arc::from(descriptor))
-            .await;
+        let results = upload_to_all(tor, &hsdirs, Arc::from(descriptor)).await;
         let accepted = results.iter().filter(|r| r.outcome.is_ok()).count();
         for failure in results
             .iter()
@@ -343,7 +352,7 @@ impl Publisher {
         let record = PublishRecord {
             published_at: now,
             intro_points: intro_ids,
-            hsdirs,
+            hsdirs: hsdir_names,
             revision_counter,
             hsdirs_accepted: accepted,
             hsdirs_tried: results.len(),
@@ -366,10 +375,13 @@ impl Publisher {
     /// A revision counter strictly above the last one we uploaded for `period`. The counter
     /// has one-second resolution, so two uploads within one second wait for the next; a clock
     /// that went backwards by more than a few seconds gives up (the HSDirs would refuse it).
-    async fn next_revision_counter(&self, target: &PublishTarget, period: u64) -> Option<u64> {
+    async fn next_revision_counter(&self, target: &PeriodInfo) -> Option<u64> {
         const WAIT_STEP: Duration = Duration::from_millis(250);
         const MAX_WAIT_STEPS: u32 = 20;
-        let last = self.records.get(&period).map(|r| r.revision_counter);
+        let last = self
+            .records
+            .get(&target.time_period.interval_num())
+            .map(|r| r.revision_counter);
         for _ in 0..MAX_WAIT_STEPS {
             let counter = self
                 .master

@@ -17,24 +17,12 @@ use futures::StreamExt;
 use tor_netdir::{NetDir, Timeliness};
 use tor_rtcompat::PreferredRuntime;
 
+use super::network::TorError;
 use super::ArtiSettings;
 
 /// A bootstrapped embedded Tor client.
 pub struct EmbeddedTor {
     pub(super) client: Arc<TorClient<PreferredRuntime>>,
-}
-
-/// What went wrong inside the embedded Tor client.
-#[derive(Debug, thiserror::Error)]
-pub enum TorError {
-    #[error("cannot start Tor's async runtime: {0}")]
-    Runtime(#[source] std::io::Error),
-    #[error("cannot create the Tor client (check the [arti] table and the state directory's permissions): {0}")]
-    Create(#[source] arti_client::Error),
-    #[error("Tor bootstrap failed: {0}")]
-    Bootstrap(#[source] arti_client::Error),
-    #[error("the Tor client shut down while waiting for a live consensus")]
-    Shutdown,
 }
 
 /// The facts of one consensus an operator wants to see in the log.
@@ -89,12 +77,12 @@ impl EmbeddedTor {
         let client = TorClient::with_runtime(runtime)
             .config(settings.client_config().clone())
             .create_unbootstrapped()
-            .map_err(TorError::Create)?;
+            .map_err(|e| TorError::Create(e.to_string()))?;
 
         let progress = tokio::spawn(log_bootstrap_progress(client.bootstrap_events()));
         let outcome = client.bootstrap().await;
         progress.abort();
-        outcome.map_err(TorError::Bootstrap)?;
+        outcome.map_err(|e| TorError::Bootstrap(e.to_string()))?;
         tracing::info!("Tor bootstrap complete");
         Ok(EmbeddedTor { client })
     }
@@ -107,23 +95,29 @@ impl EmbeddedTor {
 
     /// The network directory of a consensus that is live now, waiting for one if needed.
     pub(super) async fn live_netdir(&self) -> Result<Arc<NetDir>, TorError> {
-        let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;
+        let dirmgr = self
+            .client
+            .dirmgr()
+            .map_err(|e| TorError::Bootstrap(e.to_string()))?;
         dirmgr
             .wait_for_netdir(Timeliness::Strict)
             .await
             .map_err(|_| TorError::Shutdown)
     }
 
-    /// Whether the client holds a consensus that is live right now (no waiting).
-    pub fn has_live_consensus(&self) -> bool {
-        self.client
-            .dirmgr()
-            .is_ok_and(|dirmgr| dirmgr.netdir(Timeliness::Strict).is_ok())
+    /// The network directory of a consensus that is live right now, if one is held (no
+    /// waiting).
+    pub(super) fn live_netdir_now(&self) -> Option<Arc<NetDir>> {
+        let dirmgr = self.client.dirmgr().ok()?;
+        dirmgr.netdir(Timeliness::Strict).ok()
     }
 
     /// A summary of every new live consensus from now on. Ends when the client shuts down.
     pub fn consensus_updates(&self) -> Result<BoxStream<'static, ConsensusSummary>, TorError> {
-        let dirmgr = self.client.dirmgr().map_err(TorError::Bootstrap)?;
+        let dirmgr = self
+            .client
+            .dirmgr()
+            .map_err(|e| TorError::Bootstrap(e.to_string()))?;
         let events = dirmgr.events();
         Ok(events
             .filter_map(move |_| {

@@ -1,21 +1,34 @@
-//! The embedded Tor client: the only module that names Arti types.
+//! The Tor network: the seam the rest of the node talks through, and its Arti implementation.
 //!
-//! Everything the rest of the program needs from Tor passes through here: turning the
-//! operator's `[arti]` table into Arti's configuration ([`ArtiSettings`]), bootstrapping the
-//! in-process client and reporting the consensus it holds ([`EmbeddedTor`]). Keeping Arti
-//! behind this boundary means an Arti upgrade touches one directory (see
-//! `vendor-notes/arti.md`) and the deciding logic elsewhere is tested without a network.
+//! [`network`] defines the seam: the [`TorNetwork`] trait (a live consensus, the time periods,
+//! the HSDirs responsible for a blinded key, one descriptor fetch, one upload, one liveness
+//! probe) with plain values and typed errors. Everything else in this folder is the Arti
+//! implementation, and the only code in the program that uses arti-client, tor-circmgr,
+//! tor-dirclient, tor-dirmgr, tor-netdir, tor-rtcompat or tor-proto: turning the operator's
+//! `[arti]` table into Arti's configuration ([`ArtiSettings`]), bootstrapping the in-process
+//! client and reporting the consensus it holds ([`EmbeddedTor`]), HSDir requests and the HTTP
+//! probe. An Arti upgrade touches this directory (see `vendor-notes/arti.md`); the deciding
+//! logic elsewhere is tested against a simulated network. ARCHITECTURE.md, "The Tor seam",
+//! has the whole picture.
 
 mod client;
 mod hsdir;
+pub mod network;
 mod probe;
 mod settings;
-pub mod stall;
 
-pub use client::{ConsensusSummary, EmbeddedTor, TorError};
-pub use hsdir::{BackendDescriptor, FetchError, HsDirUpload, PublishTarget};
-pub use probe::HttpProbe;
+use std::sync::Arc;
+
+use tor_hscrypto::pk::HsBlindId;
+use tor_hscrypto::time::TimePeriod;
+
+pub use client::{ConsensusSummary, EmbeddedTor};
+pub use network::{
+    HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
+};
 pub use settings::{ArtiConfigError, ArtiSettings};
+
+use crate::onion_address::OnionAddress;
 
 /// Make rustls usable. Arti is built with its `rustls` feature (no OpenSSL, so the binary can
 /// be static), which leaves the choice of crypto provider to the program; without one, the
@@ -23,4 +36,51 @@ pub use settings::{ArtiConfigError, ArtiSettings};
 pub fn install_crypto_provider() {
     // `Err` only means a provider is already installed, which is what we want.
     let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+impl TorNetwork for EmbeddedTor {
+    fn has_live_consensus(&self) -> bool {
+        self.live_netdir_now().is_some()
+    }
+
+    async fn current_period(&self) -> Result<PeriodInfo, TorError> {
+        let (current, periods) = self.periods().await?;
+        periods
+            .into_iter()
+            .find(|info| info.time_period == current)
+            .ok_or(TorError::NoConsensus)
+    }
+
+    async fn publish_periods(&self) -> Result<Vec<PeriodInfo>, TorError> {
+        Ok(self.periods().await?.1)
+    }
+
+    async fn hsdirs(
+        &self,
+        blinded_id: &HsBlindId,
+        period: TimePeriod,
+        set: HsDirSet,
+    ) -> Result<Vec<HsDirId>, TorError> {
+        self.responsible_hsdirs(blinded_id, period, set).await
+    }
+
+    async fn fetch_descriptor(
+        &self,
+        hsdir: &HsDirId,
+        blinded_id: &HsBlindId,
+    ) -> Result<String, HsDirError> {
+        self.download(hsdir, blinded_id).await
+    }
+
+    async fn upload_descriptor(
+        &self,
+        hsdir: &HsDirId,
+        descriptor: Arc<str>,
+    ) -> Result<(), HsDirError> {
+        self.upload(hsdir, descriptor).await
+    }
+
+    async fn probe(&self, address: &OnionAddress, probe: &HttpProbe<'_>) -> Result<(), ProbeError> {
+        self.http_probe(address, probe).await
+    }
 }

@@ -1,41 +1,35 @@
-//! The optional HTTP probe: is a backend actually answering through Tor?
+//! The Arti side of the HTTP probe: is a backend actually answering through Tor?
 //!
 //! A backend whose tor process died leaves its descriptor on the HSDirs for up to three hours,
 //! so a successful descriptor fetch proves little. The probe goes the whole way a client goes
 //! (descriptor, introduction, rendezvous) through the embedded client and sends one
 //! `GET <path> HTTP/1.0`; only the status line of the reply is read.
 
-use std::time::Duration;
-
 use arti_client::config::BoolOrAuto;
 use arti_client::StreamPrefs;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::network::{HttpProbe, ProbeError};
 use super::EmbeddedTor;
 use crate::onion_address::OnionAddress;
 
-/// A probe to run against one backend.
-#[derive(Debug, Clone)]
-pub struct HttpProbe<'a> {
-    pub path: &'a str,
-    pub port: u16,
-    pub expected_status: u16,
-    pub timeout: Duration,
-}
-
 impl EmbeddedTor {
     /// `Ok` if `address` answered the probe with the expected status, else why not.
-    pub async fn probe(&self, address: &OnionAddress, probe: &HttpProbe<'_>) -> Result<(), String> {
+    pub(super) async fn http_probe(
+        &self,
+        address: &OnionAddress,
+        probe: &HttpProbe<'_>,
+    ) -> Result<(), ProbeError> {
         tokio::time::timeout(probe.timeout, self.probe_unbounded(address, probe))
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", probe.timeout)))
+            .unwrap_or(Err(ProbeError::Timeout(probe.timeout)))
     }
 
     async fn probe_unbounded(
         &self,
         address: &OnionAddress,
         probe: &HttpProbe<'_>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbeError> {
         let mut prefs = StreamPrefs::new();
         prefs.connect_to_onion_services(BoolOrAuto::Explicit(true));
         // Fresh circuits and a fresh look-up each time, as a new client would: reusing an old
@@ -46,36 +40,34 @@ impl EmbeddedTor {
             .client
             .connect_with_prefs((host.as_str(), probe.port), &prefs)
             .await
-            .map_err(|err| format!("cannot connect: {err}"))?;
+            .map_err(|err| ProbeError::Connect(err.to_string()))?;
         let mut stream = BufReader::new(stream);
         let request = format!(
             "GET {} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: rustbalance-probe\r\nConnection: close\r\n\r\n",
             probe.path
         );
+        let send = |err: std::io::Error| ProbeError::Send(err.to_string());
         stream
             .get_mut()
             .write_all(request.as_bytes())
             .await
-            .map_err(|err| format!("cannot send the request: {err}"))?;
-        stream
-            .get_mut()
-            .flush()
-            .await
-            .map_err(|err| format!("cannot send the request: {err}"))?;
+            .map_err(send)?;
+        stream.get_mut().flush().await.map_err(send)?;
         let mut status_line = String::new();
         stream
             .read_line(&mut status_line)
             .await
-            .map_err(|err| format!("no reply: {err}"))?;
+            .map_err(|err| ProbeError::NoReply(err.to_string()))?;
         let status = parse_status(&status_line)
-            .ok_or_else(|| format!("not an HTTP reply: {:?}", status_line.trim_end()))?;
+            .ok_or_else(|| ProbeError::NotHttp(status_line.trim_end().to_owned()))?;
         if status == probe.expected_status {
             Ok(())
         } else {
-            Err(format!(
-                "HTTP {status} for {}, expected {}",
-                probe.path, probe.expected_status
-            ))
+            Err(ProbeError::UnexpectedStatus {
+                status,
+                expected: probe.expected_status,
+                path: probe.path.to_owned(),
+            })
         }
     }
 }

@@ -22,6 +22,7 @@ use tor_config::load::{resolve_return_results, ConfigResolveOptions};
 use tor_config::sources::MustRead;
 use tor_config::{ConfigurationSource, ConfigurationSources};
 
+use crate::config::{Config, ConfigError};
 use crate::params;
 
 /// An Arti client configuration that Arti's loader accepted.
@@ -42,6 +43,18 @@ pub struct ArtiConfigError {
 const ARTI_PROGRAM_SECTIONS: &[&str] = &["application", "proxy", "logging", "rpc", "metrics"];
 
 impl ArtiSettings {
+    /// Resolve `config`'s `[arti]` table; an error names the key below `[arti]` at fault, in
+    /// config.toml's one-line form.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        ArtiSettings::from_table(&config.arti, &config.state_dir).map_err(|err| {
+            let key = match err.key.as_str() {
+                "" => "arti".to_owned(),
+                below => format!("arti.{below}"),
+            };
+            ConfigError::invalid_key(config, &key, err.message)
+        })
+    }
+
     /// Resolve `table` (the contents of `[arti]`) the way Arti resolves arti.toml, with the
     /// defaults described in the module documentation.
     pub fn from_table(table: &toml::Table, state_dir: &Path) -> Result<Self, ArtiConfigError> {

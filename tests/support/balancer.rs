@@ -59,6 +59,10 @@ impl Balancer {
         &self.config_dir
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     /// Where this node's key-encryption key lives (its `RUSTBALANCE_CREDSTORE`).
     pub fn credstore_dir(&self) -> &Path {
         &self.credstore_dir

@@ -1,16 +1,17 @@
 //! The master address as clients see it: pages fetched through it by the C-tor client, and
 //! the descriptor the HSDirs hold for it, read back by an Arti client of our own library.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
+use rustbalance::health::fetch::{fetch_current, fetch_for_period};
 use rustbalance::keys::MasterKey;
 use rustbalance::onion_address::OnionAddress;
 use rustbalance::publish::intro_point_id;
-use rustbalance::tor::EmbeddedTor;
+use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
 
 use super::TorNetwork;
 
@@ -86,20 +87,39 @@ impl Observer {
             state_dir,
         )
         .expect("the test's config parses");
+        let arti = ArtiSettings::from_config(&config).expect("the test's [arti] table resolves");
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let tor = runtime
-            .block_on(EmbeddedTor::bootstrap(&config.arti))
+            .block_on(EmbeddedTor::bootstrap(&arti))
             .expect("observer bootstraps");
         Observer { runtime, tor }
     }
 
-    /// The revision counter of the master descriptor the HSDirs hold now: it grows with every
-    /// upload, whichever node made it (the counter is derived from the time and the key).
-    pub fn master_revision(&self, master: &OnionAddress) -> u64 {
-        self.runtime
-            .block_on(self.tor.fetch_descriptor(master))
-            .unwrap_or_else(|err| panic!("fetching {master}: {err}"))
-            .revision_counter
+    /// The revision counter of the master descriptor the HSDirs hold now, keyed by time
+    /// period: the period clients use now (which must be there), and the other period the
+    /// network publishes for, if any and if it is uploaded yet. A counter grows with every
+    /// upload for its period, whichever node made it (it is derived from the time and the
+    /// key); counters of different periods count from different starts, so only the same
+    /// period's can be compared.
+    pub fn master_revisions(&self, master: &OnionAddress) -> BTreeMap<u64, u64> {
+        self.runtime.block_on(async {
+            let current = self.tor.current_period().await.expect("current period");
+            let periods = self.tor.publish_periods().await.expect("publish periods");
+            let mut revisions = BTreeMap::new();
+            for period in &periods {
+                let number = period.time_period.interval_num();
+                match fetch_for_period(&self.tor, master, period).await {
+                    Ok(descriptor) => {
+                        revisions.insert(number, descriptor.revision_counter);
+                    }
+                    Err(err) if period.time_period == current.time_period => {
+                        panic!("fetching {master} for the current period {number}: {err}")
+                    }
+                    Err(err) => eprintln!("master descriptor for period {number}: {err}"),
+                }
+            }
+            revisions
+        })
     }
 
     /// The master key's blinded signing keys for every time period the network publishes for
@@ -107,14 +127,14 @@ impl Observer {
     pub fn blinded_secrets(&self, master: &MasterKey) -> Vec<Vec<u8>> {
         let identity = MasterIdentity::from_expanded_secret(master.expanded_secret())
             .expect("a usable master key");
-        let targets = self
+        let periods = self
             .runtime
-            .block_on(self.tor.publish_targets())
-            .expect("publish targets");
-        targets
+            .block_on(self.tor.publish_periods())
+            .expect("publish periods");
+        periods
             .iter()
-            .map(|target| {
-                let blinded = identity.blind(target.time_period()).expect("blinding");
+            .map(|period| {
+                let blinded = identity.blind(period.time_period).expect("blinding");
                 blinded.secret_bytes_for_leak_tests().to_vec()
             })
             .collect()
@@ -130,7 +150,7 @@ impl Observer {
     ) -> Vec<String> {
         let fetch = |address: &OnionAddress| {
             self.runtime
-                .block_on(self.tor.fetch_descriptor(address))
+                .block_on(fetch_current(&self.tor, address))
                 .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
         };
         let listed: BTreeSet<String> = fetch(master)

@@ -99,7 +99,7 @@ impl JoinGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::transport::generate_keypair;
+    use crate::cluster::wg_keys::generate_keypair;
 
     const NOW_SECS: u64 = 1_700_000_000;
 

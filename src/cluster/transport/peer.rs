@@ -13,7 +13,8 @@ use boringtun::noise::Tunn;
 use rand::Rng as _;
 
 use super::reliable::SeenIds;
-use super::{PeerConfig, PeerError, WgPublicKey};
+use super::{PeerConfig, PeerError};
+use crate::cluster::wg_keys::WgPublicKey;
 use crate::cluster::NodeId;
 
 /// Tunnel indexes are 24 bits wide: boringtun keeps the low 8 bits of the 32-bit WireGuard
@@ -148,7 +149,7 @@ impl PeerTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::transport::{generate_keypair, WgPrivateKey};
+    use crate::cluster::wg_keys::{generate_keypair, WgPrivateKey};
 
     fn node(id: &str) -> NodeId {
         NodeId::try_from(id.to_owned()).unwrap()

@@ -7,7 +7,7 @@
 //! the HSDirs already hold. The election needs nothing from it: a restarted node listens for a
 //! publisher timeout before it may claim, whatever it was before.
 //!
-//! The file is always whole: it is written with [`crate::fsutil::write_atomic`] (temporary
+//! The file is always whole: it is written with [`crate::storage::fsutil::write_atomic`] (temporary
 //! file, fsync, rename), so a crash leaves either the old or the new version. A damaged or
 //! foreign file is reported and ignored (the node starts fresh), never trusted.
 
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{NodeId, Priority, Role};
-use crate::fsutil::{write_atomic, PRIVATE_FILE_MODE};
+use crate::storage::fsutil::{write_atomic, PRIVATE_FILE_MODE};
 
 /// File name inside the state directory.
 pub const STATE_FILE: &str = "state.json";

@@ -19,7 +19,6 @@ use serde::Deserialize;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::onion_address::OnionAddress;
 use crate::params;
-use crate::tor::ArtiSettings;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone)]
@@ -30,8 +29,11 @@ pub struct Config {
     pub timing: TimingConfig,
     pub health: HealthConfig,
     pub status: StatusConfig,
-    /// The `[arti]` table, already resolved by Arti's own loader.
-    pub arti: ArtiSettings,
+    /// The `[arti]` table as written. Arti's own loader checks and resolves it (the Tor layer's
+    /// `ArtiSettings::from_config`), so this layer does not depend on Arti.
+    pub arti: toml::Table,
+    /// The file it was read from, for error messages.
+    pub file: PathBuf,
     /// The directory the config was read from; relative key paths are resolved against it.
     pub config_dir: PathBuf,
     /// Where the daemon keeps state (Arti's cache by default, fetched descriptors, state.json).
@@ -306,6 +308,19 @@ pub enum ConfigError {
     },
 }
 
+impl ConfigError {
+    /// `key` (dotted, e.g. `arti.storage.cache_dir`) of the file `config` was read from is
+    /// wrong: for the checks of layers above this one (the `[arti]` table).
+    pub fn invalid_key(config: &Config, key: &str, message: String) -> Self {
+        ConfigError::Invalid {
+            path: config.file.clone(),
+            line: None,
+            key: format!("{key}: "),
+            message,
+        }
+    }
+}
+
 impl Config {
     /// Read and check `<config_dir>/config.toml`.
     pub fn load(config_dir: &Path, state_dir: &Path) -> Result<Config, ConfigError> {
@@ -419,14 +434,6 @@ impl Config {
             return Err(invalid(None, "node.master_key", "must name a file".into()));
         }
 
-        let arti = ArtiSettings::from_table(&file.arti, state_dir).map_err(|err| {
-            let key = match err.key.as_str() {
-                "" => "arti".to_owned(),
-                below => format!("arti.{below}"),
-            };
-            invalid(None, &key, err.message)
-        })?;
-
         Ok(Config {
             node: file.node,
             cluster: file.cluster,
@@ -434,7 +441,8 @@ impl Config {
             timing,
             health: file.health,
             status: file.status,
-            arti,
+            arti: file.arti,
+            file: path.to_owned(),
             config_dir: config_dir.to_owned(),
             state_dir: state_dir.to_owned(),
             shared,

@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::fsutil;
 use crate::params;
+use crate::storage::fsutil;
 
 /// The unit file shipped with the binary, installed as `/etc/systemd/system/rustbalance.service`.
-pub const UNIT_FILE: &str = include_str!("../systemd/rustbalance.service");
+pub const UNIT_FILE: &str = include_str!("../../systemd/rustbalance.service");
 const UNIT_NAME: &str = "rustbalance.service";
 const UNIT_PATH: &str = "/etc/systemd/system/rustbalance.service";
 /// Where the unit's `ExecStart=` expects the binary.

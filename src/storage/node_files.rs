@@ -28,14 +28,14 @@ use zeroize::Zeroizing;
 
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
-use crate::cluster::transport::WgPrivateKey;
+use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
-use crate::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
 use crate::keys::files::{write_sealed_master_key, KeyFileError};
 use crate::keys::{ensure_kek, KekError, KekSource, MasterKey};
 use crate::onion_address::OnionAddress;
 use crate::params;
+use crate::storage::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
 
 /// File names inside the config directory.
 pub const MASTER_KEY_FILE: &str = params::DEFAULT_MASTER_KEY_FILE;
