@@ -2,8 +2,8 @@
 //!
 //! The master `.onion` address's descriptor is built from the introduction points of several
 //! backend onion services, so clients are spread over the backends and a lost backend drops
-//! out. See `README.md` for operators and `../shared/DESIGN.md` for the architecture; each
-//! module's documentation says which part of the design it implements.
+//! out. See `README.md` for operators and `ARCHITECTURE.md` for the layers, the Tor seam and the
+//! state machines; each module's documentation says which part it implements.
 
 pub mod cli;
 pub mod cluster;

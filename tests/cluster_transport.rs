@@ -1,5 +1,6 @@
-//! The cluster transport between real sockets on 127.0.0.1: several nodes in one process, a
-//! lossy relay standing in for the network, and an attacker's socket (DESIGN.md §4).
+//! The cluster transport between real sockets on 127.0.0.1: several nodes in one process, a lossy
+//! relay standing in for the network, and an attacker's socket (ARCHITECTURE.md, "WireGuard in
+//! process").
 //!
 //! Timings are printed, never asserted, except the one the requirements name: a restarted
 //! node is reachable again within a second. Run with `--nocapture` to see them.

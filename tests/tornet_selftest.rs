@@ -121,7 +121,8 @@ fn stopped_backend_is_unreachable_until_restarted() {
     );
 }
 
-/// The `[arti]` table is TOML with the shape of DESIGN.md §3 and names no public address.
+/// The `[arti]` table is TOML with the shape `tests/support/tornet.rs` writes and names no public
+/// address.
 fn check_arti_toml(text: &str) {
     let value: toml::Value = text
         .parse()

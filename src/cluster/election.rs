@@ -2,7 +2,7 @@
 //!
 //! Several nodes hold the same master key; exactly one of them (the *publisher*) uploads the
 //! descriptor, the others stand by and take over on their own when it fails. This module
-//! decides which, from the messages the nodes exchange (DESIGN.md §1: `cluster/election` is
+//! decides which, from the messages the nodes exchange (ARCHITECTURE.md, "State machines":
 //! `(state, message or tick, now) -> (state, actions)`). It owns no socket and reads no clock:
 //! the daemon feeds it [`Event`]s with the current wall-clock time and carries out the
 //! [`Action`]s it returns (send a message to every peer, start or stop the publish loop, log a
@@ -39,10 +39,11 @@
 //! Time is a [`Timestamp`] of the local wall clock (the daemon passes `SystemTime::now()`):
 //! peers compare message timestamps with it, so it must be the clock NTP keeps right.
 //!
-//! The [`Message`] types here are the election's view of what peers say; their wire form,
-//! with acknowledgements for claims and releases (WireGuard does not retransmit, DESIGN.md §4),
-//! is `cluster::messages`, whose timestamps are whole seconds ([`Timestamp::from_unix_secs`]).
-//! Two messages from one sender within the same second are both accepted, in either order.
+//! The [`Message`] types here are the election's view of what peers say; their wire form, with
+//! acknowledgements for claims and releases (WireGuard does not retransmit, ARCHITECTURE.md,
+//! "WireGuard in process"), is `cluster::messages`, whose timestamps are whole seconds
+//! ([`Timestamp::from_unix_secs`]). Two messages from one sender within the same second are both
+//! accepted, in either order.
 
 use std::collections::BTreeMap;
 use std::ops::Add;

@@ -1,10 +1,10 @@
 //! What cluster nodes say to each other, and how it looks on the wire.
 //!
 //! Every message between two members travels as JSON inside their WireGuard tunnel
-//! (`cluster::transport`, DESIGN.md §4), so a message that arrives here has already been
-//! authenticated and decrypted; what remains is to parse it without trusting it. JSON keeps the
-//! protocol readable in a packet capture of the decrypted tunnel and easy to extend; the
-//! `type` field names the message. Unknown types and unknown fields are rejected rather than
+//! (`cluster::transport`, ARCHITECTURE.md, "WireGuard in process"), so a message that arrives here
+//! has already been authenticated and decrypted; what remains is to parse it without trusting it.
+//! JSON keeps the protocol readable in a packet capture of the decrypted tunnel and easy to extend;
+//! the `type` field names the message. Unknown types and unknown fields are rejected rather than
 //! ignored, so two nodes running incompatible versions fail loudly instead of half-understanding
 //! each other.
 //!

@@ -1,13 +1,13 @@
 //! Encrypted, authenticated messaging between cluster nodes over WireGuard in UDP.
 //!
-//! Nodes of a cluster run on separate machines, often on the open internet, and what they tell
-//! each other decides who publishes the master descriptor. So every message travels through a
-//! WireGuard tunnel (boringtun's `noise::Tunn`, used in process, without a TUN device; the
-//! recipe and its measured pitfalls are in DESIGN.md §4): one UDP socket per node, one tunnel
-//! per peer, keyed with the peers' x25519 keys plus a preshared key per pair derived from the
-//! cluster secret. A packet that does not authenticate changes nothing: it is dropped with a
-//! rate-limited warning, and a peer's endpoint moves only when a packet from the new address
-//! proves to come from that peer.
+//! Nodes of a cluster run on separate machines, often on the open internet, and what they tell each
+//! other decides who publishes the master descriptor. So every message travels through a WireGuard
+//! tunnel (boringtun's `noise::Tunn`, used in process, without a TUN device; the recipe and its
+//! measured pitfalls are in ARCHITECTURE.md, "WireGuard in process"): one UDP socket per node, one
+//! tunnel per peer, keyed with the peers' x25519 keys plus a preshared key per pair derived from
+//! the cluster secret. A packet that does not authenticate changes nothing: it is dropped with a
+//! rate-limited warning, and a peer's endpoint moves only when a packet from the new address proves
+//! to come from that peer.
 //!
 //! WireGuard itself retransmits nothing, so acknowledged messages (lease claims and releases,
 //! peer changes, join answers) are resent until their ack arrives ([`Transport::send_reliable`])
@@ -41,14 +41,14 @@ use super::messages::{JoinAccept, Message, MessageError};
 use super::secret::ClusterSecret;
 use super::{Endpoint, NodeId};
 
-// The numbers that shape the transport. Those from DESIGN.md §4 are boringtun's requirements,
-// not preferences.
+// The numbers that shape the transport. Those from ARCHITECTURE.md ("WireGuard in process") are
+// boringtun's requirements, not preferences.
 
 /// How often every tunnel's timers run: boringtun's handshake retries, keepalives and key
-/// rotation are driven from outside (DESIGN.md §4).
+/// rotation are driven from outside (ARCHITECTURE.md, "WireGuard in process").
 const TIMER_TICK: Duration = Duration::from_millis(250);
 /// How often the shared handshake rate limiter is reset; boringtun expects every second
-/// (DESIGN.md §4).
+/// (ARCHITECTURE.md, "WireGuard in process").
 const RATE_LIMITER_RESET: Duration = Duration::from_secs(1);
 /// Handshakes per second accepted before boringtun asks initiators for a cookie round trip,
 /// boringtun's own default for a device. Each initiation is counted twice (our routing check
@@ -56,11 +56,11 @@ const RATE_LIMITER_RESET: Duration = Duration::from_secs(1);
 /// cluster of a few nodes needs.
 const HANDSHAKE_RATE_LIMIT: u64 = 100;
 /// Size of every buffer handed to boringtun: the largest UDP datagram, since smaller buffers
-/// make it panic on large packets (DESIGN.md §4).
+/// make it panic on large packets (ARCHITECTURE.md, "WireGuard in process").
 const WG_BUFFER_LEN: usize = 64 * 1024;
-/// First wait for an ack before a reliable message is sent again: many round trips even
-/// between distant VPSes (a loopback round trip is 32 µs, DESIGN.md §4), short enough that a
-/// lost lease claim costs well under a heartbeat interval.
+/// First wait for an ack before a reliable message is sent again: many round trips even between
+/// distant VPSes (a loopback round trip is 32 µs, ARCHITECTURE.md, "WireGuard in process"), short
+/// enough that a lost lease claim costs well under a heartbeat interval.
 const RESEND_FIRST_DELAY: Duration = Duration::from_millis(300);
 /// The wait doubles after each resend up to this.
 const RESEND_MAX_DELAY: Duration = Duration::from_secs(4);
@@ -216,7 +216,7 @@ impl Inbox {
 impl Transport {
     /// Binds the node's UDP socket, creates a tunnel per peer and starts handshakes with every
     /// peer whose endpoint is known, so that a restarted node is reachable again at once
-    /// (DESIGN.md §4). Must be called within a tokio runtime.
+    /// (ARCHITECTURE.md, "WireGuard in process"). Must be called within a tokio runtime.
     pub async fn bind(
         listen: SocketAddr,
         node_id: NodeId,

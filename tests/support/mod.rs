@@ -1,9 +1,10 @@
 //! Test support: a private Tor network on 127.0.0.1 and the small tools around it.
 //!
-//! RustBalance's end-to-end tests need real onion services, real HSDirs and a real client that
-//! is independent of Arti, with no internet. This module builds that from Debian's C tor:
-//! three directory authorities, a handful of relays, one C-tor client with a SOCKS port, and
-//! C-tor onion-service backends, each serving its own web page (see DESIGN.md §5).
+//! RustBalance's end-to-end tests need real onion services, real HSDirs and a real client that is
+//! independent of Arti, with no internet. This module builds that from Debian's C tor: three
+//! directory authorities, a handful of relays, one C-tor client with a SOCKS port, and C-tor
+//! onion-service backends, each serving its own web page (see ARCHITECTURE.md, "The private Tor
+//! network for tests").
 //!
 //! Every test binary (and `examples/tornet.rs`) includes this directory with `mod support;`,
 //! and each uses only part of it, hence the `dead_code` allowance below.

@@ -1,4 +1,5 @@
-//! A private Tor network on 127.0.0.1 for RustBalance's end-to-end tests (DESIGN.md §5).
+//! A private Tor network on 127.0.0.1 for RustBalance's end-to-end tests (ARCHITECTURE.md, "The
+//! private Tor network for tests").
 //!
 //! [`TorNetwork::start`] builds, from an empty temporary directory: three directory authorities,
 //! some relays (two or more of them exits to 127.0.0.0/8), and one C-tor client with a SOCKS
@@ -284,9 +285,10 @@ impl TorNetwork {
         )))
     }
 
-    /// The TOML text of rustbalance's `[arti]` table pointing Arti at this network: our
-    /// authorities only (replacing, not extending, Arti's built-in public lists), subnet
-    /// families off (every relay is on 127.0.0.1), and the network parameters of DESIGN.md §3.
+    /// The TOML text of rustbalance's `[arti]` table pointing Arti at this network: our authorities
+    /// only (replacing, not extending, Arti's built-in public lists), subnet families off (every
+    /// relay is on 127.0.0.1), and the network parameters of ARCHITECTURE.md ("The private Tor
+    /// network for tests").
     pub fn arti_toml(&self) -> String {
         let mut text = String::from("[arti.tor_network]\nfallback_caches = [\n");
         for a in &self.authorities {
@@ -869,7 +871,8 @@ fn collect_fetched_descriptors(
         };
         let words: Vec<&str> = first.text.split_whitespace().collect();
         match words[..] {
-            // HS_DESC_CONTENT <address> <descriptor id> <hsdir>, then the descriptor (empty on 404).
+            // HS_DESC_CONTENT <address> <descriptor id> <hsdir>, then the descriptor (empty on
+            // 404).
             ["HS_DESC_CONTENT", event_address, _, hsdir, ..] if event_address == address => {
                 content_from.insert(fingerprint_of(hsdir));
                 if let Some(descriptor) = first.data.as_ref().filter(|d| !d.trim().is_empty()) {

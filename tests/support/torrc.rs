@@ -1,4 +1,5 @@
-//! The torrc text for each role in the test network (DESIGN.md §5).
+//! The torrc text for each role in the test network (ARCHITECTURE.md, "The private Tor network for
+//! tests").
 //!
 //! Every node shares one base: a testing network (`TestingTorNetwork 1` shortens every timer and
 //! allows private addresses), our own authorities only, a cookie-authenticated control port, no

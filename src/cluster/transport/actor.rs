@@ -1,11 +1,11 @@
 //! The task that owns the socket and every tunnel.
 //!
-//! boringtun's `Tunn` is sans-IO: it turns datagrams into plaintext and back, and must be
-//! driven by timers from outside (DESIGN.md §4). This task is that outside. It waits for
-//! whichever comes first: a datagram, a command from a [`Transport`](super::Transport) handle,
-//! the 250 ms tunnel timers, the once-a-second rate-limiter reset and clean-up, or the next
-//! resend of an unacknowledged message or join request. Everything runs on this one task, so
-//! the tunnels need no locks and every change of state has one order.
+//! boringtun's `Tunn` is sans-IO: it turns datagrams into plaintext and back, and must be driven by
+//! timers from outside (ARCHITECTURE.md, "WireGuard in process"). This task is that outside. It
+//! waits for whichever comes first: a datagram, a command from a [`Transport`](super::Transport)
+//! handle, the 250 ms tunnel timers, the once-a-second rate-limiter reset and clean-up, or the next
+//! resend of an unacknowledged message or join request. Everything runs on this one task, so the
+//! tunnels need no locks and every change of state has one order.
 //!
 //! An incoming datagram goes through these gates, and anything that fails one is dropped with
 //! a rate-limited warning, changing nothing:
@@ -168,7 +168,8 @@ pub(super) struct Actor {
     join_guard: JoinGuard,
     joining: Option<PendingJoin>,
     incoming: mpsc::Sender<Incoming>,
-    /// The one output buffer every `Tunn` call writes into (DESIGN.md §4: 64 KiB, always).
+    /// The one output buffer every `Tunn` call writes into (ARCHITECTURE.md, "WireGuard in
+    /// process": 64 KiB, always).
     buf: Box<[u8]>,
 }
 
@@ -247,7 +248,7 @@ impl Actor {
 
     /// Starts a handshake with every peer whose endpoint is known: after a restart this makes
     /// the cluster reachable within a round trip instead of waiting for the peers' own retries
-    /// (DESIGN.md §4).
+    /// (ARCHITECTURE.md, "WireGuard in process").
     fn start_all_handshakes(&mut self) {
         let peers: Vec<NodeId> = self.peers.iter().map(|peer| peer.node_id.clone()).collect();
         for peer in &peers {
@@ -553,8 +554,8 @@ impl Actor {
         }
     }
 
-    /// Once a second: reset the handshake rate limiter (DESIGN.md §4) and forget what no
-    /// longer matters.
+    /// Once a second: reset the handshake rate limiter (ARCHITECTURE.md, "WireGuard in process")
+    /// and forget what no longer matters.
     fn on_second(&mut self) {
         let now = Instant::now();
         self.rate_limiter.reset_count();
@@ -567,7 +568,8 @@ impl Actor {
 
     fn on_datagram(&mut self, datagram: &[u8], source: SocketAddr) {
         match datagram.first() {
-            // boringtun reads an empty datagram as "send your queued packets" (DESIGN.md §4).
+            // boringtun reads an empty datagram as "send your queued packets" (ARCHITECTURE.md,
+            // "WireGuard in process").
             None => self
                 .net
                 .warn(source, format_args!("dropped an empty datagram")),
@@ -696,7 +698,8 @@ impl Actor {
             );
             peer.endpoint = Some(source);
         }
-        // A completed handshake releases the packets queued behind it (DESIGN.md §4).
+        // A completed handshake releases the packets queued behind it (ARCHITECTURE.md, "WireGuard
+        // in process").
         if let Some(endpoint) = peer.endpoint {
             while let TunnResult::WriteToNetwork(queued) = peer.tunn.decapsulate(None, &[], buf) {
                 net.transmit(endpoint, queued);

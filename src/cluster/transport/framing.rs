@@ -1,11 +1,11 @@
 //! The minimal IPv4 header that lets a message pass through boringtun.
 //!
-//! boringtun's `Tunn` is built for a TUN device: it only carries plaintext that looks like an
-//! IP packet, and on receipt it checks the version nibble and trims the packet to the header's
-//! total length (DESIGN.md §4). We have no TUN device and no IP routing, so each message gets a
-//! fixed 20-byte header that satisfies those checks and nothing more: version 4, no options,
-//! the total length, and protocol 253 (RFC 3692, "for experimentation"), which no real IP stack
-//! would hand to an application.
+//! boringtun's `Tunn` is built for a TUN device: it only carries plaintext that looks like an IP
+//! packet, and on receipt it checks the version nibble and trims the packet to the header's total
+//! length (ARCHITECTURE.md, "WireGuard in process"). We have no TUN device and no IP routing, so
+//! each message gets a fixed 20-byte header that satisfies those checks and nothing more: version
+//! 4, no options, the total length, and protocol 253 (RFC 3692, "for experimentation"), which no
+//! real IP stack would hand to an application.
 
 /// Length of the header we prepend: an IPv4 header without options.
 pub(super) const HEADER_LEN: usize = 20;

@@ -1,10 +1,11 @@
 //! The members this node has tunnels to, and how an incoming packet finds its tunnel.
 //!
-//! Every peer has one boringtun `Tunn`, created with a 24-bit index of ours. WireGuard puts
-//! that index (shifted left by 8, the low byte counting sessions) into every packet the peer
-//! sends us after the handshake, so a packet's receiver index leads straight to its tunnel. A
-//! handshake initiation carries no such index; it is matched by the public key it reveals to us
-//! (DESIGN.md §4). Hence the three ways in: by node id, by index, by key.
+//! Every peer has one boringtun `Tunn`, created with a 24-bit index of ours. WireGuard puts that
+//! index (shifted left by 8, the low byte counting sessions) into every packet the peer sends us
+//! after the handshake, so a packet's receiver index leads straight to its tunnel. A handshake
+//! initiation carries no such index; it is matched by the public key it reveals to us
+//! (ARCHITECTURE.md, "WireGuard in process"). Hence the three ways in: by node id, by index, by
+//! key.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

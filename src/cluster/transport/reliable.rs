@@ -1,4 +1,5 @@
-//! Acknowledgements on top of WireGuard, which loses datagrams like plain UDP (DESIGN.md §4).
+//! Acknowledgements on top of WireGuard, which loses datagrams like plain UDP (ARCHITECTURE.md,
+//! "WireGuard in process").
 //!
 //! The sending side keeps each acknowledged message (`Message::msg_id`) in an [`Outbox`] and
 //! sends it again, with a growing delay, until its ack arrives or the caller's deadline passes.
