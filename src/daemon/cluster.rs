@@ -30,9 +30,10 @@ use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInf
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
 use crate::config::Config;
-use crate::daemon::status::{unix_secs, PeerStatus, StatusBoard};
-use crate::publish::UploadResult;
+use crate::daemon::status::{PeerStatus, StatusBoard};
+use crate::publish::plan::UploadResult;
 use crate::storage::node_files;
+use crate::storage::state::unix_secs;
 
 /// How often a node repeats its member list to every peer.
 const PEER_LIST_INTERVAL: Duration = Duration::from_secs(60);

@@ -45,14 +45,16 @@ use crate::cluster::transport::{Inbox, Transport, TransportError};
 use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::Role;
 use crate::config::Config;
-use crate::daemon::status::{unix_secs, BackendStatus, NodeStatus, StatusBoard};
+use crate::daemon::status::{BackendStatus, NodeStatus, StatusBoard};
 use crate::descriptor::build::MasterIdentity;
+use crate::descriptor::signer::MasterSigner;
 use crate::health::{BackendReport, HealthMonitor};
 use crate::keys::files::{load_master_key, KeyFileError};
-use crate::publish::Publisher;
+use crate::publish::plan::PublishPlan;
 use crate::storage::fsutil;
 use crate::storage::node_files::{self, NodeFilesError};
 use crate::storage::state;
+use crate::storage::state::unix_secs;
 use crate::tor::{ArtiSettings, TorError};
 use cluster::ClusterSetup;
 use status_server::{MetricsServer, StatusServer};
@@ -160,7 +162,10 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         None => None,
     };
 
-    let mut publisher = Publisher::new(keys.master, config.timing.publish_interval);
+    let mut publisher = PublishPlan::new(
+        MasterSigner::new(keys.master),
+        config.timing.publish_interval,
+    );
     resume_uploads(&config, !keys.peers.is_empty(), &mut publisher);
 
     let (transport, inbox) = bind_transport(
@@ -306,7 +311,7 @@ async fn bind_transport(
 /// Give the publisher the uploads saved before a restart, when it is safe to trust them: this
 /// node was publishing, and either it has no peers or it is back before any peer could have
 /// taken over (publisher timeout + takeover grace). Otherwise a new lease uploads at once.
-fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut Publisher) {
+fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut PublishPlan<MasterSigner>) {
     let saved = match state::load(&config.state_dir, &config.node.id) {
         Ok(saved) => saved,
         Err(err) => {

@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::daemon::status::{unix_secs, NodeStatus, StatusBoard};
+use crate::daemon::status::{NodeStatus, StatusBoard};
+use crate::storage::state::unix_secs;
 use crate::storage::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
 
 /// How often the writer looks for changes.

@@ -11,7 +11,9 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
+
+use crate::storage::state::unix_secs;
 
 use serde::{Deserialize, Serialize};
 
@@ -351,11 +353,6 @@ fn ago(now: u64, then: Option<u64>) -> String {
         120..=7199 => format!("{} min ago", secs / 60),
         _ => format!("{} h ago", secs / 3600),
     }
-}
-
-/// Seconds since the Unix epoch (0 for a clock before 1970).
-pub fn unix_secs(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The daemon's shared [`NodeStatus`]: each loop updates its part, the status socket reads it.

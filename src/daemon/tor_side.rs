@@ -19,11 +19,14 @@ use tokio::sync::{mpsc, watch};
 use super::cluster::LocalEvent;
 use super::{backend_status, unix_millis, DaemonError};
 use crate::config::Config;
-use crate::daemon::status::{unix_secs, PublishStatus, StatusBoard};
+use crate::daemon::status::{PublishStatus, StatusBoard};
 use crate::daemon::systemd;
+use crate::descriptor::signer::MasterSigner;
 use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
-use crate::publish::{Publisher, UploadResult};
+use crate::publish::plan::{PublishPlan, UploadResult};
+use crate::publish::publish_due;
+use crate::storage::state::unix_secs;
 use crate::storage::state::SavedUpload;
 use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
@@ -37,7 +40,7 @@ pub struct TorSide {
     /// Arti's configuration; `[arti]` changes take effect at a restart.
     pub arti: ArtiSettings,
     pub configs: watch::Receiver<Arc<Config>>,
-    pub publisher: Publisher,
+    pub publisher: PublishPlan<MasterSigner>,
     pub board: StatusBoard,
     pub local_tx: mpsc::Sender<LocalEvent>,
     pub publishing_rx: watch::Receiver<bool>,
@@ -213,7 +216,7 @@ async fn health_loop(
 #[allow(clippy::too_many_arguments)]
 async fn publish_loop(
     tor: &EmbeddedTor,
-    publisher: &mut Publisher,
+    publisher: &mut PublishPlan<MasterSigner>,
     was_publishing: &mut bool,
     mut healthy_rx: watch::Receiver<Option<HealthyBackends>>,
     mut publishing_rx: watch::Receiver<bool>,
@@ -239,7 +242,7 @@ async fn publish_loop(
             }
             continue;
         };
-        let round = publisher.publish_due(tor, &healthy).await;
+        let round = publish_due(tor, publisher, &healthy).await;
         if round.uploads == UploadResult::Accepted {
             progress.store(unix_millis(), Ordering::Relaxed);
         }

@@ -148,14 +148,21 @@ impl BlindedIdentity {
 }
 
 /// Everything that varies between two descriptors of the same blinded identity.
-#[derive(Clone, Copy)]
-pub struct DescriptorParams<'a> {
-    pub intro_points: &'a [IntroPointDesc],
+pub struct DescriptorParams<'a, T = IntroPointDesc> {
+    pub intro_points: &'a [T],
     pub revision_counter: u64,
     pub now: SystemTime,
     /// The HSDirs reject a descriptor of this many bytes or more (`HSV3MaxDescriptorSize`).
     pub size_limit: usize,
 }
+
+// By hand: derived impls would demand `T: Copy`, but only a reference to the list is copied.
+impl<T> Clone for DescriptorParams<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for DescriptorParams<'_, T> {}
 
 /// Build, encrypt and sign the master descriptor for the blinded identity's period.
 pub fn build_descriptor<R: Rng + CryptoRng>(

@@ -14,7 +14,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tor_hscrypto::ope::SrvPeriodOffset;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
@@ -55,11 +54,9 @@ pub struct PeriodInfo {
 impl PeriodInfo {
     /// Seconds since [`PeriodInfo::srv_start`], the input of the revision counter; `None`
     /// before it, or too far after it to be a real SRV period.
-    pub fn srv_offset(&self, now: SystemTime) -> Option<SrvPeriodOffset> {
+    pub fn srv_offset_secs(&self, now: SystemTime) -> Option<u32> {
         let since = now.duration_since(self.srv_start).ok()?;
-        u32::try_from(since.as_secs())
-            .ok()
-            .map(SrvPeriodOffset::from)
+        u32::try_from(since.as_secs()).ok()
     }
 }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
+use rustbalance::descriptor::signer::intro_point_id;
 use rustbalance::health::fetch::{fetch_current, fetch_for_period};
 use rustbalance::keys::MasterKey;
 use rustbalance::onion_address::OnionAddress;
-use rustbalance::publish::intro_point_id;
 use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
 
 use super::TorNetwork;

@@ -1,0 +1,609 @@
+//! The publish plan: which time periods need an upload, to which HSDirs, with which
+//! introduction points and revision counter, and when to look again. A state machine without
+//! I/O: it is told the time, the periods and HSDirs the consensus names, and the healthy
+//! backends; it answers with the uploads to make; it is told how each went.
+//!
+//! Rules, per period (see also [`schedule`](super::schedule)):
+//! - nothing is uploaded while no backend is healthy: an alert is logged once, and publishing
+//!   resumes when one recovers;
+//! - an upload is due when the period was never published, `publish_interval` has passed, the
+//!   merged introduction points changed, or the responsible HSDirs changed;
+//! - after an upload no HSDir accepted, nothing is recorded: the period is looked at again
+//!   after [`RETRY_AFTER_FAILURE`], or sooner when the healthy backends or the consensus change;
+//! - the revision counter follows the clock (seconds since the period's SRV start, through the
+//!   master key's order-preserving encryption) and must be strictly above the last one
+//!   uploaded: within the same second the upload waits for the next.
+//!
+//! The daemon's shell ([`publish_due`](super::publish_due)) asks the Tor seam for periods and
+//! HSDirs, runs the uploads the plan returns, and reports their outcome; the whole-cluster
+//! simulator in `tests/` drives the same plan against simulated HSDirs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::schedule::{next_due, publish_reason, PublishReason, PublishRecord};
+use super::upload::HsDirUpload;
+use crate::descriptor::build::{BuildError, DescriptorParams};
+use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
+use crate::descriptor::signer::DescriptorSigner;
+use crate::params::MAX_INTRO_POINTS;
+use crate::storage::state::{unix_secs, SavedUpload};
+use crate::tor::{HsDirId, PeriodInfo};
+
+/// How soon to try a period again after an upload no HSDir accepted, or a descriptor that
+/// could not be built.
+pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// A clock stepped back by more than this since the last upload of a period gets no revision
+/// counter above the last one soon: wait [`RETRY_AFTER_FAILURE`] rather than every second.
+const CLOCK_STEP_BACK_TOLERANCE: Duration = Duration::from_secs(5);
+
+/// One period the consensus says to publish for, with the HSDirs responsible for the master's
+/// blinded key in it.
+#[derive(Debug, Clone)]
+pub struct PeriodTarget {
+    pub info: PeriodInfo,
+    pub hsdirs: Vec<HsDirId>,
+}
+
+/// A descriptor to upload now.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    pub period: u64,
+    pub reason: PublishReason,
+    pub revision_counter: u64,
+    pub descriptor: Arc<str>,
+    pub hsdirs: Vec<HsDirId>,
+    /// Identities of the introduction points listed.
+    pub intro_points: Vec<String>,
+    /// The backends they come from.
+    pub backends: BTreeSet<String>,
+    /// When the plan decided it: the record's time once an HSDir accepted it.
+    pub decided_at: SystemTime,
+}
+
+/// What the plan wants done now.
+#[derive(Debug, Clone, Default)]
+pub struct Decision {
+    pub uploads: Vec<Upload>,
+    /// When to ask again at the latest (`None`: only when the healthy backends change).
+    pub wake_at: Option<SystemTime>,
+}
+
+/// Whether uploads worked: what tells the cluster that this node's Tor can publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadResult {
+    /// Nothing was due (or nothing could be built): says nothing about Tor.
+    NothingDue,
+    /// At least one HSDir accepted a descriptor.
+    Accepted,
+    /// Uploads were attempted and no HSDir accepted any, or the HSDirs could not be found.
+    Failed,
+}
+
+impl UploadResult {
+    /// The result of two pieces of work in one round: one acceptance is enough.
+    pub fn and(self, other: UploadResult) -> UploadResult {
+        use UploadResult::*;
+        match (self, other) {
+            (Accepted, _) | (_, Accepted) => Accepted,
+            (Failed, _) | (_, Failed) => Failed,
+            (NothingDue, NothingDue) => NothingDue,
+        }
+    }
+}
+
+/// See the module documentation.
+pub struct PublishPlan<S: DescriptorSigner> {
+    signer: S,
+    interval: Duration,
+    /// The last accepted upload of each period, keyed by time-period number.
+    records: BTreeMap<u64, PublishRecord>,
+    all_dead_alerted: bool,
+    /// The records came from state.json: keep them when the lease is gained (see
+    /// [`PublishPlan::on_lease_gained`]).
+    restored: bool,
+}
+
+impl<S: DescriptorSigner> PublishPlan<S> {
+    pub fn new(signer: S, interval: Duration) -> Self {
+        PublishPlan {
+            signer,
+            interval,
+            records: BTreeMap::new(),
+            all_dead_alerted: false,
+            restored: false,
+        }
+    }
+
+    /// Whether there is nothing to publish because no backend is healthy; raises the alert
+    /// once, and lowers it when a backend is back.
+    pub fn nothing_to_publish(&mut self, healthy: &[(String, Vec<S::IntroPoint>)]) -> bool {
+        if healthy.iter().all(|(_, ips)| ips.is_empty()) {
+            if !self.all_dead_alerted {
+                tracing::error!(
+                    "ALERT: no healthy backend: not publishing the descriptor for {} until one recovers",
+                    self.signer.address()
+                );
+                self.all_dead_alerted = true;
+            }
+            return true;
+        }
+        if self.all_dead_alerted {
+            tracing::info!("a backend is healthy again: publishing resumes");
+            self.all_dead_alerted = false;
+        }
+        false
+    }
+
+    /// The master's blinded identity for a period, to ask which HSDirs are responsible.
+    pub fn blind_id(
+        &mut self,
+        period: tor_hscrypto::time::TimePeriod,
+    ) -> Result<tor_hscrypto::pk::HsBlindId, BuildError> {
+        self.signer.blind_id(period)
+    }
+
+    /// Decide the uploads due at `now` for `targets` (every period the consensus names).
+    pub fn decide(
+        &mut self,
+        now: SystemTime,
+        targets: &[PeriodTarget],
+        healthy: &[(String, Vec<S::IntroPoint>)],
+    ) -> Decision {
+        let periods: Vec<u64> = targets
+            .iter()
+            .map(|t| t.info.time_period.interval_num())
+            .collect();
+        self.records.retain(|period, _| periods.contains(period));
+        self.signer.retain_periods(&periods);
+
+        let mut decision = Decision::default();
+        for target in targets {
+            let (upload, wake_at) = self.decide_period(now, target, healthy);
+            decision.wake_at = Some(decision.wake_at.map_or(wake_at, |w| w.min(wake_at)));
+            decision.uploads.extend(upload);
+        }
+        decision
+    }
+
+    /// One period: an upload if one is due, and when to look again.
+    fn decide_period(
+        &mut self,
+        now: SystemTime,
+        target: &PeriodTarget,
+        healthy: &[(String, Vec<S::IntroPoint>)],
+    ) -> (Option<Upload>, SystemTime) {
+        let period = target.info.time_period.interval_num();
+        let retry = now + RETRY_AFTER_FAILURE;
+        let Some(srv_offset) = target.info.srv_offset_secs(now) else {
+            tracing::warn!(
+                period,
+                "the clock lies outside this period's SRV period: not publishing it now"
+            );
+            return (None, retry);
+        };
+        let revision_counter = self.signer.revision_counter(srv_offset);
+        let base = DescriptorParams {
+            intro_points: &[],
+            revision_counter,
+            now,
+            size_limit: target.info.max_descriptor_size,
+        };
+
+        let inputs: Vec<BackendIntroPoints<'_, S::IntroPoint>> = healthy
+            .iter()
+            .map(|(name, ips)| BackendIntroPoints {
+                backend: name,
+                intro_points: ips,
+            })
+            .collect();
+        // The merge's size test builds the real descriptor; the last one that fitted is the
+        // one for the final list (the bisection only moves up after a success).
+        let time_period = target.info.time_period;
+        let mut built = None;
+        let signer = &mut self.signer;
+        let merged = merge(&inputs, MAX_INTRO_POINTS, period, |ips| {
+            let params = DescriptorParams {
+                intro_points: ips,
+                ..base
+            };
+            match signer.build(time_period, &params) {
+                Ok(text) => {
+                    built = Some(text);
+                    true
+                }
+                Err(BuildError::TooLarge { .. }) => false,
+                Err(err) => {
+                    tracing::error!(period, "cannot build the descriptor: {err}");
+                    false
+                }
+            }
+        });
+        let (Some(descriptor), false) = (built, merged.intro_points.is_empty()) else {
+            tracing::error!(
+                period,
+                "no descriptor with even one introduction point can be built for this period"
+            );
+            return (None, retry);
+        };
+        let intro_ids: Vec<String> = merged.intro_points.iter().map(S::intro_point_id).collect();
+        let hsdir_names: Vec<String> = target.hsdirs.iter().map(ToString::to_string).collect();
+
+        let last = self.records.get(&period);
+        let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdir_names)
+        else {
+            return (None, last.map_or(now, |l| next_due(l, self.interval)));
+        };
+        if let Some(last) = last.filter(|last| revision_counter <= last.revision_counter) {
+            // The counter has one-second resolution: within the second of the last upload,
+            // wait for the next. A clock stepped back further waits longer.
+            if last.published_at > now + CLOCK_STEP_BACK_TOLERANCE {
+                tracing::warn!(period, "no usable revision counter (the clock stepped back): not publishing this period now");
+                return (None, retry);
+            }
+            return (None, now + Duration::from_secs(1));
+        }
+        for left in &merged.left_out {
+            let why = match left.reason {
+                LeftOutReason::Cap => "the 20-introduction-point cap",
+                LeftOutReason::Size => "the HSDirs' descriptor size limit",
+            };
+            tracing::info!(
+                period,
+                "left out {} introduction point(s) of {} because of {why}",
+                left.count,
+                left.backend
+            );
+        }
+        let upload = Upload {
+            period,
+            reason,
+            revision_counter,
+            descriptor: Arc::from(descriptor),
+            hsdirs: target.hsdirs.clone(),
+            intro_points: intro_ids,
+            backends: merged.sources.into_iter().collect(),
+            decided_at: now,
+        };
+        // Once it is done, `uploaded` says when the period is due next: an interval from now if
+        // an HSDir accepted it, a retry otherwise.
+        (Some(upload), now + self.interval)
+    }
+
+    /// How `upload` went; returns the outcome and when the period is due next.
+    pub fn uploaded(
+        &mut self,
+        upload: Upload,
+        results: &[HsDirUpload],
+        now: SystemTime,
+    ) -> (UploadResult, SystemTime) {
+        let accepted = results.iter().filter(|r| r.outcome.is_ok()).count();
+        for failure in results.iter().filter(|r| r.outcome.is_err()) {
+            if let Err(err) = &failure.outcome {
+                tracing::warn!(period = upload.period, hsdir = %failure.hsdir, "upload failed: {err}");
+            }
+        }
+        tracing::info!(
+            period = upload.period,
+            revision_counter = upload.revision_counter,
+            "published descriptor ({}): {accepted}/{} HSDirs accepted, {} introduction points from {} backend(s): {}",
+            upload.reason,
+            results.len(),
+            upload.intro_points.len(),
+            upload.backends.len(),
+            upload.backends.iter().cloned().collect::<Vec<_>>().join(", ")
+        );
+        if accepted == 0 {
+            return (UploadResult::Failed, now + RETRY_AFTER_FAILURE);
+        }
+        let record = PublishRecord {
+            published_at: upload.decided_at,
+            intro_points: upload.intro_points,
+            hsdirs: upload.hsdirs.iter().map(ToString::to_string).collect(),
+            revision_counter: upload.revision_counter,
+            hsdirs_accepted: accepted,
+            hsdirs_tried: results.len(),
+        };
+        let due = next_due(&record, self.interval);
+        self.records.insert(upload.period, record);
+        (UploadResult::Accepted, due)
+    }
+
+    /// This node has just gained the lease. What it uploaded before may have been replaced by
+    /// another publisher's since, so it forgets its records and uploads every period at once;
+    /// unless the records were just restored from before a restart recent enough that nobody
+    /// could have taken over (see `daemon`), so that a restart does not re-upload needlessly.
+    pub fn on_lease_gained(&mut self) {
+        if !std::mem::take(&mut self.restored) {
+            self.records.clear();
+        }
+    }
+
+    /// A new `timing.publish_interval` (a configuration reload).
+    pub fn set_interval(&mut self, interval: Duration) {
+        self.interval = interval;
+    }
+
+    /// Whether the all-backends-dead alert is raised.
+    pub fn alert_raised(&self) -> bool {
+        self.all_dead_alerted
+    }
+
+    /// The last upload of every period still published, oldest period first (for state.json
+    /// and `status`).
+    pub fn saved_uploads(&self) -> Vec<SavedUpload> {
+        self.records
+            .iter()
+            .map(|(period, record)| SavedUpload {
+                time_period: *period,
+                published_at: unix_secs(record.published_at),
+                revision_counter: record.revision_counter,
+                intro_points: record.intro_points.clone(),
+                hsdirs: record.hsdirs.clone(),
+                hsdirs_accepted: record.hsdirs_accepted,
+                hsdirs_tried: record.hsdirs_tried,
+            })
+            .collect()
+    }
+
+    /// Resume from the uploads saved before a restart. Periods no longer published are dropped
+    /// at the next round.
+    pub fn restore(&mut self, uploads: &[SavedUpload]) {
+        for upload in uploads {
+            self.records.insert(
+                upload.time_period,
+                PublishRecord {
+                    published_at: UNIX_EPOCH
+                        .checked_add(Duration::from_secs(upload.published_at))
+                        .unwrap_or(UNIX_EPOCH),
+                    intro_points: upload.intro_points.clone(),
+                    hsdirs: upload.hsdirs.clone(),
+                    revision_counter: upload.revision_counter,
+                    hsdirs_accepted: upload.hsdirs_accepted,
+                    hsdirs_tried: upload.hsdirs_tried,
+                },
+            );
+        }
+        self.restored = !uploads.is_empty();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tor::HsDirError;
+    use tor_hscrypto::pk::HsBlindId;
+    use tor_hscrypto::time::TimePeriod;
+
+    const INTERVAL: Duration = Duration::from_secs(600);
+
+    /// A signer that writes the list as text: `rev=<n> ips=<a,b,...>`; one revision per second.
+    struct TextSigner;
+
+    impl DescriptorSigner for TextSigner {
+        type IntroPoint = String;
+
+        fn address(&self) -> crate::onion_address::OnionAddress {
+            "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
+                .parse()
+                .unwrap()
+        }
+        fn intro_point_id(intro_point: &String) -> String {
+            intro_point.clone()
+        }
+        fn revision_counter(&self, srv_offset_secs: u32) -> u64 {
+            u64::from(srv_offset_secs)
+        }
+        fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {
+            Ok(HsBlindId::from([period.interval_num() as u8; 32]))
+        }
+        fn build(
+            &mut self,
+            _period: TimePeriod,
+            params: &DescriptorParams<'_, String>,
+        ) -> Result<String, BuildError> {
+            Ok(format!(
+                "rev={} ips={}",
+                params.revision_counter,
+                params.intro_points.join(",")
+            ))
+        }
+        fn retain_periods(&mut self, _periods: &[u64]) {}
+    }
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    }
+
+    fn target(period: u64, hsdirs: &[&str]) -> PeriodTarget {
+        PeriodTarget {
+            info: PeriodInfo {
+                time_period: TimePeriod::from_parts(1440, period, 720),
+                srv_start: at(0),
+                max_descriptor_size: 50_000,
+            },
+            hsdirs: hsdirs.iter().map(|h| HsDirId::new(h.to_string())).collect(),
+        }
+    }
+
+    fn healthy(backends: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
+        backends
+            .iter()
+            .map(|(name, ips)| {
+                (
+                    name.to_string(),
+                    ips.iter().map(|s| s.to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    fn accepted_by_all(upload: &Upload) -> Vec<HsDirUpload> {
+        upload
+            .hsdirs
+            .iter()
+            .map(|hsdir| HsDirUpload {
+                hsdir: hsdir.clone(),
+                outcome: Ok(()),
+            })
+            .collect()
+    }
+
+    fn plan() -> PublishPlan<TextSigner> {
+        PublishPlan::new(TextSigner, INTERVAL)
+    }
+
+    /// Decide at `now` and report every upload as accepted by every HSDir.
+    fn publish(
+        plan: &mut PublishPlan<TextSigner>,
+        now: SystemTime,
+        targets: &[PeriodTarget],
+        backends: &[(String, Vec<String>)],
+    ) -> Vec<(u64, PublishReason, u64)> {
+        let decision = plan.decide(now, targets, backends);
+        decision
+            .uploads
+            .into_iter()
+            .map(|upload| {
+                let done = (upload.period, upload.reason, upload.revision_counter);
+                let results = accepted_by_all(&upload);
+                assert_eq!(
+                    plan.uploaded(upload, &results, now).0,
+                    UploadResult::Accepted
+                );
+                done
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_period_is_published_then_waits_for_the_interval() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1", "h2"]), target(11, &["h3"])];
+        let backends = healthy(&[("a", &["a1", "a2"]), ("b", &["b1"])]);
+        assert_eq!(
+            publish(&mut plan, at(100), &targets, &backends),
+            [
+                (10, PublishReason::FirstPublish, 100),
+                (11, PublishReason::FirstPublish, 100)
+            ]
+        );
+        let decision = plan.decide(at(699), &targets, &backends);
+        assert!(decision.uploads.is_empty());
+        assert_eq!(decision.wake_at, Some(at(700)));
+        assert_eq!(
+            publish(&mut plan, at(700), &targets, &backends),
+            [
+                (10, PublishReason::IntervalElapsed, 700),
+                (11, PublishReason::IntervalElapsed, 700)
+            ]
+        );
+    }
+
+    #[test]
+    fn changed_intro_points_or_hsdirs_publish_at_once() {
+        let mut plan = plan();
+        let backends = healthy(&[("a", &["a1"]), ("b", &["b1"])]);
+        publish(&mut plan, at(100), &[target(10, &["h1"])], &backends);
+        let fewer = healthy(&[("a", &["a1"])]);
+        assert_eq!(
+            publish(&mut plan, at(101), &[target(10, &["h1"])], &fewer),
+            [(10, PublishReason::IntroPointsChanged, 101)]
+        );
+        assert_eq!(
+            publish(&mut plan, at(102), &[target(10, &["h2"])], &fewer),
+            [(10, PublishReason::HsDirsChanged, 102)]
+        );
+    }
+
+    #[test]
+    fn a_second_upload_within_the_same_second_waits_for_the_next() {
+        let mut plan = plan();
+        publish(
+            &mut plan,
+            at(100),
+            &[target(10, &["h1"])],
+            &healthy(&[("a", &["a1"])]),
+        );
+        let changed = healthy(&[("a", &["a2"])]);
+        let decision = plan.decide(at(100), &[target(10, &["h1"])], &changed);
+        assert!(decision.uploads.is_empty());
+        assert_eq!(decision.wake_at, Some(at(101)));
+        assert_eq!(
+            publish(&mut plan, at(101), &[target(10, &["h1"])], &changed),
+            [(10, PublishReason::IntroPointsChanged, 101)]
+        );
+    }
+
+    #[test]
+    fn a_refused_upload_records_nothing_and_is_retried() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        let mut decision = plan.decide(at(100), &targets, &backends);
+        let upload = decision.uploads.remove(0);
+        let refused = vec![HsDirUpload {
+            hsdir: HsDirId::new("h1".into()),
+            outcome: Err(HsDirError::RevisionRefused),
+        }];
+        assert_eq!(
+            plan.uploaded(upload, &refused, at(100)),
+            (UploadResult::Failed, at(100) + RETRY_AFTER_FAILURE)
+        );
+        assert!(plan.saved_uploads().is_empty());
+        assert_eq!(
+            publish(&mut plan, at(130), &targets, &backends),
+            [(10, PublishReason::FirstPublish, 130)]
+        );
+    }
+
+    #[test]
+    fn no_healthy_backend_raises_the_alert_once() {
+        let mut plan = plan();
+        let none = healthy(&[("a", &[])]);
+        assert!(plan.nothing_to_publish(&none));
+        assert!(plan.alert_raised());
+        assert!(plan.nothing_to_publish(&none));
+        assert!(!plan.nothing_to_publish(&healthy(&[("a", &["a1"])])));
+        assert!(!plan.alert_raised());
+    }
+
+    #[test]
+    fn periods_no_longer_named_are_forgotten() {
+        let mut plan = plan();
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(
+            &mut plan,
+            at(100),
+            &[target(10, &["h1"]), target(11, &["h1"])],
+            &backends,
+        );
+        publish(&mut plan, at(101), &[target(11, &["h1"])], &backends);
+        let periods: Vec<u64> = plan.saved_uploads().iter().map(|u| u.time_period).collect();
+        assert_eq!(periods, [11]);
+    }
+
+    #[test]
+    fn restored_uploads_survive_the_first_lease_only() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(&mut plan, at(100), &targets, &backends);
+        let saved = plan.saved_uploads();
+
+        let mut restarted = self::plan();
+        restarted.restore(&saved);
+        restarted.on_lease_gained();
+        assert!(restarted
+            .decide(at(110), &targets, &backends)
+            .uploads
+            .is_empty());
+        // A later lease (another node may have published meanwhile) uploads at once.
+        restarted.on_lease_gained();
+        assert_eq!(
+            publish(&mut restarted, at(120), &targets, &backends),
+            [(10, PublishReason::FirstPublish, 120)]
+        );
+    }
+}
