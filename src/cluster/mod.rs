@@ -6,6 +6,7 @@
 
 pub mod ability;
 pub mod election;
+pub mod lease;
 pub(crate) mod log_limit;
 pub mod messages;
 pub mod secret;

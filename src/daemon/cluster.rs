@@ -23,15 +23,14 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cluster::ability::PublishAbility;
-use crate::cluster::election::{Action, Election, Event, Timestamp};
+use crate::cluster::election::{Action, Timestamp};
+use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
 use crate::config::Config;
 use crate::daemon::status::{PeerStatus, StatusBoard};
-use crate::publish::plan::UploadResult;
 use crate::storage::node_files;
 use crate::storage::state::unix_secs;
 
@@ -49,17 +48,6 @@ const MAX_IDLE: Duration = Duration::from_secs(1);
 /// At most one election warning about the same peer in this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
-/// What the Tor side of the daemon reports to the cluster loop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocalEvent {
-    /// Arti bootstrapped and holds a live consensus.
-    TorReady,
-    /// The publish loop attempted uploads.
-    Uploads(UploadResult),
-    /// A health round finished; for this many backends some HSDir answered.
-    HealthRound { reached: usize },
-}
-
 /// Everything the cluster loop starts from.
 pub struct ClusterSetup {
     pub me: NodeId,
@@ -70,8 +58,7 @@ pub struct ClusterSetup {
     /// The shared tables of config.toml, handed to joining nodes.
     pub shared_config: String,
     pub members: Vec<PeerInfo>,
-    pub election: Election,
-    pub ability: PublishAbility,
+    pub lease: LeaseCore,
     /// How long a lease claim or release is resent: after a publisher timeout it is moot.
     pub claim_wait: Duration,
     pub transport: Transport,
@@ -96,8 +83,7 @@ struct ClusterNode {
     members: BTreeMap<NodeId, PeerInfo>,
     /// Newcomers being admitted, with the priority they were offered.
     pending_joins: BTreeMap<NodeId, Priority>,
-    election: Election,
-    ability: PublishAbility,
+    lease: LeaseCore,
     claim_wait: Duration,
     transport: Transport,
     publishing: watch::Sender<bool>,
@@ -130,8 +116,7 @@ pub async fn run(
             .map(|peer| (peer.node_id.clone(), peer))
             .collect(),
         pending_joins: BTreeMap::new(),
-        election: setup.election,
-        ability: setup.ability,
+        lease: setup.lease,
         claim_wait: setup.claim_wait,
         transport: setup.transport,
         publishing: setup.publishing,
@@ -146,19 +131,19 @@ pub async fn run(
         PEER_LIST_INTERVAL,
     );
     node.send_peer_list().await;
-    node.step(Event::Tick).await;
-    node.update_ability().await;
+    node.step(LeaseInput::Tick).await;
     node.refresh();
     loop {
         let now = now();
         let wake = node
-            .election
+            .lease
+            .election()
             .poll_timeout(now)
             .saturating_duration_since(now)
             .min(MAX_IDLE);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {
-                node.step(Event::Tick).await;
+                node.step(LeaseInput::Tick).await;
             }
             incoming = inbox.recv() => match incoming {
                 Some(Incoming::Message { from, message }) => node.on_message(from, message).await,
@@ -168,7 +153,9 @@ pub async fn run(
                     return;
                 }
             },
-            Some(event) = local.recv() => node.on_local(event).await,
+            Some(event) = local.recv() => {
+                node.step(LeaseInput::Local(event)).await;
+            }
             Some(done) = joins.recv() => node.on_join_done(done).await,
             _ = peer_lists.tick() => node.send_peer_list().await,
             Ok(()) = configs.changed() => {
@@ -180,7 +167,6 @@ pub async fn run(
                 return;
             }
         }
-        node.update_ability().await;
         node.refresh();
     }
 }
@@ -212,9 +198,9 @@ fn now() -> Timestamp {
 }
 
 impl ClusterNode {
-    /// Feed one event to the election and carry out its decisions.
-    async fn step(&mut self, event: Event) -> Vec<JoinHandle<()>> {
-        let actions = self.election.handle(event, now());
+    /// Feed one input to the lease core and carry out the election's decisions.
+    async fn step(&mut self, input: LeaseInput) -> Vec<JoinHandle<()>> {
+        let actions = self.lease.handle(input, now());
         self.perform(actions).await
     }
 
@@ -298,7 +284,7 @@ impl ClusterNode {
 
     async fn on_message(&mut self, from: NodeId, message: Message) {
         if let Some(message) = message.to_election() {
-            self.step(Event::Heard(message)).await;
+            self.step(LeaseInput::Heard(message)).await;
             return;
         }
         match message {
@@ -410,7 +396,7 @@ impl ClusterNode {
             assigned_priority: priority,
             peers,
             config: self.shared_config.clone(),
-            publisher: self.election.publisher(now()).cloned(),
+            publisher: self.lease.election().publisher(now()).cloned(),
             msg_id: MsgId::random(),
         };
         let newcomer = PeerInfo {
@@ -471,43 +457,12 @@ impl ClusterNode {
         }
     }
 
-    async fn on_local(&mut self, event: LocalEvent) {
-        let now = now();
-        match event {
-            LocalEvent::TorReady => self.ability.tor_ready(),
-            LocalEvent::Uploads(UploadResult::Accepted) => {
-                self.ability.upload_succeeded();
-                self.step(Event::UploadSucceeded).await;
-            }
-            LocalEvent::Uploads(UploadResult::Failed) => self.ability.upload_failed(now),
-            LocalEvent::Uploads(UploadResult::NothingDue) => {}
-            LocalEvent::HealthRound { reached } => {
-                if reached > 0 {
-                    self.ability.fetch_succeeded(now);
-                }
-            }
-        }
-    }
-
-    /// Tell the election when this node's ability to publish changed.
-    async fn update_ability(&mut self) {
-        let can_publish = self.ability.can_publish(now());
-        if can_publish == self.election.can_publish() {
-            return;
-        }
-        if !can_publish && self.ability.gave_up() {
-            tracing::warn!(
-                "every upload of this node has failed for too long: it leaves the lease to a standby whose Tor works"
-            );
-        }
-        self.step(Event::LocalHealth { can_publish }).await;
-    }
-
     /// A reloaded configuration: new intervals, and the shared tables a newcomer receives.
     fn apply(&mut self, config: &Config) {
-        self.election.set_timing((&config.timing).into());
-        self.ability
-            .set_release_after(config.timing.upload_failure_release);
+        self.lease.set_timing(
+            (&config.timing).into(),
+            config.timing.upload_failure_release,
+        );
         self.claim_wait = config.timing.publisher_timeout;
         self.shared_config = config.shared_text().to_owned();
     }
@@ -516,7 +471,7 @@ impl ClusterNode {
     fn refresh(&mut self) {
         let now = now();
         self.progress.store(now.as_unix_millis(), Ordering::Relaxed);
-        let publisher = self.election.publisher(now).cloned();
+        let publisher = self.lease.election().publisher(now).cloned();
         if publisher != self.last_publisher {
             match &publisher {
                 Some(id) => tracing::info!("cluster publisher: {id}"),
@@ -525,7 +480,8 @@ impl ClusterNode {
             self.last_publisher = publisher.clone();
         }
         let mut peers: Vec<PeerStatus> = self
-            .election
+            .lease
+            .election()
             .peers(now)
             .map(|view| PeerStatus {
                 node_id: view.node_id.clone(),
@@ -557,7 +513,10 @@ impl ClusterNode {
             }
         }
         peers.sort_by_key(|p| (p.priority, p.node_id.clone()));
-        let (role, can_publish) = (self.election.role(), self.election.can_publish());
+        let (role, can_publish) = (
+            self.lease.election().role(),
+            self.lease.election().can_publish(),
+        );
         self.board.update(|status| {
             status.role = role;
             status.can_publish = can_publish;
@@ -570,7 +529,7 @@ impl ClusterNode {
     /// Clean shutdown: stop publishing, release the lease to every member (waiting briefly
     /// for their acks), close the socket.
     async fn shut_down(&mut self) {
-        let resends = self.step(Event::Shutdown).await;
+        let resends = self.step(LeaseInput::Shutdown).await;
         if tokio::time::timeout(RELEASE_WAIT, join_all(resends))
             .await
             .is_err()

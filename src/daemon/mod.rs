@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::ability::PublishAbility;
 use crate::cluster::election::{Election, Timestamp};
+use crate::cluster::lease::LeaseCore;
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::{Inbox, Transport, TransportError};
@@ -201,8 +202,10 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         config_dir: config.config_dir.clone(),
         shared_config: config.shared_text().to_owned(),
         members: keys.peers,
-        election,
-        ability: PublishAbility::new(config.timing.upload_failure_release),
+        lease: LeaseCore::new(
+            election,
+            PublishAbility::new(config.timing.upload_failure_release),
+        ),
         claim_wait: config.timing.publisher_timeout,
         transport,
         publishing: publishing_tx,

@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
-use super::cluster::LocalEvent;
 use super::{backend_status, unix_millis, DaemonError};
+use crate::cluster::lease::LocalEvent;
 use crate::config::Config;
 use crate::daemon::status::{PublishStatus, StatusBoard};
 use crate::daemon::systemd;
@@ -246,8 +246,13 @@ async fn publish_loop(
         if round.uploads == UploadResult::Accepted {
             progress.store(unix_millis(), Ordering::Relaxed);
         }
-        if round.uploads != UploadResult::NothingDue {
-            let _ = local_tx.send(LocalEvent::Uploads(round.uploads)).await;
+        let news = match round.uploads {
+            UploadResult::Accepted => Some(LocalEvent::UploadsAccepted),
+            UploadResult::Failed => Some(LocalEvent::UploadsFailed),
+            UploadResult::NothingDue => None,
+        };
+        if let Some(news) = news {
+            let _ = local_tx.send(news).await;
         }
         let uploads = publisher.saved_uploads();
         let publishes = uploads

@@ -1,0 +1,159 @@
+//! One node's side of the lease: the election together with what this node's Tor has shown,
+//! as a pure state machine.
+//!
+//! The election ([`super::election`]) decides who publishes from what peers say and one bit
+//! about this node (can it publish?); [`PublishAbility`] computes that bit from what the Tor
+//! side reports (bootstrap, upload outcomes, health rounds). [`LeaseCore`] joins the two the
+//! same way for the daemon's cluster loop and for the whole-cluster simulator in `tests/`:
+//! every input goes to the right one, and after each input a change of the ability reaches the
+//! election at once. It takes `now` with every input and returns the election's actions.
+
+use std::time::Duration;
+
+use super::ability::PublishAbility;
+use super::election::{Action, Election, ElectionTiming, Event, Message, Timestamp};
+
+/// What the Tor side of a node reports about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalEvent {
+    /// Arti bootstrapped and holds a live consensus.
+    TorReady,
+    /// At least one HSDir accepted an upload.
+    UploadsAccepted,
+    /// Uploads were attempted and no HSDir accepted any.
+    UploadsFailed,
+    /// A health round finished; for this many backends some HSDir answered.
+    HealthRound { reached: usize },
+}
+
+/// An input of the lease core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseInput {
+    /// Time passed (the election's timers).
+    Tick,
+    /// A peer's message, from an authenticated member.
+    Heard(Message),
+    /// The Tor side's news.
+    Local(LocalEvent),
+    /// Clean shutdown: release the lease.
+    Shutdown,
+}
+
+/// See the module documentation.
+#[derive(Debug, Clone)]
+pub struct LeaseCore {
+    election: Election,
+    ability: PublishAbility,
+}
+
+impl LeaseCore {
+    pub fn new(election: Election, ability: PublishAbility) -> Self {
+        LeaseCore { election, ability }
+    }
+
+    /// Feed one input at `now`; returns what the election decided.
+    pub fn handle(&mut self, input: LeaseInput, now: Timestamp) -> Vec<Action> {
+        let mut actions = match input {
+            LeaseInput::Tick => self.election.handle(Event::Tick, now),
+            LeaseInput::Heard(message) => self.election.handle(Event::Heard(message), now),
+            LeaseInput::Shutdown => return self.election.handle(Event::Shutdown, now),
+            LeaseInput::Local(event) => self.local(event, now),
+        };
+        actions.extend(self.update_ability(now));
+        actions
+    }
+
+    fn local(&mut self, event: LocalEvent, now: Timestamp) -> Vec<Action> {
+        match event {
+            LocalEvent::TorReady => self.ability.tor_ready(),
+            LocalEvent::UploadsAccepted => {
+                self.ability.upload_succeeded();
+                return self.election.handle(Event::UploadSucceeded, now);
+            }
+            LocalEvent::UploadsFailed => self.ability.upload_failed(now),
+            LocalEvent::HealthRound { reached } => {
+                if reached > 0 {
+                    self.ability.fetch_succeeded(now);
+                }
+            }
+        }
+        Vec::new()
+    }
+
+    /// Tell the election when this node's ability to publish changed.
+    fn update_ability(&mut self, now: Timestamp) -> Vec<Action> {
+        let can_publish = self.ability.can_publish(now);
+        if can_publish == self.election.can_publish() {
+            return Vec::new();
+        }
+        let mut actions = Vec::new();
+        if !can_publish && self.ability.gave_up() {
+            actions.push(Action::Warn(
+                "every upload of this node has failed for too long: it leaves the lease to a standby whose Tor works".to_owned(),
+            ));
+        }
+        actions.extend(
+            self.election
+                .handle(Event::LocalHealth { can_publish }, now),
+        );
+        actions
+    }
+
+    /// The election, to read (role, publisher, peers, when to wake).
+    pub fn election(&self) -> &Election {
+        &self.election
+    }
+
+    /// New intervals (a configuration reload).
+    pub fn set_timing(&mut self, timing: ElectionTiming, upload_failure_release: Duration) {
+        self.election.set_timing(timing);
+        self.ability.set_release_after(upload_failure_release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{NodeId, Priority, Role};
+
+    const RELEASE: Duration = Duration::from_secs(600);
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_700_000_000 + secs)
+    }
+
+    fn lone_node() -> LeaseCore {
+        let me = NodeId::try_from("node-a".to_owned()).unwrap();
+        let priority = Priority::try_from(1).unwrap();
+        let election = Election::new(me, priority, [], ElectionTiming::default(), at(0));
+        LeaseCore::new(election, PublishAbility::new(RELEASE))
+    }
+
+    #[test]
+    fn a_lone_node_publishes_once_its_tor_is_ready() {
+        let mut lease = lone_node();
+        let actions = lease.handle(LeaseInput::Tick, at(1));
+        assert!(!actions.contains(&Action::StartPublishing));
+        let actions = lease.handle(LeaseInput::Local(LocalEvent::TorReady), at(2));
+        assert!(actions.contains(&Action::StartPublishing), "{actions:?}");
+        assert_eq!(lease.election().role(), Role::Publisher);
+    }
+
+    #[test]
+    fn uploads_failing_for_the_release_time_reach_the_election_on_the_next_tick() {
+        let mut lease = lone_node();
+        lease.handle(LeaseInput::Local(LocalEvent::TorReady), at(1));
+        lease.handle(LeaseInput::Local(LocalEvent::UploadsFailed), at(10));
+        assert!(lease.election().can_publish());
+        let actions = lease.handle(LeaseInput::Tick, at(10 + RELEASE.as_secs()));
+        assert!(!lease.election().can_publish());
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Warn(w) if w.contains("failed for too long"))),
+            "{actions:?}"
+        );
+        lease.handle(LeaseInput::Local(LocalEvent::UploadsAccepted), at(700));
+        assert!(lease.election().can_publish());
+    }
+}
