@@ -55,6 +55,13 @@ impl PublishAbility {
         self.failing_since.get_or_insert(now);
     }
 
+    /// This node stopped publishing (it lost or released the lease): uploads that failed
+    /// while it published say nothing about a later lease, so they stop counting. (A node that
+    /// already gave up stays given up until its Tor shows it works again.)
+    pub fn stopped_publishing(&mut self) {
+        self.failing_since = None;
+    }
+
     /// A health round reached the HSDirs (some HSDir answered).
     pub fn fetch_succeeded(&mut self, now: Timestamp) {
         if self
@@ -136,5 +143,15 @@ mod tests {
         assert!(!ability.can_publish(at(700)));
         ability.fetch_succeeded(at(1200));
         assert!(ability.can_publish(at(1200)));
+    }
+
+    #[test]
+    fn failures_while_publishing_stop_counting_once_the_node_stops() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.upload_failed(at(0));
+        ability.stopped_publishing();
+        assert!(ability.can_publish(at(10_000)));
+        assert!(!ability.gave_up());
     }
 }

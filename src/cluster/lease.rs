@@ -5,8 +5,11 @@
 //! about this node (can it publish?); [`PublishAbility`] computes that bit from what the Tor
 //! side reports (bootstrap, upload outcomes, health rounds). [`LeaseCore`] joins the two the
 //! same way for the daemon's cluster loop and for the whole-cluster simulator in `tests/`:
-//! every input goes to the right one, and after each input a change of the ability reaches the
-//! election at once. It takes `now` with every input and returns the election's actions.
+//! every input goes to the right one, after each input a change of the ability reaches the
+//! election at once, and a node that stops publishing stops counting the uploads that failed
+//! while it published (found by the whole-cluster simulator: a standby that once lost an upload
+//! race gave up its ability `upload_failure_release` later, for no fault of its Tor). It takes
+//! `now` with every input and returns the election's actions.
 
 use std::time::Duration;
 
@@ -60,6 +63,9 @@ impl LeaseCore {
             LeaseInput::Local(event) => self.local(event, now),
         };
         actions.extend(self.update_ability(now));
+        if actions.contains(&Action::StopPublishing) {
+            self.ability.stopped_publishing();
+        }
         actions
     }
 

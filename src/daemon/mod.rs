@@ -325,16 +325,15 @@ fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut PublishPlan<
     let Some(saved) = saved else {
         return;
     };
-    let age = Duration::from_secs(unix_secs(SystemTime::now()).saturating_sub(saved.saved_at));
-    let nobody_took_over =
-        !has_peers || age < config.timing.publisher_timeout + config.timing.takeover_grace;
-    if saved.role == Role::Publisher && nobody_took_over && !saved.uploads.is_empty() {
+    let now = unix_secs(SystemTime::now());
+    let takeover_after = config.timing.publisher_timeout + config.timing.takeover_grace;
+    if let Some(uploads) = saved.uploads_to_resume(now, has_peers, takeover_after) {
         tracing::info!(
             "resuming from state.json ({} s old): {} upload(s) still current are not repeated",
-            age.as_secs(),
-            saved.uploads.len()
+            now.saturating_sub(saved.saved_at),
+            uploads.len()
         );
-        publisher.restore(&saved.uploads);
+        publisher.restore(uploads);
     }
 }
 

@@ -242,7 +242,7 @@ async fn publish_loop(
             }
             continue;
         };
-        let round = publish_due(tor, publisher, &healthy).await;
+        let round = publish_due(tor, publisher, &healthy, SystemTime::now).await;
         if round.uploads == UploadResult::Accepted {
             progress.store(unix_millis(), Ordering::Relaxed);
         }

@@ -25,11 +25,13 @@ pub struct PublishRound {
     pub uploads: UploadResult,
 }
 
-/// Upload for every period that needs it, through `tor`, as `plan` decides.
+/// Upload for every period that needs it, through `tor`, as `plan` decides; `clock` is the
+/// node's wall clock (`SystemTime::now` in the daemon, simulated time in tests).
 pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
     tor: &T,
     plan: &mut PublishPlan<S>,
     healthy: &[(String, Vec<S::IntroPoint>)],
+    clock: impl Fn() -> SystemTime,
 ) -> PublishRound {
     if plan.nothing_to_publish(healthy) {
         return PublishRound {
@@ -40,7 +42,7 @@ pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
     let failed = |err: &dyn std::fmt::Display| {
         tracing::warn!("cannot publish yet: {err}");
         PublishRound {
-            wake_at: Some(SystemTime::now() + RETRY_AFTER_FAILURE),
+            wake_at: Some(clock() + RETRY_AFTER_FAILURE),
             uploads: UploadResult::Failed,
         }
     };
@@ -67,14 +69,14 @@ pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
         }
     }
 
-    let decision = plan.decide(SystemTime::now(), &targets, healthy);
+    let decision = plan.decide(clock(), &targets, healthy);
     let mut round = PublishRound {
         wake_at: decision.wake_at,
         uploads: UploadResult::NothingDue,
     };
     for upload in decision.uploads {
         let results = upload_to_all(tor, &upload.hsdirs, upload.descriptor.clone()).await;
-        let (outcome, due) = plan.uploaded(upload, &results, SystemTime::now());
+        let (outcome, due) = plan.uploaded(upload, &results, clock());
         round.uploads = round.uploads.and(outcome);
         round.wake_at = Some(round.wake_at.map_or(due, |w| w.min(due)));
     }

@@ -90,6 +90,21 @@ impl SavedState {
             uploads: Vec::new(),
         }
     }
+
+    /// The uploads a restarted node may trust, if any: it was the publisher, and either it has
+    /// no peers or it is back before any peer could have taken over (`takeover_after`: the
+    /// publisher timeout plus the takeover grace). Otherwise a new lease uploads at once.
+    pub fn uploads_to_resume(
+        &self,
+        now_unix_secs: u64,
+        has_peers: bool,
+        takeover_after: std::time::Duration,
+    ) -> Option<&[SavedUpload]> {
+        let age = now_unix_secs.saturating_sub(self.saved_at);
+        let nobody_took_over = !has_peers || age < takeover_after.as_secs();
+        (self.role == Role::Publisher && nobody_took_over && !self.uploads.is_empty())
+            .then_some(self.uploads.as_slice())
+    }
 }
 
 /// Why state.json was not used.

@@ -1,0 +1,1349 @@
+//! The whole cluster in one seeded, deterministic simulation.
+//!
+//! Each simulated node runs the decision code `rustbalance run` runs, minus sockets and Arti:
+//! the lease core (`cluster::lease`: the election and the publish ability), the backend health
+//! state machine (`health::state`), the Tor-stall detector (`health::stall`), and the publish
+//! plan (`publish::plan`) driven by the daemon's own publish shell (`publish::publish_due`)
+//! through the Tor seam (`tor::TorNetwork`), here implemented by simulated HSDirs. Messages
+//! between nodes travel in their wire form (`cluster::messages`, encoded and decoded). What is
+//! simulated: the network between the nodes (delay, reordering, duplication, loss, partitions),
+//! the Tor network (HSDirs that store descriptors per time period, refuse a revision that is not
+//! higher and drop copies after their lifetime; the HSDir ring changing at every shared-random
+//! boundary), backends (publishing their descriptors, rotating introduction points, dying and
+//! coming back), each node's clock offset and Tor reachability, and crashes and restarts from the
+//! node's own saved state (state.json's uploads and role).
+//!
+//! What is modelled rather than run: descriptors are text (`SimSigner`: the revision counter is
+//! the SRV offset itself, which orders like the real order-preserving encryption), a backend's
+//! descriptor is observed directly rather than fetched and verified (the end-to-end tests do
+//! that on a real Tor network), and the transport is a message queue (its protocol is not yet
+//! a state machine of its own).
+//!
+//! # Invariants, checked after every step
+//!
+//! 1. Lease: once nothing has failed for [`SETTLE`], every connected group of running nodes
+//!    that contains a node able to reach Tor has exactly one lease holder, and that holder can
+//!    reach Tor.
+//! 2. A node never uploads while its election does not make it the publisher.
+//! 3. The revisions an HSDir accepts for a period strictly increase.
+//! 4. The master descriptor the responsible HSDirs serve for the current period lists only
+//!    backends alive within [`health_bound`] of now, whenever a backend has been alive all
+//!    that time (with no backend alive, nothing better can be published).
+//!
+//! # Running it
+//!
+//! `cargo test --test cluster_simulation` runs every scenario once with its default seed and
+//! the random-fault scenario for [`CI_RANDOM_SEEDS`] seeds (about a million node-steps). A
+//! failure prints its scenario and seed; replay it exactly with
+//! `RB_SIM_SCENARIO=<name> RB_SIM_SEED=<seed> cargo test --test cluster_simulation`
+//! (`RB_SIM_TRACE=1` prints every event). A longer run: `RB_SIM_SEEDS=200 cargo test --release
+//! --test cluster_simulation`.
+//!
+//! Scenarios whose invariant today's code breaks are listed in [`KNOWN_FAILURES`] with the
+//! issue that fixes them: they run, and their violation is printed as a known failure by
+//! name. One that stops failing fails the test, so the list stays true.
+
+use std::cell::RefCell;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rustbalance::cluster::ability::PublishAbility;
+use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role, Timestamp};
+use rustbalance::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
+use rustbalance::cluster::messages;
+use rustbalance::cluster::{NodeId, Priority};
+use rustbalance::descriptor::build::{BuildError, DescriptorParams};
+use rustbalance::descriptor::signer::DescriptorSigner;
+use rustbalance::health::stall::StallDetector;
+use rustbalance::health::state::{BackendHealth, BackendState, HealthPolicy, Observation};
+use rustbalance::onion_address::OnionAddress;
+use rustbalance::publish::plan::{PublishPlan, UploadResult};
+use rustbalance::publish::publish_due;
+use rustbalance::storage::state::SavedState;
+use rustbalance::tor::{
+    HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
+};
+use tor_hscrypto::pk::HsBlindId;
+use tor_hscrypto::time::TimePeriod;
+
+/// Milliseconds of true time since the Unix epoch.
+type Millis = u64;
+const SECOND: Millis = 1000;
+const MINUTE: Millis = 60 * SECOND;
+/// True time at the start of every run.
+const START: Millis = 1_800_000_000_000;
+/// One step of simulated time: every running node handles its messages and timers once.
+const STEP: Millis = 100;
+
+/// Scenarios whose invariant today's code breaks, and what fixes them.
+const KNOWN_FAILURES: &[(&str, &str)] = &[
+    (
+        "tor_fails_while_heartbeats_go_on",
+        "issue 11, 2 and 7: a publisher whose Tor stops working keeps announcing it can publish",
+    ),
+    (
+        "clock_plus_60s",
+        "issue 11, 4: liveness is judged by sender timestamps, so a skewed node publishes too",
+    ),
+    (
+        "dead_backend_without_probe",
+        "issue 11, 1: without [health.probe] a dead backend stays in until its descriptor ages",
+    ),
+];
+/// Seeds of the random-fault scenario in a CI run (`RB_SIM_SEEDS` overrides).
+const CI_RANDOM_SEEDS: u64 = 10;
+
+// The timing every simulated node runs with: the end-to-end tests' short intervals.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+const PUBLISHER_TIMEOUT: Duration = Duration::from_secs(3);
+const TAKEOVER_GRACE: Duration = Duration::from_secs(4);
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+const HEALTH_INTERVAL: Millis = 10 * SECOND;
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(60);
+const UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(60);
+const TOR_STALL: Duration = Duration::from_secs(40);
+const DESCRIPTOR_MAX_AGE: Duration = Duration::from_secs(180 * 60);
+/// How long a node takes to bootstrap Tor after a (re)start.
+const BOOTSTRAP: Millis = 2 * SECOND;
+/// After the last fault, how long until the lease must have settled: a takeover (timeout and
+/// grace), a restarted node's wait, and some heartbeats and message delays.
+const SETTLE: Millis = 20 * SECOND;
+
+/// The private test network's time period (8 minutes); the SRV changes half-way.
+const PERIOD_MINUTES: u32 = 8;
+const PERIOD: Millis = PERIOD_MINUTES as u64 * MINUTE;
+/// HSDirs in the ring, and how many store each descriptor.
+const HSDIRS: u64 = 20;
+const HSDIRS_PER_DESCRIPTOR: u64 = 8;
+/// HSDirs drop a descriptor after its lifetime (180 minutes).
+const DESCRIPTOR_LIFETIME: Millis = 180 * MINUTE;
+/// Backends re-upload their descriptor this often (C tor: 60-120 minutes).
+const BACKEND_REPUBLISH: Millis = 60 * MINUTE;
+
+/// How long a dead backend may stay listed on the HSDirs: a health round to notice it, a
+/// takeover that may be happening at the same time, and the upload.
+fn health_bound() -> Millis {
+    2 * HEALTH_INTERVAL + millis(PUBLISHER_TIMEOUT + TAKEOVER_GRACE) + 10 * SECOND
+}
+
+fn millis(duration: Duration) -> Millis {
+    duration.as_millis() as Millis
+}
+
+fn system_time(at: Millis) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(at)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The test entry point.
+
+#[test]
+fn whole_cluster_keeps_its_invariants() {
+    let only = std::env::var("RB_SIM_SCENARIO").ok();
+    let seed_override = env_number("RB_SIM_SEED");
+    let random_seeds = env_number("RB_SIM_SEEDS").unwrap_or(CI_RANDOM_SEEDS);
+    let trace = std::env::var("RB_SIM_TRACE").is_ok();
+
+    let started = Instant::now();
+    let mut node_steps = 0u64;
+    let mut failures = Vec::new();
+    let mut known_seen = BTreeSet::new();
+    for scenario in SCENARIOS {
+        if only.as_deref().is_some_and(|name| name != scenario.name) {
+            continue;
+        }
+        let seeds: Vec<u64> = match (seed_override, scenario.random) {
+            (Some(seed), _) => vec![seed],
+            (None, true) => (1..=random_seeds).collect(),
+            (None, false) => vec![1],
+        };
+        for seed in seeds {
+            let outcome = run(scenario, seed, trace);
+            node_steps += outcome.node_steps;
+            let known = KNOWN_FAILURES
+                .iter()
+                .find(|(name, _)| *name == scenario.name);
+            match (outcome.violation, known) {
+                (Some(violation), Some((_, why))) => {
+                    eprintln!(
+                        "KNOWN FAILURE {} (seed {seed}; {why}): {violation}",
+                        scenario.name
+                    );
+                    known_seen.insert(scenario.name);
+                }
+                (Some(violation), None) => failures.push(format!(
+                    "{} seed {seed}: {violation}\n  replay: RB_SIM_SCENARIO={} RB_SIM_SEED={seed} RB_SIM_TRACE=1 cargo test --test cluster_simulation",
+                    scenario.name, scenario.name
+                )),
+                (None, Some(_)) => failures.push(format!(
+                    "{} seed {seed} no longer fails: remove it from KNOWN_FAILURES",
+                    scenario.name
+                )),
+                (None, None) => eprintln!("ok {} seed {seed}", scenario.name),
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    eprintln!(
+        "measured: {node_steps} node-steps in {elapsed:.1} s ({:.0} node-steps/s); known failures seen: {known_seen:?}",
+        node_steps as f64 / elapsed
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn env_number(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios.
+
+/// What happens at a moment of a scenario.
+#[derive(Debug, Clone, Copy)]
+enum Fault {
+    Crash(usize),
+    Restart(usize),
+    /// The nodes listed on one side, the rest on the other.
+    Partition(&'static [usize]),
+    Heal,
+    /// A node's Tor stops (or starts) reaching the network; its cluster link stays.
+    TorReach(usize, bool),
+    /// A node restarts with its clock this many seconds off.
+    RestartWithClock(usize, i64),
+    BackendDies(usize),
+    BackendReturns(usize),
+}
+
+struct Scenario {
+    name: &'static str,
+    nodes: usize,
+    backends: usize,
+    /// Whether `[health.probe]` is configured.
+    probe: bool,
+    duration: Millis,
+    script: &'static [(Millis, Fault)],
+    /// Random faults (crashes, restarts, partitions, loss, backends dying and returning, and
+    /// introduction-point rotation) instead of a script.
+    random: bool,
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "publisher_crash",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 6 * MINUTE,
+        script: &[
+            (60 * SECOND, Fault::Crash(0)),
+            (180 * SECOND, Fault::Restart(0)),
+        ],
+        random: false,
+    },
+    Scenario {
+        name: "publisher_restart",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 5 * MINUTE,
+        script: &[
+            (60 * SECOND, Fault::Crash(0)),
+            (62 * SECOND, Fault::Restart(0)),
+        ],
+        random: false,
+    },
+    Scenario {
+        name: "partition_and_heal",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 8 * MINUTE,
+        script: &[
+            (60 * SECOND, Fault::Partition(&[0])),
+            (200 * SECOND, Fault::Heal),
+            (260 * SECOND, Fault::BackendDies(1)),
+        ],
+        random: false,
+    },
+    Scenario {
+        name: "clock_plus_60s",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 6 * MINUTE,
+        script: &[(60 * SECOND, Fault::RestartWithClock(2, 60))],
+        random: false,
+    },
+    Scenario {
+        name: "tor_fails_while_heartbeats_go_on",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 8 * MINUTE,
+        script: &[(60 * SECOND, Fault::TorReach(0, false))],
+        random: false,
+    },
+    Scenario {
+        name: "all_backends_dead_then_one_back",
+        nodes: 3,
+        backends: 2,
+        probe: true,
+        duration: 8 * MINUTE,
+        script: &[
+            (60 * SECOND, Fault::BackendDies(0)),
+            (60 * SECOND, Fault::BackendDies(1)),
+            (200 * SECOND, Fault::BackendReturns(1)),
+        ],
+        random: false,
+    },
+    Scenario {
+        name: "dead_backend_without_probe",
+        nodes: 2,
+        backends: 2,
+        probe: false,
+        duration: 6 * MINUTE,
+        script: &[(60 * SECOND, Fault::BackendDies(1))],
+        random: false,
+    },
+    Scenario {
+        name: "random_faults",
+        nodes: 5,
+        backends: 4,
+        probe: true,
+        duration: 60 * MINUTE,
+        script: &[],
+        random: true,
+    },
+];
+
+// ---------------------------------------------------------------------------------------------
+// A seeded generator (SplitMix64): the only source of chance.
+
+struct SimRng(u64);
+
+impl SimRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Descriptors as text: `period=<p> rev=<n> ips=<a,b,...>`.
+
+struct SimSigner {
+    address: OnionAddress,
+}
+
+impl DescriptorSigner for SimSigner {
+    type IntroPoint = String;
+
+    fn address(&self) -> OnionAddress {
+        self.address
+    }
+
+    fn intro_point_id(intro_point: &String) -> String {
+        intro_point.clone()
+    }
+
+    fn revision_counter(&self, srv_offset_secs: u32) -> u64 {
+        u64::from(srv_offset_secs)
+    }
+
+    fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {
+        let mut bytes = [0u8; 32];
+        bytes[..8].copy_from_slice(&period.interval_num().to_le_bytes());
+        Ok(HsBlindId::from(bytes))
+    }
+
+    fn build(
+        &mut self,
+        period: TimePeriod,
+        params: &DescriptorParams<'_, String>,
+    ) -> Result<String, BuildError> {
+        Ok(format!(
+            "period={} rev={} ips={}",
+            period.interval_num(),
+            params.revision_counter,
+            params.intro_points.join(",")
+        ))
+    }
+
+    fn retain_periods(&mut self, _periods: &[u64]) {}
+}
+
+struct ParsedDescriptor {
+    period: u64,
+    revision: u64,
+    intro_points: Vec<String>,
+}
+
+fn parse_descriptor(text: &str) -> ParsedDescriptor {
+    let field = |name: &str| {
+        text.split(' ')
+            .find_map(|part| part.strip_prefix(name))
+            .unwrap_or_else(|| panic!("{name} missing in {text:?}"))
+    };
+    ParsedDescriptor {
+        period: field("period=").parse().unwrap(),
+        revision: field("rev=").parse().unwrap(),
+        intro_points: field("ips=")
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    }
+}
+
+/// Introduction points are named `b<backend>.g<generation>.<k>`.
+fn backend_of(intro_point: &str) -> usize {
+    intro_point[1..intro_point.find('.').unwrap()]
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The simulated world.
+
+/// One stored master descriptor.
+#[derive(Clone)]
+struct Stored {
+    revision: u64,
+    intro_points: Vec<String>,
+    stored_at: Millis,
+}
+
+struct SimBackend {
+    alive: bool,
+    generation: u32,
+    intro_points: Vec<String>,
+    /// Its descriptor on the HSDirs: revision and when uploaded.
+    revision: u64,
+    published_at: Millis,
+    /// Since when it has been alive, or dead.
+    since: Millis,
+}
+
+impl SimBackend {
+    fn new(index: usize, now: Millis) -> Self {
+        let mut backend = SimBackend {
+            alive: true,
+            generation: 0,
+            intro_points: Vec::new(),
+            revision: 0,
+            published_at: now,
+            since: now,
+        };
+        backend.rotate(index, now);
+        backend
+    }
+
+    /// New introduction points and a new descriptor (C tor on start or rotation).
+    fn rotate(&mut self, index: usize, now: Millis) {
+        self.generation += 1;
+        self.intro_points = (0..3)
+            .map(|k| format!("b{index}.g{}.{k}", self.generation))
+            .collect();
+        self.publish(now);
+    }
+
+    fn publish(&mut self, now: Millis) {
+        self.revision += 1;
+        self.published_at = now;
+    }
+
+    fn descriptor_available(&self, now: Millis) -> bool {
+        now < self.published_at + DESCRIPTOR_LIFETIME
+    }
+}
+
+/// A message on its way: the encoded wire message.
+struct InFlight {
+    deliver_at: Millis,
+    sequence: u64,
+    bytes: Vec<u8>,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.deliver_at, self.sequence) == (other.deliver_at, other.sequence)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.deliver_at, self.sequence).cmp(&(other.deliver_at, other.sequence))
+    }
+}
+
+/// Everything a node is while it runs; dropped on a crash.
+struct NodeCore {
+    lease: LeaseCore,
+    plan: PublishPlan<SimSigner>,
+    health: Vec<BackendHealth>,
+    intro_points: Vec<Vec<String>>,
+    stall: StallDetector,
+    publishing: bool,
+    tor_reported: bool,
+    /// The Tor client is being rebuilt: health and publishing wait for it.
+    rebuilding: bool,
+    next_health: Millis,
+    next_stall_check: Millis,
+    healthy: Option<Vec<(String, Vec<String>)>>,
+    publish_due_at: Option<Millis>,
+    publish_now: bool,
+}
+
+struct SimNode {
+    id: NodeId,
+    priority: Priority,
+    clock_offset: i64,
+    tor_reaches_network: bool,
+    /// When the last (re)start's bootstrap completes.
+    bootstrapped_at: Millis,
+    core: Option<NodeCore>,
+    /// What state.json holds.
+    saved: Option<SavedState>,
+}
+
+impl SimNode {
+    fn clock(&self, now: Millis) -> Millis {
+        now.saturating_add_signed(self.clock_offset)
+    }
+
+    fn role(&self) -> Option<Role> {
+        self.core.as_ref().map(|core| core.lease.election().role())
+    }
+}
+
+struct World {
+    now: Millis,
+    rng: SimRng,
+    trace: bool,
+    probe: bool,
+    nodes: Vec<SimNode>,
+    backends: Vec<SimBackend>,
+    /// (HSDir, period) -> the master descriptor it holds.
+    hsdirs: BTreeMap<(u64, u64), Stored>,
+    /// (HSDir, period) -> the last revision it accepted (invariant 3).
+    accepted: BTreeMap<(u64, u64), u64>,
+    /// Messages on their way to each node.
+    inboxes: Vec<BinaryHeap<Reverse<InFlight>>>,
+    sequence: u64,
+    /// Side of each node while partitioned.
+    partition: Option<Vec<bool>>,
+    /// Extra loss of heartbeats, in a loss episode.
+    loss: f64,
+    last_fault: Millis,
+    violation: Option<String>,
+    master: OnionAddress,
+}
+
+impl World {
+    fn trace(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            eprintln!("[{:>8.1}s] {}", (self.now - START) as f64 / 1000.0, what());
+        }
+    }
+
+    fn violate(&mut self, what: String) {
+        if self.violation.is_none() {
+            let at = (self.now - START) as f64 / 1000.0;
+            self.violation = Some(format!("at {at:.1} s: {what}"));
+        }
+    }
+
+    fn connected(&self, a: usize, b: usize) -> bool {
+        self.partition
+            .as_ref()
+            .is_none_or(|side| side[a] == side[b])
+    }
+
+    /// The period clients use now, and the periods a service publishes for: the next one too
+    /// in the second half of the period (after the SRV changed).
+    fn periods(&self) -> Vec<u64> {
+        let current = self.now / PERIOD;
+        if self.now % PERIOD >= PERIOD / 2 {
+            vec![current, current + 1]
+        } else {
+            vec![current]
+        }
+    }
+
+    /// The start of the SRV period a period's ring uses.
+    fn srv_start(period: u64) -> Millis {
+        period * PERIOD - PERIOD / 2
+    }
+
+    /// The HSDirs responsible for a period now: the ring moves at every SRV change.
+    fn ring(&self, period: u64) -> Vec<u64> {
+        let srv_epoch = (self.now + PERIOD / 2) / PERIOD;
+        let first = (period.wrapping_mul(7) + srv_epoch.wrapping_mul(3)) % HSDIRS;
+        (0..HSDIRS_PER_DESCRIPTOR)
+            .map(|k| (first + k) % HSDIRS)
+            .collect()
+    }
+
+    fn send(&mut self, from: usize, message: messages::Message, reliable: bool) {
+        let bytes = message.encode().expect("messages encode");
+        for to in 0..self.nodes.len() {
+            if to == from || self.nodes[to].core.is_none() || !self.connected(from, to) {
+                continue;
+            }
+            let lost = !reliable && self.rng.chance(0.01 + self.loss);
+            if lost {
+                continue;
+            }
+            // Reliable messages are resent until acknowledged: a lost one arrives late.
+            let mut delay = 20 + self.rng.below(60);
+            if self.rng.chance(0.05) || (reliable && self.rng.chance(self.loss)) {
+                delay += self.rng.below(1000);
+            }
+            self.push(to, bytes.clone(), delay);
+            if self.rng.chance(0.02) {
+                let replay = delay + self.rng.below(3000);
+                self.push(to, bytes.clone(), replay);
+            }
+        }
+    }
+
+    fn push(&mut self, to: usize, bytes: Vec<u8>, delay: Millis) {
+        self.sequence += 1;
+        self.inboxes[to].push(Reverse(InFlight {
+            deliver_at: self.now + delay,
+            sequence: self.sequence,
+            bytes,
+        }));
+    }
+}
+
+/// The Tor seam as one node sees the simulated network during a publish round.
+struct SimTor<'a> {
+    world: &'a RefCell<World>,
+    node: usize,
+}
+
+impl TorNetwork for SimTor<'_> {
+    fn has_live_consensus(&self) -> bool {
+        self.world.borrow().nodes[self.node].tor_reaches_network
+    }
+
+    async fn current_period(&self) -> Result<PeriodInfo, TorError> {
+        Ok(self.publish_periods().await?[0])
+    }
+
+    async fn publish_periods(&self) -> Result<Vec<PeriodInfo>, TorError> {
+        let world = self.world.borrow();
+        if !world.nodes[self.node].tor_reaches_network {
+            return Err(TorError::NoConsensus);
+        }
+        Ok(world
+            .periods()
+            .into_iter()
+            .map(|period| PeriodInfo {
+                time_period: TimePeriod::from_parts(PERIOD_MINUTES, period, 0),
+                srv_start: system_time(World::srv_start(period)),
+                max_descriptor_size: 50_000,
+            })
+            .collect())
+    }
+
+    async fn hsdirs(
+        &self,
+        _blinded_id: &HsBlindId,
+        period: TimePeriod,
+        _set: HsDirSet,
+    ) -> Result<Vec<HsDirId>, TorError> {
+        Ok(self
+            .world
+            .borrow()
+            .ring(period.interval_num())
+            .into_iter()
+            .map(|hsdir| HsDirId::new(format!("${hsdir}")))
+            .collect())
+    }
+
+    async fn fetch_descriptor(
+        &self,
+        _hsdir: &HsDirId,
+        _blinded_id: &HsBlindId,
+    ) -> Result<String, HsDirError> {
+        unreachable!("backend descriptors are observed directly in the simulation")
+    }
+
+    async fn upload_descriptor(
+        &self,
+        hsdir: &HsDirId,
+        descriptor: Arc<str>,
+    ) -> Result<(), HsDirError> {
+        let mut world = self.world.borrow_mut();
+        let node = &world.nodes[self.node];
+        if node.role() != Some(Role::Publisher) {
+            let id = node.id.clone();
+            world.violate(format!(
+                "invariant 2: {id} uploaded without holding the lease"
+            ));
+        }
+        if !world.nodes[self.node].tor_reaches_network {
+            return Err(HsDirError::NoCircuit("the node's Tor is cut off".into()));
+        }
+        let hsdir: u64 = hsdir.as_str()[1..].parse().unwrap();
+        let parsed = parse_descriptor(&descriptor);
+        let key = (hsdir, parsed.period);
+        let now = world.now;
+        let holds = world
+            .hsdirs
+            .get(&key)
+            .filter(|stored| now < stored.stored_at + DESCRIPTOR_LIFETIME)
+            .map(|stored| stored.revision);
+        if holds.is_some_and(|revision| parsed.revision <= revision) {
+            return Err(HsDirError::RevisionRefused);
+        }
+        if let Some(&last) = world.accepted.get(&key) {
+            if parsed.revision <= last {
+                world.violate(format!(
+                    "invariant 3: HSDir {hsdir} accepted revision {} for period {} after {last}",
+                    parsed.revision, parsed.period
+                ));
+            }
+        }
+        world.accepted.insert(key, parsed.revision);
+        world.hsdirs.insert(
+            key,
+            Stored {
+                revision: parsed.revision,
+                intro_points: parsed.intro_points,
+                stored_at: now,
+            },
+        );
+        Ok(())
+    }
+
+    async fn probe(
+        &self,
+        _address: &OnionAddress,
+        _probe: &HttpProbe<'_>,
+    ) -> Result<(), ProbeError> {
+        unreachable!("backends are probed directly in the simulation")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a scenario.
+
+struct Outcome {
+    violation: Option<String>,
+    node_steps: u64,
+}
+
+fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
+    let mut rng = SimRng(seed);
+    let master: OnionAddress = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
+        .parse()
+        .unwrap();
+    let nodes = (0..scenario.nodes)
+        .map(|i| SimNode {
+            id: NodeId::try_from(format!("node-{}", (b'a' + i as u8) as char)).unwrap(),
+            priority: Priority::try_from(i as u32 + 1).unwrap(),
+            clock_offset: rng.below(400) as i64 - 200,
+            tor_reaches_network: true,
+            bootstrapped_at: START + BOOTSTRAP,
+            core: None,
+            saved: None,
+        })
+        .collect();
+    let backends = (0..scenario.backends)
+        .map(|i| SimBackend::new(i, START))
+        .collect();
+    let world = RefCell::new(World {
+        now: START,
+        rng,
+        trace,
+        probe: scenario.probe,
+        nodes,
+        backends,
+        hsdirs: BTreeMap::new(),
+        accepted: BTreeMap::new(),
+        inboxes: (0..scenario.nodes).map(|_| BinaryHeap::new()).collect(),
+        sequence: 0,
+        partition: None,
+        loss: 0.0,
+        last_fault: START,
+        violation: None,
+        master,
+    });
+    for node in 0..scenario.nodes {
+        start_node(&world, node);
+    }
+
+    let mut script = scenario.script.iter().peekable();
+    let mut node_steps = 0;
+    let end = START + scenario.duration;
+    while world.borrow().now < end {
+        let now = world.borrow().now;
+        while let Some(&(_, fault)) = script.next_if(|(at, _)| START + at <= now) {
+            apply(&world, fault);
+        }
+        if scenario.random {
+            random_fault(&world);
+        }
+        backends_step(&world);
+        for node in 0..scenario.nodes {
+            if world.borrow().nodes[node].core.is_some() {
+                node_step(&world, node);
+                node_steps += 1;
+            }
+        }
+        check_invariants(&world);
+        if world.borrow().violation.is_some() {
+            break;
+        }
+        world.borrow_mut().now += STEP;
+    }
+    let violation = world.borrow_mut().violation.take();
+    Outcome {
+        violation,
+        node_steps,
+    }
+}
+
+fn apply(world: &RefCell<World>, fault: Fault) {
+    let mut w = world.borrow_mut();
+    w.trace(|| format!("fault: {fault:?}"));
+    let now = w.now;
+    w.last_fault = now;
+    match fault {
+        Fault::Crash(node) => {
+            crash(&mut w, node);
+        }
+        Fault::Restart(node) => {
+            drop(w);
+            start_node(world, node);
+        }
+        Fault::RestartWithClock(node, secs) => {
+            crash(&mut w, node);
+            w.nodes[node].clock_offset = secs * 1000;
+            drop(w);
+            start_node(world, node);
+        }
+        Fault::Partition(side) => {
+            let sides = (0..w.nodes.len()).map(|n| side.contains(&n)).collect();
+            w.partition = Some(sides);
+        }
+        Fault::Heal => w.partition = None,
+        Fault::TorReach(node, reaches) => w.nodes[node].tor_reaches_network = reaches,
+        Fault::BackendDies(backend) => {
+            w.backends[backend].alive = false;
+            w.backends[backend].since = now;
+        }
+        Fault::BackendReturns(backend) => {
+            let b = &mut w.backends[backend];
+            b.alive = true;
+            b.since = now;
+            b.rotate(backend, now);
+        }
+    }
+}
+
+/// The process is gone: what it held in memory, and what was on its way to it.
+fn crash(world: &mut World, node: usize) {
+    world.nodes[node].core = None;
+    world.inboxes[node].clear();
+}
+
+/// Start (or restart) a node from its saved state, as `rustbalance run` does.
+fn start_node(world: &RefCell<World>, node: usize) {
+    let mut w = world.borrow_mut();
+    let now = w.now;
+    let n = w.nodes.len();
+    let clock = w.nodes[node].clock(now);
+    let peers: Vec<(NodeId, Priority)> = w
+        .nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != node)
+        .map(|(_, peer)| (peer.id.clone(), peer.priority))
+        .collect();
+    let timing = ElectionTiming {
+        heartbeat_interval: HEARTBEAT,
+        publisher_timeout: PUBLISHER_TIMEOUT,
+        takeover_grace: TAKEOVER_GRACE,
+        max_clock_skew: MAX_CLOCK_SKEW,
+    };
+    let me = &w.nodes[node];
+    let election = Election::new(
+        me.id.clone(),
+        me.priority,
+        peers,
+        timing,
+        Timestamp::from_unix_millis(clock),
+    );
+    let mut plan = PublishPlan::new(SimSigner { address: w.master }, PUBLISH_INTERVAL);
+    if let Some(saved) = &me.saved {
+        if let Some(uploads) =
+            saved.uploads_to_resume(clock / 1000, n > 1, PUBLISHER_TIMEOUT + TAKEOVER_GRACE)
+        {
+            plan.restore(uploads);
+        }
+    }
+    let backends = w.backends.len();
+    let core = NodeCore {
+        lease: LeaseCore::new(election, PublishAbility::new(UPLOAD_FAILURE_RELEASE)),
+        plan,
+        health: (0..backends).map(|_| BackendHealth::new(false)).collect(),
+        intro_points: vec![Vec::new(); backends],
+        stall: StallDetector::new(TOR_STALL, backends > 0, system_time(clock)),
+        publishing: false,
+        tor_reported: false,
+        rebuilding: false,
+        // Nodes start their loops at different moments, as separate machines do.
+        next_health: clock + w.rng.below(HEALTH_INTERVAL),
+        next_stall_check: clock,
+        healthy: None,
+        publish_due_at: None,
+        publish_now: false,
+    };
+    w.nodes[node].core = Some(core);
+    w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
+    w.trace(|| format!("node {node} started"));
+}
+
+/// Backends republish now and then, and rotate their introduction points in random runs.
+fn backends_step(world: &RefCell<World>) {
+    let mut w = world.borrow_mut();
+    let now = w.now;
+    for b in &mut w.backends {
+        if b.alive && now >= b.published_at + BACKEND_REPUBLISH {
+            b.publish(now);
+        }
+    }
+}
+
+fn random_fault(world: &RefCell<World>) {
+    let mut w = world.borrow_mut();
+    // About one fault every 40 s of simulated time.
+    if !w.rng.chance(STEP as f64 / 40_000.0) {
+        return;
+    }
+    let nodes = w.nodes.len();
+    let backends = w.backends.len();
+    let kind = w.rng.below(7);
+    let fault = match kind {
+        0 => Fault::Crash(w.rng.below(nodes as u64) as usize),
+        1 => Fault::Restart(w.rng.below(nodes as u64) as usize),
+        2 => {
+            const SIDES: &[&[usize]] = &[&[0], &[1], &[0, 1], &[2, 3], &[4]];
+            Fault::Partition(SIDES[w.rng.below(SIDES.len() as u64) as usize])
+        }
+        3 => Fault::Heal,
+        4 => Fault::BackendDies(w.rng.below(backends as u64) as usize),
+        5 => Fault::BackendReturns(w.rng.below(backends as u64) as usize),
+        _ => {
+            // A loss episode, or its end; or a backend rotating its introduction points.
+            if w.rng.chance(0.5) {
+                w.loss = if w.loss > 0.0 { 0.0 } else { 0.3 };
+                let now = w.now;
+                w.last_fault = now;
+            } else {
+                let b = w.rng.below(backends as u64) as usize;
+                let now = w.now;
+                if w.backends[b].alive {
+                    w.backends[b].rotate(b, now);
+                }
+            }
+            return;
+        }
+    };
+    // A restart of a running node, or a crash of a stopped one, is a no-op; the last two
+    // running nodes are not crashed (with none running, nothing could be published).
+    let running = w.nodes.iter().filter(|n| n.core.is_some()).count();
+    let skip = match fault {
+        Fault::Crash(n) => w.nodes[n].core.is_none() || running <= 2,
+        Fault::Restart(n) => w.nodes[n].core.is_some(),
+        _ => false,
+    };
+    drop(w);
+    if !skip {
+        apply(world, fault);
+    }
+}
+
+/// One step of one node: messages, timers, health round, publish round, stall check.
+fn node_step(world: &RefCell<World>, node: usize) {
+    let now = world.borrow().now;
+    let clock = world.borrow().nodes[node].clock(now);
+    let ts = Timestamp::from_unix_millis(clock);
+
+    // Messages that arrived.
+    loop {
+        let message = {
+            let mut w = world.borrow_mut();
+            let inbox = &mut w.inboxes[node];
+            if inbox.peek().is_none_or(|Reverse(m)| m.deliver_at > now) {
+                break;
+            }
+            inbox.pop().unwrap().0.bytes
+        };
+        let decoded = messages::Message::decode(&message).expect("wire messages decode");
+        if let Some(message) = decoded.to_election() {
+            lease_input(world, node, LeaseInput::Heard(message), ts);
+        }
+    }
+    lease_input(world, node, LeaseInput::Tick, ts);
+
+    // Tor bootstrap.
+    let (reaches, booted, reported) = {
+        let w = world.borrow();
+        let n = &w.nodes[node];
+        let core = n.core.as_ref().unwrap();
+        (
+            n.tor_reaches_network,
+            now >= n.bootstrapped_at,
+            core.tor_reported && !core.rebuilding,
+        )
+    };
+    if reaches && booted && !reported {
+        {
+            let mut w = world.borrow_mut();
+            let core = w.nodes[node].core.as_mut().unwrap();
+            core.rebuilding = false;
+            core.tor_reported = true;
+            core.stall = StallDetector::new(TOR_STALL, true, system_time(clock));
+        }
+        lease_input(world, node, LeaseInput::Local(LocalEvent::TorReady), ts);
+    }
+    let ready = {
+        let w = world.borrow();
+        let core = w.nodes[node].core.as_ref().unwrap();
+        core.tor_reported && !core.rebuilding
+    };
+    if !ready {
+        return;
+    }
+
+    health_round_if_due(world, node, clock);
+    publish_round_if_due(world, node, clock);
+    stall_check_if_due(world, node, clock);
+    save_state(world, node, clock);
+}
+
+/// Feed the lease core and carry out what the election decided.
+fn lease_input(world: &RefCell<World>, node: usize, input: LeaseInput, ts: Timestamp) {
+    let actions = {
+        let mut w = world.borrow_mut();
+        let core = w.nodes[node].core.as_mut().unwrap();
+        core.lease.handle(input, ts)
+    };
+    for action in actions {
+        let mut w = world.borrow_mut();
+        match action {
+            Action::BroadcastHeartbeat(heartbeat) => w.send(
+                node,
+                messages::Message::Heartbeat((&heartbeat).into()),
+                false,
+            ),
+            Action::BroadcastLeaseClaim(claim) => {
+                w.send(node, messages::Message::LeaseClaim((&claim).into()), true)
+            }
+            Action::BroadcastLeaseRelease(release) => w.send(
+                node,
+                messages::Message::LeaseRelease((&release).into()),
+                true,
+            ),
+            Action::StartPublishing => {
+                w.trace(|| format!("node {node} starts publishing"));
+                let core = w.nodes[node].core.as_mut().unwrap();
+                core.publishing = true;
+                core.plan.on_lease_gained();
+                core.publish_now = true;
+            }
+            Action::StopPublishing => {
+                w.trace(|| format!("node {node} stops publishing"));
+                w.nodes[node].core.as_mut().unwrap().publishing = false;
+            }
+            Action::Warn(warning) => w.trace(|| format!("node {node} warns: {warning}")),
+        }
+    }
+}
+
+fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
+    let reached = {
+        let mut w = world.borrow_mut();
+        let now = w.now;
+        let probe = w.probe;
+        let reaches = w.nodes[node].tor_reaches_network;
+        let observations: Vec<(Observation, Option<Vec<String>>, bool)> = w
+            .backends
+            .iter()
+            .map(|b| {
+                if !reaches {
+                    // The node's own Tor is broken: every fetch fails without reaching an HSDir.
+                    return (
+                        Observation::FetchFailed {
+                            reason: "no circuit".into(),
+                        },
+                        None,
+                        false,
+                    );
+                }
+                if !b.descriptor_available(now) {
+                    return (
+                        Observation::FetchFailed {
+                            reason: "HTTP 404".into(),
+                        },
+                        None,
+                        true,
+                    );
+                }
+                let observation = if probe && !b.alive {
+                    Observation::ProbeFailed {
+                        reason: "no rendezvous".into(),
+                    }
+                } else {
+                    Observation::Descriptor {
+                        revision_counter: b.revision,
+                    }
+                };
+                (observation, Some(b.intro_points.clone()), true)
+            })
+            .collect();
+        let core = w.nodes[node].core.as_mut().unwrap();
+        if clock < core.next_health {
+            return;
+        }
+        core.next_health = clock + HEALTH_INTERVAL;
+        let policy = HealthPolicy {
+            descriptor_max_age: DESCRIPTOR_MAX_AGE,
+            dead_after_failures: 2,
+        };
+        let at = system_time(clock);
+        let mut reached = 0;
+        for (i, (observation, intro_points, answered)) in observations.into_iter().enumerate() {
+            reached += usize::from(answered);
+            if let Some(intro_points) = intro_points {
+                core.intro_points[i] = intro_points;
+            }
+            core.health[i].observe(observation, at, &policy);
+            core.health[i].tick(at, &policy);
+        }
+        let healthy: Vec<(String, Vec<String>)> = core
+            .health
+            .iter()
+            .enumerate()
+            .filter(|(_, h)| h.state() == BackendState::Healthy)
+            .map(|(i, _)| (format!("backend-{i}"), core.intro_points[i].clone()))
+            .collect();
+        if core.healthy.as_ref() != Some(&healthy) {
+            core.publish_now = true;
+        }
+        core.healthy = Some(healthy);
+        if reached > 0 {
+            core.stall.progress(at);
+        }
+        reached
+    };
+    lease_input(
+        world,
+        node,
+        LeaseInput::Local(LocalEvent::HealthRound { reached }),
+        Timestamp::from_unix_millis(clock),
+    );
+}
+
+fn publish_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
+    let (mut plan, healthy) = {
+        let mut w = world.borrow_mut();
+        let now = w.now;
+        // A new consensus (here: each period and SRV boundary) wakes the publish loop.
+        let boundary = now % (PERIOD / 2) < STEP;
+        let core = w.nodes[node].core.as_mut().unwrap();
+        let due = core.publish_now || boundary || core.publish_due_at.is_some_and(|at| clock >= at);
+        let (true, true, Some(healthy)) = (core.publishing, due, core.healthy.clone()) else {
+            return;
+        };
+        core.publish_now = false;
+        // The plan leaves the node while the round runs, as the daemon's publish loop owns it.
+        let placeholder = PublishPlan::new(SimSigner { address: w.master }, PUBLISH_INTERVAL);
+        let core = w.nodes[node].core.as_mut().unwrap();
+        (std::mem::replace(&mut core.plan, placeholder), healthy)
+    };
+    let tor = SimTor { world, node };
+    let round = futures::executor::block_on(publish_due(&tor, &mut plan, &healthy, || {
+        system_time(clock)
+    }));
+    {
+        let mut w = world.borrow_mut();
+        w.trace(|| format!("node {node} publish round: {:?}", round.uploads));
+        let core = w.nodes[node].core.as_mut().unwrap();
+        core.plan = plan;
+        core.publish_due_at = round
+            .wake_at
+            .map(|at| at.duration_since(UNIX_EPOCH).unwrap().as_millis() as Millis);
+        if round.uploads == UploadResult::Accepted {
+            core.stall.progress(system_time(clock));
+        }
+    }
+    let news = match round.uploads {
+        UploadResult::Accepted => LocalEvent::UploadsAccepted,
+        UploadResult::Failed => LocalEvent::UploadsFailed,
+        UploadResult::NothingDue => return,
+    };
+    lease_input(
+        world,
+        node,
+        LeaseInput::Local(news),
+        Timestamp::from_unix_millis(clock),
+    );
+}
+
+fn stall_check_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
+    let mut w = world.borrow_mut();
+    let reaches = w.nodes[node].tor_reaches_network;
+    let core = w.nodes[node].core.as_mut().unwrap();
+    if clock < core.next_stall_check {
+        return;
+    }
+    core.next_stall_check = clock + 5 * SECOND;
+    let at = system_time(clock);
+    if reaches {
+        core.stall.live_consensus(at);
+    }
+    if let Some(reason) = core.stall.stalled(at) {
+        // The daemon drops the client and bootstraps a new one; until that succeeds, its
+        // health and publish loops wait.
+        core.rebuilding = true;
+        let now = w.now;
+        w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
+        w.trace(|| format!("node {node} rebuilds its Tor client: {reason}"));
+    }
+}
+
+/// state.json after every step (the daemon writes it on every change and every minute).
+fn save_state(world: &RefCell<World>, node: usize, clock: Millis) {
+    let mut w = world.borrow_mut();
+    let n = &mut w.nodes[node];
+    let core = n.core.as_ref().unwrap();
+    let mut saved = SavedState::new(n.id.clone(), core.lease.election().role(), None);
+    saved.saved_at = clock / 1000;
+    saved.uploads = core.plan.saved_uploads();
+    n.saved = Some(saved);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The invariants checked after every step (2 and 3 are checked at each upload).
+
+fn check_invariants(world: &RefCell<World>) {
+    let mut w = world.borrow_mut();
+    let now = w.now;
+    // A loss episode is a fault while it lasts.
+    if now < w.last_fault + SETTLE || now < START + SETTLE || w.loss > 0.0 {
+        return;
+    }
+    check_one_lease_per_group(&mut w);
+    check_listed_backends_alive(&mut w);
+}
+
+/// Invariant 1.
+fn check_one_lease_per_group(w: &mut World) {
+    let running: Vec<usize> = (0..w.nodes.len())
+        .filter(|&n| w.nodes[n].core.is_some())
+        .collect();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &n in &running {
+        match groups.iter_mut().find(|g| w.connected(g[0], n)) {
+            Some(group) => group.push(n),
+            None => groups.push(vec![n]),
+        }
+    }
+    for group in groups {
+        if !group.iter().any(|&n| w.nodes[n].tor_reaches_network) {
+            continue;
+        }
+        let holders: Vec<usize> = group
+            .iter()
+            .copied()
+            .filter(|&n| w.nodes[n].role() == Some(Role::Publisher))
+            .collect();
+        let names = |nodes: &[usize]| {
+            nodes
+                .iter()
+                .map(|&n| w.nodes[n].id.to_string())
+                .collect::<Vec<_>>()
+        };
+        if holders.len() != 1 {
+            let what = format!(
+                "invariant 1: group {:?} has {} lease holders {:?}",
+                names(&group),
+                holders.len(),
+                names(&holders)
+            );
+            w.violate(what);
+        } else if !w.nodes[holders[0]].tor_reaches_network {
+            let what = format!(
+                "invariant 1: the lease holder {} of group {:?} cannot reach Tor",
+                w.nodes[holders[0]].id,
+                names(&group)
+            );
+            w.violate(what);
+        }
+    }
+}
+
+/// Invariant 4.
+fn check_listed_backends_alive(w: &mut World) {
+    let now = w.now;
+    let bound = health_bound();
+    let some_alive_long_enough = w.backends.iter().any(|b| b.alive && now >= b.since + bound);
+    if !some_alive_long_enough {
+        return;
+    }
+    let period = now / PERIOD;
+    for hsdir in w.ring(period) {
+        let Some(stored) = w.hsdirs.get(&(hsdir, period)) else {
+            continue;
+        };
+        if now >= stored.stored_at + DESCRIPTOR_LIFETIME {
+            continue;
+        }
+        let listed: BTreeSet<usize> = stored
+            .intro_points
+            .iter()
+            .map(|ip| backend_of(ip))
+            .collect();
+        for backend in listed {
+            let b = &w.backends[backend];
+            if !b.alive && now >= b.since + bound {
+                let what = format!(
+                    "invariant 4: HSDir {hsdir} serves period {period} listing backend {backend}, dead for {:.0} s (bound {} s)",
+                    (now - b.since) as f64 / 1000.0,
+                    bound / 1000
+                );
+                w.violate(what);
+                return;
+            }
+        }
+    }
+}
