@@ -525,8 +525,10 @@ struct SimNode {
     /// When the last (re)start's bootstrap completes.
     bootstrapped_at: Millis,
     core: Option<NodeCore>,
-    /// What state.json holds.
-    saved: Option<SavedState>,
+    /// What state.json holds: the daemon's own serialisation of its saved state.
+    saved: Option<Vec<u8>>,
+    /// The same, as written last (to write only changes, and every minute).
+    last_saved: Option<SavedState>,
 }
 
 impl SimNode {
@@ -773,6 +775,7 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
             bootstrapped_at: START + BOOTSTRAP,
             core: None,
             saved: None,
+            last_saved: None,
         })
         .collect();
     let backends = (0..scenario.backends)
@@ -902,7 +905,8 @@ fn start_node(world: &RefCell<World>, node: usize) {
         Timestamp::from_unix_millis(clock),
     );
     let mut plan = PublishPlan::new(SimSigner { address: w.master }, PUBLISH_INTERVAL);
-    if let Some(saved) = &me.saved {
+    if let Some(bytes) = &me.saved {
+        let saved: SavedState = serde_json::from_slice(bytes).expect("state.json parses");
         if let Some(uploads) =
             saved.uploads_to_resume(clock / 1000, n > 1, PUBLISHER_TIMEOUT + TAKEOVER_GRACE)
         {
@@ -1060,19 +1064,15 @@ fn lease_input(world: &RefCell<World>, node: usize, input: LeaseInput, ts: Times
     for action in actions {
         let mut w = world.borrow_mut();
         match action {
-            Action::BroadcastHeartbeat(heartbeat) => w.send(
-                node,
-                messages::Message::Heartbeat((&heartbeat).into()),
-                false,
-            ),
-            Action::BroadcastLeaseClaim(claim) => {
-                w.send(node, messages::Message::LeaseClaim((&claim).into()), true)
+            Action::BroadcastHeartbeat(heartbeat) => {
+                w.send(node, messages::Message::Heartbeat(heartbeat), false)
             }
-            Action::BroadcastLeaseRelease(release) => w.send(
-                node,
-                messages::Message::LeaseRelease((&release).into()),
-                true,
-            ),
+            Action::BroadcastLeaseClaim(claim) => {
+                w.send(node, messages::Message::lease_claim(&claim), true)
+            }
+            Action::BroadcastLeaseRelease(release) => {
+                w.send(node, messages::Message::lease_release(&release), true)
+            }
             Action::StartPublishing => {
                 w.trace(|| format!("node {node} starts publishing"));
                 let core = w.nodes[node].core.as_mut().unwrap();
@@ -1241,7 +1241,7 @@ fn stall_check_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
     }
 }
 
-/// state.json after every step (the daemon writes it on every change and every minute).
+/// state.json, written as the daemon writes it: on every change and every minute.
 fn save_state(world: &RefCell<World>, node: usize, clock: Millis) {
     let mut w = world.borrow_mut();
     let n = &mut w.nodes[node];
@@ -1249,7 +1249,15 @@ fn save_state(world: &RefCell<World>, node: usize, clock: Millis) {
     let mut saved = SavedState::new(n.id.clone(), core.lease.election().role(), None);
     saved.saved_at = clock / 1000;
     saved.uploads = core.plan.saved_uploads();
-    n.saved = Some(saved);
+    let unchanged = n.last_saved.as_ref().is_some_and(|last| {
+        last.role == saved.role
+            && last.uploads == saved.uploads
+            && saved.saved_at < last.saved_at + 60
+    });
+    if !unchanged {
+        n.saved = Some(serde_json::to_vec(&saved).expect("state.json serialises"));
+        n.last_saved = Some(saved);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

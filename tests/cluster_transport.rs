@@ -12,9 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng as _;
-use rustbalance::cluster::messages::{
-    Heartbeat, JoinAccept, JoinRequest, LeaseClaim, Message, MsgId, PeerInfo, Role,
-};
+use rustbalance::cluster::election::{Heartbeat, LeaseClaim, Timestamp};
+use rustbalance::cluster::messages::{JoinAccept, JoinRequest, Message, MsgId, PeerInfo, Role};
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::cluster::transport::{
     Inbox, Incoming, JoinCandidate, JoinError, PeerConfig, Transport,
@@ -111,21 +110,20 @@ impl Node {
 
     fn heartbeat(&self) -> Message {
         Message::Heartbeat(Heartbeat {
-            node_id: self.id.clone(),
-            timestamp_secs: unix_now_secs(),
+            from: self.id.clone(),
+            timestamp: Timestamp::from_unix_secs(unix_now_secs()),
             role: Role::Standby,
             priority: Priority::try_from(2).unwrap(),
-            last_publish_secs: None,
+            last_publish: None,
             can_publish: true,
         })
     }
 
     fn lease_claim(&self) -> Message {
-        Message::LeaseClaim(LeaseClaim {
-            node_id: self.id.clone(),
+        Message::lease_claim(&LeaseClaim {
+            from: self.id.clone(),
             priority: Priority::try_from(1).unwrap(),
-            timestamp_secs: unix_now_secs(),
-            msg_id: MsgId::random(),
+            timestamp: Timestamp::from_unix_secs(unix_now_secs()),
         })
     }
 

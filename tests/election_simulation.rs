@@ -14,7 +14,7 @@
 //!
 //! Definitions, all from the simulator's ground truth:
 //! - A node's clock is *good* if it is within 1 s of true time, *bad* if it is at least 20 s
-//!   off (bad clocks are also at least 20 s apart from each other). Message timestamps are
+//!   off (bad clocks are also at least 20 s apart from each other). LeaseMessage timestamps are
 //!   whole seconds, as on the wire. With delays of at most 1.5 s, two good clocks always
 //!   accept each other's messages (2 s + 1.5 s + 1 s of rounding < 5 s); a bad
 //!   clock accepts nobody's message and nobody accepts its messages, not even replays 8 s
@@ -66,7 +66,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use rustbalance::cluster::election::{
-    Action, Election, ElectionTiming, Event, Message, Role, Timestamp,
+    Action, Election, ElectionTiming, Event, LeaseMessage, Role, Timestamp,
 };
 use rustbalance::cluster::{NodeId, Priority};
 
@@ -286,7 +286,7 @@ enum Pending {
     /// Shared between the copies of a broadcast, which keeps the queue's entries small.
     Deliver {
         to: usize,
-        message: Rc<Message>,
+        message: Rc<LeaseMessage>,
     },
     TorReady {
         node: usize,
@@ -676,7 +676,7 @@ impl Sim {
                 }
                 Pending::Deliver { to, message } => {
                     if self.nodes[to].is_up() {
-                        self.handle(to, Event::Heard(Message::clone(&message)))?;
+                        self.handle(to, Event::Heard(LeaseMessage::clone(&message)))?;
                     }
                 }
                 Pending::TorReady { node, life } => {
@@ -711,9 +711,11 @@ impl Sim {
         }
         for action in actions {
             match action {
-                Action::BroadcastHeartbeat(m) => self.broadcast(node, Message::Heartbeat(m)),
-                Action::BroadcastLeaseClaim(m) => self.broadcast(node, Message::LeaseClaim(m)),
-                Action::BroadcastLeaseRelease(m) => self.broadcast(node, Message::LeaseRelease(m)),
+                Action::BroadcastHeartbeat(m) => self.broadcast(node, LeaseMessage::Heartbeat(m)),
+                Action::BroadcastLeaseClaim(m) => self.broadcast(node, LeaseMessage::LeaseClaim(m)),
+                Action::BroadcastLeaseRelease(m) => {
+                    self.broadcast(node, LeaseMessage::LeaseRelease(m))
+                }
                 Action::StartPublishing => self.set_publishing(node, true)?,
                 Action::StopPublishing => self.set_publishing(node, false)?,
                 Action::Warn(warning) => {
@@ -852,12 +854,12 @@ impl Sim {
         Ok(())
     }
 
-    fn broadcast(&mut self, from: usize, mut message: Message) {
+    fn broadcast(&mut self, from: usize, mut message: LeaseMessage) {
         // The wire carries whole seconds.
         let sent = match &mut message {
-            Message::Heartbeat(m) => &mut m.timestamp,
-            Message::LeaseClaim(m) => &mut m.timestamp,
-            Message::LeaseRelease(m) => &mut m.timestamp,
+            LeaseMessage::Heartbeat(m) => &mut m.timestamp,
+            LeaseMessage::LeaseClaim(m) => &mut m.timestamp,
+            LeaseMessage::LeaseRelease(m) => &mut m.timestamp,
         };
         *sent = Timestamp::from_unix_secs(sent.as_unix_secs());
         self.log(|| format!("{} sends {message:?}", self.nodes[from].id));

@@ -39,17 +39,19 @@
 //! Time is a [`Timestamp`] of the local wall clock (the daemon passes `SystemTime::now()`):
 //! peers compare message timestamps with it, so it must be the clock NTP keeps right.
 //!
-//! The [`Message`] types here are the election's view of what peers say; their wire form, with
-//! acknowledgements for claims and releases (WireGuard does not retransmit, ARCHITECTURE.md,
-//! "WireGuard in process"), is `cluster::messages`, whose timestamps are whole seconds
-//! ([`Timestamp::from_unix_secs`]). Two messages from one sender within the same second are both
-//! accepted, in either order.
+//! The messages ([`Heartbeat`], [`LeaseClaim`], [`LeaseRelease`]) are the same types on the
+//! wire: `cluster::messages::Message` carries them as they are, claims and releases with a
+//! message id to acknowledge (WireGuard does not retransmit; ARCHITECTURE.md, "WireGuard in
+//! process"). Their timestamps travel as whole seconds ([`Timestamp::from_unix_secs`]), so two
+//! messages from one sender within the same second are both accepted, in either order.
 
 use std::collections::BTreeMap;
 use std::ops::Add;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub use super::Role;
+use serde::{Deserialize, Serialize};
+
 use super::{NodeId, Priority};
 use crate::config::TimingConfig;
 use crate::params;
@@ -146,58 +148,108 @@ impl From<&TimingConfig> for ElectionTiming {
     }
 }
 
+// The three messages the election exchanges. They are also their own wire form (inside
+// `cluster::messages::Message`, JSON with these field names), so one set of types runs from the
+// socket to the election. Timestamps travel as whole Unix seconds.
+
 /// "I am alive, and this is my state", sent every heartbeat interval.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
+    #[serde(rename = "node_id")]
     pub from: NodeId,
+    #[serde(with = "whole_secs")]
     pub timestamp: Timestamp,
     pub priority: Priority,
     pub role: Role,
     /// Tor is bootstrapped and uploads are not failing: the sender could publish.
     pub can_publish: bool,
     /// When the sender last uploaded the descriptor successfully (shown by `status`).
+    #[serde(rename = "last_publish_ts", with = "optional_whole_secs")]
     pub last_publish: Option<Timestamp>,
 }
 
 /// "I am the publisher from now on", sent when taking the lease and to answer a weaker rival.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseClaim {
+    #[serde(rename = "node_id")]
     pub from: NodeId,
+    #[serde(with = "whole_secs")]
     pub timestamp: Timestamp,
     pub priority: Priority,
 }
 
 /// "I am leaving, or cannot publish: do not wait for me", sent on clean shutdown and when a
 /// publisher that cannot upload hands the lease over.
-#[derive(Clone, PartialEq, Eq, Debug)]
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeaseRelease {
+    #[serde(rename = "node_id")]
     pub from: NodeId,
+    #[serde(with = "whole_secs")]
     pub timestamp: Timestamp,
 }
 
-/// A message from a peer. The transport has authenticated the sender; the election checks the
-/// timestamp.
+/// A message from a peer, of the three the election reads. The transport has authenticated the
+/// sender; the election checks the timestamp.
 #[derive(Clone, PartialEq, Eq, Debug)]
-pub enum Message {
+pub enum LeaseMessage {
     Heartbeat(Heartbeat),
     LeaseClaim(LeaseClaim),
     LeaseRelease(LeaseRelease),
 }
 
-impl Message {
+/// A [`Timestamp`] on the wire: whole Unix seconds.
+mod whole_secs {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(at: &Timestamp, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(at.as_unix_secs())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Timestamp, D::Error> {
+        u64::deserialize(deserializer).map(Timestamp::from_unix_secs)
+    }
+}
+
+/// An optional [`Timestamp`] on the wire: whole Unix seconds or null.
+mod optional_whole_secs {
+    use super::Timestamp;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        at: &Option<Timestamp>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match at {
+            Some(at) => serializer.serialize_some(&at.as_unix_secs()),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Timestamp>, D::Error> {
+        Option::<u64>::deserialize(deserializer).map(|secs| secs.map(Timestamp::from_unix_secs))
+    }
+}
+
+impl LeaseMessage {
     pub fn from(&self) -> &NodeId {
         match self {
-            Message::Heartbeat(m) => &m.from,
-            Message::LeaseClaim(m) => &m.from,
-            Message::LeaseRelease(m) => &m.from,
+            LeaseMessage::Heartbeat(m) => &m.from,
+            LeaseMessage::LeaseClaim(m) => &m.from,
+            LeaseMessage::LeaseRelease(m) => &m.from,
         }
     }
 
     pub fn timestamp(&self) -> Timestamp {
         match self {
-            Message::Heartbeat(m) => m.timestamp,
-            Message::LeaseClaim(m) => m.timestamp,
-            Message::LeaseRelease(m) => m.timestamp,
+            LeaseMessage::Heartbeat(m) => m.timestamp,
+            LeaseMessage::LeaseClaim(m) => m.timestamp,
+            LeaseMessage::LeaseRelease(m) => m.timestamp,
         }
     }
 }
@@ -209,7 +261,7 @@ pub enum Event {
     /// [`Election::poll_timeout`] (calling it more often does no harm).
     Tick,
     /// A peer's message arrived.
-    Heard(Message),
+    Heard(LeaseMessage),
     /// Whether this node can publish: false while Arti bootstraps, and once every upload has
     /// failed for the configured time; true again when Tor works.
     LocalHealth { can_publish: bool },
@@ -470,7 +522,7 @@ impl Election {
     /// Checks a message and records what it says about its sender. `Err` carries the
     /// warning for the operator, if the rejection deserves one; either way a rejected message
     /// changes nothing.
-    fn accept(&mut self, message: Message, now: Timestamp) -> Result<NodeId, Option<String>> {
+    fn accept(&mut self, message: LeaseMessage, now: Timestamp) -> Result<NodeId, Option<String>> {
         let from = message.from().clone();
         if from == self.me {
             return Err(Some(format!(
@@ -494,33 +546,33 @@ impl Election {
             return Err(None);
         }
         let peer = match &message {
-            Message::Heartbeat(Heartbeat { priority, .. })
-            | Message::LeaseClaim(LeaseClaim { priority, .. }) => self
+            LeaseMessage::Heartbeat(Heartbeat { priority, .. })
+            | LeaseMessage::LeaseClaim(LeaseClaim { priority, .. }) => self
                 .peers
                 .entry(from.clone())
                 .or_insert_with(|| Peer::new(*priority)),
-            Message::LeaseRelease(_) => match self.peers.get_mut(&from) {
+            LeaseMessage::LeaseRelease(_) => match self.peers.get_mut(&from) {
                 Some(peer) => peer,
                 // A goodbye from a node we never knew changes nothing.
                 None => return Err(None),
             },
         };
         match message {
-            Message::Heartbeat(heartbeat) => {
+            LeaseMessage::Heartbeat(heartbeat) => {
                 peer.priority = heartbeat.priority;
                 peer.role = heartbeat.role;
                 peer.can_publish = heartbeat.can_publish;
                 peer.last_publish = heartbeat.last_publish;
                 peer.released = false;
             }
-            Message::LeaseClaim(claim) => {
+            LeaseMessage::LeaseClaim(claim) => {
                 peer.priority = claim.priority;
                 peer.role = Role::Publisher;
                 // Only a node that can publish claims.
                 peer.can_publish = true;
                 peer.released = false;
             }
-            Message::LeaseRelease(_) => {
+            LeaseMessage::LeaseRelease(_) => {
                 peer.role = Role::Standby;
                 peer.released = true;
             }
@@ -687,7 +739,7 @@ mod tests {
     }
 
     fn heartbeat(from: &str, priority: u32, role: Role, secs: u64) -> Event {
-        Event::Heard(Message::Heartbeat(Heartbeat {
+        Event::Heard(LeaseMessage::Heartbeat(Heartbeat {
             from: id(from),
             timestamp: at(secs),
             priority: prio(priority),
@@ -698,7 +750,7 @@ mod tests {
     }
 
     fn claim(from: &str, priority: u32, secs: u64) -> Event {
-        Event::Heard(Message::LeaseClaim(LeaseClaim {
+        Event::Heard(LeaseMessage::LeaseClaim(LeaseClaim {
             from: id(from),
             timestamp: at(secs),
             priority: prio(priority),
@@ -706,7 +758,7 @@ mod tests {
     }
 
     fn release(from: &str, secs: u64) -> Event {
-        Event::Heard(Message::LeaseRelease(LeaseRelease {
+        Event::Heard(LeaseMessage::LeaseRelease(LeaseRelease {
             from: id(from),
             timestamp: at(secs),
         }))
@@ -1015,7 +1067,7 @@ mod tests {
             can_publish: true,
             last_publish: Some(at(8)),
         };
-        b.handle(Event::Heard(Message::Heartbeat(uploaded)), at(10));
+        b.handle(Event::Heard(LeaseMessage::Heartbeat(uploaded)), at(10));
         let a_view = |secs| {
             b.peers(at(secs))
                 .find(|p| p.node_id == &id("a"))

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use super::ability::PublishAbility;
-use super::election::{Action, Election, ElectionTiming, Event, Message, Timestamp};
+use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Timestamp};
 
 /// What the Tor side of a node reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ pub enum LeaseInput {
     /// Time passed (the election's timers).
     Tick,
     /// A peer's message, from an authenticated member.
-    Heard(Message),
+    Heard(LeaseMessage),
     /// The Tor side's news.
     Local(LocalEvent),
     /// Clean shutdown: release the lease.

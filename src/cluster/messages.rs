@@ -24,7 +24,7 @@ use base64::Engine as _;
 use rand::Rng as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::election::{self, Timestamp};
+use super::election::{Heartbeat, LeaseClaim, LeaseMessage, LeaseRelease};
 use super::secret::ClusterSecret;
 use super::wg_keys::WgPublicKey;
 pub use super::Role;
@@ -62,57 +62,24 @@ impl fmt::Display for MsgId {
     }
 }
 
-/// Every message that travels inside the cluster's WireGuard tunnels.
+/// Every message that travels inside the cluster's WireGuard tunnels. The election's three
+/// messages are carried as the election's own types.
 #[derive(Clone, PartialEq, Debug, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum Message {
     Heartbeat(Heartbeat),
-    LeaseClaim(LeaseClaim),
-    LeaseRelease(LeaseRelease),
+    LeaseClaim {
+        claim: LeaseClaim,
+        msg_id: MsgId,
+    },
+    LeaseRelease {
+        release: LeaseRelease,
+        msg_id: MsgId,
+    },
     PeerAnnounce(PeerAnnounce),
     PeerList(PeerList),
     JoinAccept(JoinAccept),
     Ack(Ack),
-}
-
-/// "I am alive, and this is what I do": sent to every peer each heartbeat interval.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Heartbeat {
-    pub node_id: NodeId,
-    /// The sender's clock when it sent this, in Unix seconds (peers check the skew).
-    #[serde(rename = "timestamp")]
-    pub timestamp_secs: u64,
-    pub role: Role,
-    pub priority: Priority,
-    /// When the sender last uploaded the master descriptor, in Unix seconds; `None` if never.
-    #[serde(rename = "last_publish_ts")]
-    pub last_publish_secs: Option<u64>,
-    /// Whether the sender could publish now (Tor bootstrapped, backends known).
-    pub can_publish: bool,
-}
-
-/// "I take (or keep) the publisher lease."
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseClaim {
-    pub node_id: NodeId,
-    pub priority: Priority,
-    /// The claimant's clock, in Unix seconds.
-    #[serde(rename = "timestamp")]
-    pub timestamp_secs: u64,
-    pub msg_id: MsgId,
-}
-
-/// "I give up the publisher lease" (clean shutdown, or a better node appeared).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LeaseRelease {
-    pub node_id: NodeId,
-    /// The releaser's clock, in Unix seconds.
-    #[serde(rename = "timestamp")]
-    pub timestamp_secs: u64,
-    pub msg_id: MsgId,
 }
 
 /// Everything a node needs to reach another member and open a tunnel to it.
@@ -199,8 +166,9 @@ impl Message {
     /// The id the receiver must acknowledge, for the messages whose loss matters.
     pub fn msg_id(&self) -> Option<MsgId> {
         match self {
-            Message::LeaseClaim(m) => Some(m.msg_id),
-            Message::LeaseRelease(m) => Some(m.msg_id),
+            Message::LeaseClaim { msg_id, .. } | Message::LeaseRelease { msg_id, .. } => {
+                Some(*msg_id)
+            }
             Message::PeerAnnounce(m) => Some(m.msg_id),
             Message::PeerList(m) => Some(m.msg_id),
             Message::JoinAccept(m) => Some(m.msg_id),
@@ -213,9 +181,9 @@ impl Message {
     /// not speak for another.
     pub fn claimed_sender(&self) -> Option<&NodeId> {
         match self {
-            Message::Heartbeat(m) => Some(&m.node_id),
-            Message::LeaseClaim(m) => Some(&m.node_id),
-            Message::LeaseRelease(m) => Some(&m.node_id),
+            Message::Heartbeat(m) => Some(&m.from),
+            Message::LeaseClaim { claim, .. } => Some(&claim.from),
+            Message::LeaseRelease { release, .. } => Some(&release.from),
             Message::PeerAnnounce(_)
             | Message::PeerList(_)
             | Message::JoinAccept(_)
@@ -227,8 +195,8 @@ impl Message {
     pub fn kind(&self) -> &'static str {
         match self {
             Message::Heartbeat(_) => "Heartbeat",
-            Message::LeaseClaim(_) => "LeaseClaim",
-            Message::LeaseRelease(_) => "LeaseRelease",
+            Message::LeaseClaim { .. } => "LeaseClaim",
+            Message::LeaseRelease { .. } => "LeaseRelease",
             Message::PeerAnnounce(_) => "PeerAnnounce",
             Message::PeerList(_) => "PeerList",
             Message::JoinAccept(_) => "JoinAccept",
@@ -238,65 +206,31 @@ impl Message {
 }
 
 impl Message {
-    /// The election's view of a wire message, for the three messages the election reads.
-    pub fn to_election(&self) -> Option<election::Message> {
+    /// The election's message, for the three messages the election reads.
+    pub fn to_election(&self) -> Option<LeaseMessage> {
         Some(match self {
-            Message::Heartbeat(m) => election::Message::Heartbeat(election::Heartbeat {
-                from: m.node_id.clone(),
-                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
-                priority: m.priority,
-                role: m.role,
-                can_publish: m.can_publish,
-                last_publish: m.last_publish_secs.map(Timestamp::from_unix_secs),
-            }),
-            Message::LeaseClaim(m) => election::Message::LeaseClaim(election::LeaseClaim {
-                from: m.node_id.clone(),
-                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
-                priority: m.priority,
-            }),
-            Message::LeaseRelease(m) => election::Message::LeaseRelease(election::LeaseRelease {
-                from: m.node_id.clone(),
-                timestamp: Timestamp::from_unix_secs(m.timestamp_secs),
-            }),
+            Message::Heartbeat(m) => LeaseMessage::Heartbeat(m.clone()),
+            Message::LeaseClaim { claim, .. } => LeaseMessage::LeaseClaim(claim.clone()),
+            Message::LeaseRelease { release, .. } => LeaseMessage::LeaseRelease(release.clone()),
             Message::PeerAnnounce(_)
             | Message::PeerList(_)
             | Message::JoinAccept(_)
             | Message::Ack(_) => return None,
         })
     }
-}
 
-impl From<&election::Heartbeat> for Heartbeat {
-    fn from(m: &election::Heartbeat) -> Self {
-        Heartbeat {
-            node_id: m.from.clone(),
-            timestamp_secs: m.timestamp.as_unix_secs(),
-            role: m.role,
-            priority: m.priority,
-            last_publish_secs: m.last_publish.map(Timestamp::as_unix_secs),
-            can_publish: m.can_publish,
-        }
-    }
-}
-
-impl From<&election::LeaseClaim> for LeaseClaim {
-    /// A claim with a fresh msg_id: each claim is acknowledged on its own.
-    fn from(m: &election::LeaseClaim) -> Self {
-        LeaseClaim {
-            node_id: m.from.clone(),
-            priority: m.priority,
-            timestamp_secs: m.timestamp.as_unix_secs(),
+    /// A lease claim to send, with a fresh message id: each copy is acknowledged on its own.
+    pub fn lease_claim(claim: &LeaseClaim) -> Message {
+        Message::LeaseClaim {
+            claim: claim.clone(),
             msg_id: MsgId::random(),
         }
     }
-}
 
-impl From<&election::LeaseRelease> for LeaseRelease {
-    /// A release with a fresh msg_id.
-    fn from(m: &election::LeaseRelease) -> Self {
-        LeaseRelease {
-            node_id: m.from.clone(),
-            timestamp_secs: m.timestamp.as_unix_secs(),
+    /// A lease release to send, with a fresh message id.
+    pub fn lease_release(release: &LeaseRelease) -> Message {
+        Message::LeaseRelease {
+            release: release.clone(),
             msg_id: MsgId::random(),
         }
     }
@@ -410,6 +344,7 @@ impl<'de> Deserialize<'de> for JoinMac {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::election::Timestamp;
     use crate::cluster::wg_keys::generate_keypair;
 
     fn node(id: &str) -> NodeId {
@@ -432,23 +367,21 @@ mod tests {
     fn one_of_each() -> Vec<Message> {
         vec![
             Message::Heartbeat(Heartbeat {
-                node_id: node("alpha"),
-                timestamp_secs: 1_700_000_000,
+                from: node("alpha"),
+                timestamp: Timestamp::from_unix_secs(1_700_000_000),
                 role: Role::Publisher,
                 priority: priority(1),
-                last_publish_secs: Some(1_699_999_990),
+                last_publish: Some(Timestamp::from_unix_secs(1_699_999_990)),
                 can_publish: true,
             }),
-            Message::LeaseClaim(LeaseClaim {
-                node_id: node("alpha"),
+            Message::lease_claim(&LeaseClaim {
+                from: node("alpha"),
                 priority: priority(1),
-                timestamp_secs: 1_700_000_000,
-                msg_id: MsgId::random(),
+                timestamp: Timestamp::from_unix_secs(1_700_000_000),
             }),
-            Message::LeaseRelease(LeaseRelease {
-                node_id: node("alpha"),
-                timestamp_secs: 1_700_000_000,
-                msg_id: MsgId::random(),
+            Message::lease_release(&LeaseRelease {
+                from: node("alpha"),
+                timestamp: Timestamp::from_unix_secs(1_700_000_000),
             }),
             Message::PeerAnnounce(PeerAnnounce {
                 peer: peer_info("beta"),

@@ -112,9 +112,10 @@ pub struct JoinCandidate {
     pub source: SocketAddr,
 }
 
-/// One peer's state, for `status`.
+/// One peer's WireGuard tunnel: its key, where it is reached, and when it last completed a
+/// handshake.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerStatus {
+pub struct TunnelStatus {
     pub node_id: NodeId,
     pub public_key: WgPublicKey,
     pub endpoint: Option<SocketAddr>,
@@ -368,7 +369,7 @@ impl Transport {
     }
 
     /// Every peer's endpoint and handshake age; empty once the transport has stopped.
-    pub async fn peers(&self) -> Vec<PeerStatus> {
+    pub async fn peers(&self) -> Vec<TunnelStatus> {
         self.ask(|done| actor::Command::Peers { done })
             .await
             .unwrap_or_default()

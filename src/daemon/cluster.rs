@@ -210,22 +210,20 @@ impl ClusterNode {
         for action in actions {
             match action {
                 Action::BroadcastHeartbeat(heartbeat) => {
-                    let message = Message::Heartbeat((&heartbeat).into());
+                    let message = Message::Heartbeat(heartbeat);
                     if let Err(err) = self.transport.broadcast(&message).await {
                         tracing::warn!("cannot send the heartbeat: {err}");
                     }
                 }
                 Action::BroadcastLeaseClaim(claim) => {
                     resends.extend(
-                        self.send_to_members(self.claim_wait, || {
-                            Message::LeaseClaim((&claim).into())
-                        }),
+                        self.send_to_members(self.claim_wait, || Message::lease_claim(&claim)),
                     );
                 }
                 Action::BroadcastLeaseRelease(release) => {
-                    resends.extend(self.send_to_members(self.claim_wait, || {
-                        Message::LeaseRelease((&release).into())
-                    }));
+                    resends.extend(
+                        self.send_to_members(self.claim_wait, || Message::lease_release(&release)),
+                    );
                 }
                 Action::StartPublishing => {
                     tracing::info!(

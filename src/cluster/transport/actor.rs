@@ -42,8 +42,8 @@ use super::join_guard::{JoinGuard, JoinRejection};
 use super::peer::{Inserted, PeerTable};
 use super::reliable::Outbox;
 use super::{
-    frame, unix_now_secs, Incoming, JoinCandidate, JoinError, PeerConfig, PeerError, PeerStatus,
-    SendError, WgPrivateKey, WgPublicKey, HANDSHAKE_RATE_LIMIT, JOIN_RETRY_INTERVAL,
+    frame, unix_now_secs, Incoming, JoinCandidate, JoinError, PeerConfig, PeerError, SendError,
+    TunnelStatus, WgPrivateKey, WgPublicKey, HANDSHAKE_RATE_LIMIT, JOIN_RETRY_INTERVAL,
     RATE_LIMITER_RESET, TIMER_TICK, WARN_INTERVAL, WG_BUFFER_LEN,
 };
 use crate::cluster::log_limit::LogLimiter;
@@ -94,7 +94,7 @@ pub(super) enum Command {
         done: oneshot::Sender<Result<JoinAccept, JoinError>>,
     },
     Peers {
-        done: oneshot::Sender<Vec<PeerStatus>>,
+        done: oneshot::Sender<Vec<TunnelStatus>>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -500,10 +500,10 @@ impl Actor {
         let _ = join.done.send(result);
     }
 
-    fn peer_statuses(&self) -> Vec<PeerStatus> {
+    fn peer_statuses(&self) -> Vec<TunnelStatus> {
         self.peers
             .iter()
-            .map(|peer| PeerStatus {
+            .map(|peer| TunnelStatus {
                 node_id: peer.node_id.clone(),
                 public_key: peer.public_key,
                 endpoint: peer.endpoint,
