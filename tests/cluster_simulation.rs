@@ -475,29 +475,9 @@ impl SimBackend {
     }
 }
 
-/// A message on its way: the encoded wire message.
-struct InFlight {
-    deliver_at: Millis,
-    sequence: u64,
-    bytes: Vec<u8>,
-}
-
-impl PartialEq for InFlight {
-    fn eq(&self, other: &Self) -> bool {
-        (self.deliver_at, self.sequence) == (other.deliver_at, other.sequence)
-    }
-}
-impl Eq for InFlight {}
-impl PartialOrd for InFlight {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for InFlight {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.deliver_at, self.sequence).cmp(&(other.deliver_at, other.sequence))
-    }
-}
+/// A message on its way to one node: when it arrives, a sequence number (so equal times keep
+/// their sending order), and the encoded wire message.
+type InFlight = (Millis, u64, Vec<u8>);
 
 /// Everything a node is while it runs; dropped on a crash.
 struct NodeCore {
@@ -634,11 +614,7 @@ impl World {
 
     fn push(&mut self, to: usize, bytes: Vec<u8>, delay: Millis) {
         self.sequence += 1;
-        self.inboxes[to].push(Reverse(InFlight {
-            deliver_at: self.now + delay,
-            sequence: self.sequence,
-            bytes,
-        }));
+        self.inboxes[to].push(Reverse((self.now + delay, self.sequence, bytes)));
     }
 }
 
@@ -1006,10 +982,10 @@ fn node_step(world: &RefCell<World>, node: usize) {
         let message = {
             let mut w = world.borrow_mut();
             let inbox = &mut w.inboxes[node];
-            if inbox.peek().is_none_or(|Reverse(m)| m.deliver_at > now) {
+            if inbox.peek().is_none_or(|Reverse((at, _, _))| *at > now) {
                 break;
             }
-            inbox.pop().unwrap().0.bytes
+            inbox.pop().unwrap().0 .2
         };
         let decoded = messages::Message::decode(&message).expect("wire messages decode");
         if let Some(message) = decoded.to_election() {

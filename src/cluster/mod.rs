@@ -8,6 +8,7 @@ pub mod ability;
 pub mod election;
 pub mod lease;
 pub(crate) mod log_limit;
+pub mod membership;
 pub mod messages;
 pub mod secret;
 pub mod token;

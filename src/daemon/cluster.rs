@@ -13,7 +13,6 @@
 //! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
 //!   the acks), so a standby takes over at once instead of after the grace.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +25,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::election::{Action, Timestamp};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
+use crate::cluster::membership::{Admission, JoinRefusal, Learned, Membership};
 use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
@@ -75,14 +75,10 @@ struct JoinDone {
 }
 
 struct ClusterNode {
-    me: NodeId,
     priority: Priority,
-    endpoint: Option<Endpoint>,
     config_dir: PathBuf,
     shared_config: String,
-    members: BTreeMap<NodeId, PeerInfo>,
-    /// Newcomers being admitted, with the priority they were offered.
-    pending_joins: BTreeMap<NodeId, Priority>,
+    membership: Membership,
     lease: LeaseCore,
     claim_wait: Duration,
     transport: Transport,
@@ -104,18 +100,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let (joins_done, mut joins) = mpsc::channel(16);
-    let mut node = ClusterNode {
-        me: setup.me,
+    let my_record = setup.endpoint.map(|endpoint| PeerInfo {
+        node_id: setup.me.clone(),
+        endpoint,
+        public_key: setup.transport.public_key(),
         priority: setup.priority,
-        endpoint: setup.endpoint,
+    });
+    let mut node = ClusterNode {
+        membership: Membership::new(setup.me, setup.priority, my_record, setup.members),
+        priority: setup.priority,
         config_dir: setup.config_dir,
         shared_config: setup.shared_config,
-        members: setup
-            .members
-            .into_iter()
-            .map(|peer| (peer.node_id.clone(), peer))
-            .collect(),
-        pending_joins: BTreeMap::new(),
         lease: setup.lease,
         claim_wait: setup.claim_wait,
         transport: setup.transport,
@@ -262,11 +257,11 @@ impl ClusterNode {
         give_up_after: Duration,
         message: impl Fn() -> Message,
     ) -> Vec<JoinHandle<()>> {
-        self.members
-            .keys()
+        self.membership
+            .members()
             .map(|member| {
                 let (transport, member, message) =
-                    (self.transport.clone(), member.clone(), message());
+                    (self.transport.clone(), member.node_id.clone(), message());
                 tokio::spawn(async move {
                     let kind = message.kind();
                     if let Err(err) = transport
@@ -286,10 +281,13 @@ impl ClusterNode {
             return;
         }
         match message {
-            Message::PeerAnnounce(announce) => self.learn_peer(announce.peer, true, &from).await,
+            Message::PeerAnnounce(announce) => {
+                self.learn_peer(announce.peer, Learned::Announced, &from)
+                    .await
+            }
             Message::PeerList(list) => {
                 for peer in list.peers {
-                    self.learn_peer(peer, false, &from).await;
+                    self.learn_peer(peer, Learned::Listed, &from).await;
                 }
             }
             Message::JoinAccept(_) => {
@@ -300,15 +298,10 @@ impl ClusterNode {
         }
     }
 
-    /// Record a member that `via` told us about. `replace`: an announcement by the node that
-    /// admitted it (new key or endpoint) replaces what we knew; a member list only adds.
-    async fn learn_peer(&mut self, peer: PeerInfo, replace: bool, via: &NodeId) {
-        if peer.node_id == self.me {
+    /// Record a member that `via` told us about, if membership says it is news.
+    async fn learn_peer(&mut self, peer: PeerInfo, how: Learned, via: &NodeId) {
+        if !self.membership.is_news(&peer, how) {
             return;
-        }
-        match self.members.get(&peer.node_id) {
-            Some(known) if *known == peer || !replace => return,
-            _ => {}
         }
         if let Err(err) = self.transport.add_peer(transport_peer(&peer).await).await {
             tracing::warn!("ignored peer {} announced by {via}: {err}", peer.node_id);
@@ -323,18 +316,14 @@ impl ClusterNode {
             peer.priority,
             peer.endpoint
         );
-        self.members.insert(peer.node_id.clone(), peer);
+        self.membership.adopt(peer);
     }
 
     /// Tell every member which members this node knows, so one that missed an announcement
     /// (it was down) learns them. Unacknowledged: it is repeated every minute.
     async fn send_peer_list(&mut self) {
-        let mut peers: Vec<PeerInfo> = self.members.values().cloned().collect();
-        if let Some(me) = self.my_peer_info() {
-            peers.push(me);
-        }
         let message = Message::PeerList(PeerList {
-            peers,
+            peers: self.membership.gossip(),
             msg_id: MsgId::random(),
         });
         if let Err(err) = self.transport.broadcast(&message).await {
@@ -342,74 +331,36 @@ impl ClusterNode {
         }
     }
 
-    fn my_peer_info(&self) -> Option<PeerInfo> {
-        Some(PeerInfo {
-            node_id: self.me.clone(),
-            endpoint: self.endpoint.clone()?,
-            public_key: self.transport.public_key(),
-            priority: self.priority,
-        })
-    }
-
     /// A node with the cluster secret asks to join: offer it a priority, the members and the
-    /// shared configuration. Joining again (same node id) keeps its priority.
+    /// shared configuration, as membership decides.
     fn on_join_request(&mut self, candidate: JoinCandidate) {
-        let Some(me) = self.my_peer_info() else {
-            tracing::warn!(
-                "refused the join request of {} from {}: [cluster] endpoint is not set on this node, so the members could not tell the newcomer how to reach it",
-                candidate.node_id,
-                candidate.source
-            );
-            return;
+        let admission = match self.membership.admit(&candidate) {
+            Ok(admission) => admission,
+            // The newcomer resends its request while the first answer is on its way.
+            Err(JoinRefusal::InProgress(_)) => return,
+            Err(refusal) => {
+                tracing::warn!(
+                    "refused the join request of {} from {}: {refusal}",
+                    candidate.node_id,
+                    candidate.source
+                );
+                return;
+            }
         };
-        if candidate.node_id == self.me {
-            tracing::warn!(
-                "refused a join request from {} that uses this node's own id {}",
-                candidate.source,
-                self.me
-            );
-            return;
-        }
-        if self.pending_joins.contains_key(&candidate.node_id) {
-            return;
-        }
-        let priority = match self.members.get(&candidate.node_id) {
-            Some(known) => known.priority,
-            None => Priority::next_free(
-                self.members
-                    .values()
-                    .map(|peer| peer.priority)
-                    .chain(self.pending_joins.values().copied())
-                    .chain([self.priority]),
-            ),
-        };
-        let mut peers: Vec<PeerInfo> = self
-            .members
-            .values()
-            .filter(|peer| peer.node_id != candidate.node_id)
-            .cloned()
-            .collect();
-        peers.push(me);
+        let Admission { newcomer, members } = admission;
         let accept = JoinAccept {
-            assigned_priority: priority,
-            peers,
+            assigned_priority: newcomer.priority,
+            peers: members,
             config: self.shared_config.clone(),
             publisher: self.lease.election().publisher(now()).cloned(),
             msg_id: MsgId::random(),
         };
-        let newcomer = PeerInfo {
-            node_id: candidate.node_id.clone(),
-            endpoint: candidate.endpoint.clone(),
-            public_key: candidate.public_key,
-            priority,
-        };
         tracing::info!(
-            "{} asks to join from {}: admitting it with priority {priority}",
+            "{} asks to join from {}: admitting it with priority {}",
             candidate.node_id,
-            candidate.source
+            candidate.source,
+            newcomer.priority
         );
-        self.pending_joins
-            .insert(candidate.node_id.clone(), priority);
         let (transport, done) = (self.transport.clone(), self.joins_done.clone());
         tokio::spawn(async move {
             let result = transport
@@ -422,7 +373,7 @@ impl ClusterNode {
     /// The newcomer acknowledged (or never did): record it and tell every other member.
     async fn on_join_done(&mut self, done: JoinDone) {
         let JoinDone { newcomer, result } = done;
-        self.pending_joins.remove(&newcomer.node_id);
+        let announce_to = self.membership.join_done(&newcomer, result.is_ok());
         if let Err(err) = result {
             tracing::warn!("{} did not complete its join: {err}", newcomer.node_id);
             return;
@@ -436,9 +387,7 @@ impl ClusterNode {
             newcomer.priority,
             newcomer.endpoint
         );
-        self.members
-            .insert(newcomer.node_id.clone(), newcomer.clone());
-        for member in self.members.keys().filter(|id| **id != newcomer.node_id) {
+        for member in announce_to {
             let message = Message::PeerAnnounce(PeerAnnounce {
                 peer: newcomer.clone(),
                 msg_id: MsgId::random(),
@@ -490,13 +439,13 @@ impl ClusterNode {
                 last_heard: view.last_heard.map(|t| t.as_unix_secs()),
                 last_publish: view.last_publish.map(|t| t.as_unix_secs()),
                 endpoint: self
-                    .members
-                    .get(view.node_id)
+                    .membership
+                    .member(view.node_id)
                     .map(|peer| peer.endpoint.to_string()),
             })
             .collect();
         // Members the election has not heard from since start.
-        for member in self.members.values() {
+        for member in self.membership.members() {
             if !peers.iter().any(|p| p.node_id == member.node_id) {
                 peers.push(PeerStatus {
                     node_id: member.node_id.clone(),
