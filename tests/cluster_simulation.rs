@@ -54,10 +54,13 @@ use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role, Tim
 use rustbalance::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use rustbalance::cluster::messages;
 use rustbalance::cluster::{NodeId, Priority};
+use rustbalance::config::{BackendConfig, BackendName};
 use rustbalance::descriptor::build::{BuildError, DescriptorParams};
 use rustbalance::descriptor::signer::DescriptorSigner;
 use rustbalance::health::stall::StallDetector;
-use rustbalance::health::state::{BackendHealth, BackendState, HealthPolicy, Observation};
+use rustbalance::health::state::{HealthPolicy, Observation};
+use rustbalance::health::{Check, HealthMonitor, HealthyBackends};
+use rustbalance::keys::MasterKey;
 use rustbalance::onion_address::OnionAddress;
 use rustbalance::publish::plan::{PublishPlan, UploadResult};
 use rustbalance::publish::publish_due;
@@ -483,8 +486,7 @@ type InFlight = (Millis, u64, Vec<u8>);
 struct NodeCore {
     lease: LeaseCore,
     plan: PublishPlan<SimSigner>,
-    health: Vec<BackendHealth>,
-    intro_points: Vec<Vec<String>>,
+    health: HealthMonitor<String>,
     stall: StallDetector,
     publishing: bool,
     tor_reported: bool,
@@ -492,7 +494,7 @@ struct NodeCore {
     rebuilding: bool,
     next_health: Millis,
     next_stall_check: Millis,
-    healthy: Option<Vec<(String, Vec<String>)>>,
+    healthy: Option<HealthyBackends<String>>,
     publish_due_at: Option<Millis>,
     publish_now: bool,
 }
@@ -893,8 +895,15 @@ fn start_node(world: &RefCell<World>, node: usize) {
     let core = NodeCore {
         lease: LeaseCore::new(election, PublishAbility::new(UPLOAD_FAILURE_RELEASE)),
         plan,
-        health: (0..backends).map(|_| BackendHealth::new(false)).collect(),
-        intro_points: vec![Vec::new(); backends],
+        health: HealthMonitor::with_backends(
+            &backend_configs(backends),
+            HealthPolicy {
+                descriptor_max_age: DESCRIPTOR_MAX_AGE,
+                dead_after_failures: 2,
+            },
+            None,
+            std::path::PathBuf::new(),
+        ),
         stall: StallDetector::new(TOR_STALL, backends > 0, system_time(clock)),
         publishing: false,
         tor_reported: false,
@@ -909,6 +918,17 @@ fn start_node(world: &RefCell<World>, node: usize) {
     w.nodes[node].core = Some(core);
     w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
     w.trace(|| format!("node {node} started"));
+}
+
+/// The backends as config.toml would list them (`backend-<i>`, each its own address).
+fn backend_configs(count: usize) -> Vec<BackendConfig> {
+    (0..count)
+        .map(|i| BackendConfig {
+            name: BackendName::try_from(format!("backend-{i}")).unwrap(),
+            address: MasterKey::from_seed(&[i as u8 + 1; 32]).onion_address(),
+            exclude: false,
+        })
+        .collect()
 }
 
 /// Backends republish now and then, and rotate their introduction points in random runs.
@@ -985,7 +1005,8 @@ fn node_step(world: &RefCell<World>, node: usize) {
             if inbox.peek().is_none_or(|Reverse((at, _, _))| *at > now) {
                 break;
             }
-            inbox.pop().unwrap().0 .2
+            let Reverse((_, _, bytes)) = inbox.pop().unwrap();
+            bytes
         };
         let decoded = messages::Message::decode(&message).expect("wire messages decode");
         if let Some(message) = decoded.to_election() {
@@ -1069,73 +1090,60 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
     let reached = {
         let mut w = world.borrow_mut();
         let now = w.now;
+        if clock < w.nodes[node].core.as_ref().unwrap().next_health {
+            return;
+        }
         let probe = w.probe;
         let reaches = w.nodes[node].tor_reaches_network;
-        let observations: Vec<(Observation, Option<Vec<String>>, bool)> = w
+        let checks: Vec<Option<Check<String>>> = w
             .backends
             .iter()
             .map(|b| {
-                if !reaches {
+                let check = if !reaches {
                     // The node's own Tor is broken: every fetch fails without reaching an HSDir.
-                    return (
-                        Observation::FetchFailed {
+                    Check {
+                        observation: Observation::FetchFailed {
                             reason: "no circuit".into(),
                         },
-                        None,
-                        false,
-                    );
-                }
-                if !b.descriptor_available(now) {
-                    return (
-                        Observation::FetchFailed {
+                        intro_points: None,
+                        reached_hsdirs: false,
+                    }
+                } else if !b.descriptor_available(now) {
+                    Check {
+                        observation: Observation::FetchFailed {
                             reason: "HTTP 404".into(),
                         },
-                        None,
-                        true,
-                    );
-                }
-                let observation = if probe && !b.alive {
-                    Observation::ProbeFailed {
-                        reason: "no rendezvous".into(),
+                        intro_points: None,
+                        reached_hsdirs: true,
                     }
                 } else {
-                    Observation::Descriptor {
-                        revision_counter: b.revision,
+                    let observation = if probe && !b.alive {
+                        Observation::ProbeFailed {
+                            reason: "no rendezvous".into(),
+                        }
+                    } else {
+                        Observation::Descriptor {
+                            revision_counter: b.revision,
+                        }
+                    };
+                    Check {
+                        observation,
+                        intro_points: Some(b.intro_points.clone()),
+                        reached_hsdirs: true,
                     }
                 };
-                (observation, Some(b.intro_points.clone()), true)
+                Some(check)
             })
             .collect();
         let core = w.nodes[node].core.as_mut().unwrap();
-        if clock < core.next_health {
-            return;
-        }
         core.next_health = clock + HEALTH_INTERVAL;
-        let policy = HealthPolicy {
-            descriptor_max_age: DESCRIPTOR_MAX_AGE,
-            dead_after_failures: 2,
-        };
         let at = system_time(clock);
-        let mut reached = 0;
-        for (i, (observation, intro_points, answered)) in observations.into_iter().enumerate() {
-            reached += usize::from(answered);
-            if let Some(intro_points) = intro_points {
-                core.intro_points[i] = intro_points;
-            }
-            core.health[i].observe(observation, at, &policy);
-            core.health[i].tick(at, &policy);
-        }
-        let healthy: Vec<(String, Vec<String>)> = core
-            .health
-            .iter()
-            .enumerate()
-            .filter(|(_, h)| h.state() == BackendState::Healthy)
-            .map(|(i, _)| (format!("backend-{i}"), core.intro_points[i].clone()))
-            .collect();
+        let healthy = core.health.apply_round(checks, at);
         if core.healthy.as_ref() != Some(&healthy) {
             core.publish_now = true;
         }
         core.healthy = Some(healthy);
+        let reached = core.health.reached_last_round();
         if reached > 0 {
             core.stall.progress(at);
         }

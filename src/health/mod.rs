@@ -1,9 +1,10 @@
 //! Backend health: is each backend's descriptor on the HSDirs, valid, fresh, and does the
 //! backend answer?
 //!
-//! [`state`] decides, purely; [`HealthMonitor`] runs one round of checks through the Tor
-//! seam ([`TorNetwork`]; all backends concurrently, each descriptor fetched and verified by
-//! [`fetch`]), feeds what it saw to each backend's
+//! [`state`] decides, purely, for one backend; [`HealthMonitor::apply_round`] applies one
+//! round's results to every backend (also purely, so the whole-cluster simulator runs it too);
+//! [`HealthMonitor::run_round`] runs the round through the Tor seam ([`TorNetwork`]; all
+//! backends concurrently, each descriptor fetched and verified by [`fetch`]), feeds what it saw to each backend's
 //! state machine, logs every change of state, keeps the last good descriptor of each backend
 //! under `<state-dir>/descriptors/<name>.desc`, and hands the introduction points of the
 //! Healthy backends to the publisher.
@@ -26,14 +27,24 @@ use fetch::VerifiedDescriptor;
 use state::{BackendHealth, BackendState, HealthPolicy, Observation};
 
 /// The introduction points of the backends that may be published, in config order.
-pub type HealthyBackends = Arc<Vec<(String, Vec<IntroPointDesc>)>>;
+pub type HealthyBackends<I = IntroPointDesc> = Arc<Vec<(String, Vec<I>)>>;
 
 /// One backend as the monitor sees it.
-struct MonitoredBackend {
+struct MonitoredBackend<I> {
     config: BackendConfig,
     health: BackendHealth,
     /// From the last descriptor that verified; kept while the backend is Healthy.
-    intro_points: Vec<IntroPointDesc>,
+    intro_points: Vec<I>,
+}
+
+/// What one check of one backend found.
+#[derive(Debug, Clone)]
+pub struct Check<I> {
+    pub observation: Observation,
+    /// The introduction points of its descriptor, if one verified.
+    pub intro_points: Option<Vec<I>>,
+    /// Some HSDir answered (with or without a descriptor).
+    pub reached_hsdirs: bool,
 }
 
 /// One backend as `rustbalance status` shows it.
@@ -50,9 +61,10 @@ pub struct BackendReport {
     pub last_error: Option<String>,
 }
 
-/// The health of every configured backend.
-pub struct HealthMonitor {
-    backends: Vec<MonitoredBackend>,
+/// The health of every configured backend. `I` is an introduction point as the checks hand
+/// it over: Arti's `IntroPointDesc` in the daemon.
+pub struct HealthMonitor<I = IntroPointDesc> {
+    backends: Vec<MonitoredBackend<I>>,
     /// Backends for which some HSDir answered in the last round (with the descriptor, or with
     /// a 404 for a backend that is down): proof that this node's Tor client reaches the HSDirs.
     reached_last_round: usize,
@@ -63,24 +75,15 @@ pub struct HealthMonitor {
 
 impl HealthMonitor {
     pub fn new(config: &Config) -> Self {
-        HealthMonitor {
-            backends: config
-                .backends
-                .iter()
-                .map(|backend| MonitoredBackend {
-                    config: backend.clone(),
-                    health: BackendHealth::new(backend.exclude),
-                    intro_points: Vec::new(),
-                })
-                .collect(),
-            policy: HealthPolicy {
+        HealthMonitor::with_backends(
+            &config.backends,
+            HealthPolicy {
                 descriptor_max_age: config.timing.descriptor_max_age,
                 dead_after_failures: config.health.dead_after_failures,
             },
-            reached_last_round: 0,
-            probe: config.health.probe.clone(),
-            descriptor_dir: config.state_dir.join("descriptors"),
-        }
+            config.health.probe.clone(),
+            config.state_dir.join("descriptors"),
+        )
     }
 
     /// Check every backend once, age the unchanged ones, and return the Healthy ones'
@@ -99,8 +102,58 @@ impl HealthMonitor {
             Some(check_backend(tor, &backend.config, probe.as_ref()).await)
         });
         let results = join_all(checks).await;
+        let results = self
+            .backends
+            .iter()
+            .zip(results)
+            .map(|(backend, result)| {
+                let (check, descriptor) = result?;
+                if let Some(descriptor) = &descriptor {
+                    save_descriptor(&self.descriptor_dir, &backend.config, descriptor);
+                }
+                Some(Check {
+                    intro_points: descriptor.map(|d| d.intro_points),
+                    ..check
+                })
+            })
+            .collect();
+        self.apply_round(results, SystemTime::now())
+    }
+}
 
-        let now = SystemTime::now();
+impl<I: Clone> HealthMonitor<I> {
+    /// A monitor of `backends`, all unchecked (or excluded). `descriptor_dir`: where
+    /// [`HealthMonitor::run_round`] keeps each backend's last verified descriptor.
+    pub fn with_backends(
+        backends: &[BackendConfig],
+        policy: HealthPolicy,
+        probe: Option<ProbeConfig>,
+        descriptor_dir: PathBuf,
+    ) -> Self {
+        HealthMonitor {
+            backends: backends
+                .iter()
+                .map(|backend| MonitoredBackend {
+                    config: backend.clone(),
+                    health: BackendHealth::new(backend.exclude),
+                    intro_points: Vec::new(),
+                })
+                .collect(),
+            policy,
+            reached_last_round: 0,
+            probe,
+            descriptor_dir,
+        }
+    }
+
+    /// Apply one round's checks (one per backend in config order, `None` for an excluded
+    /// one) at `now`: feed each backend's state machine, log every change, age the unchanged
+    /// ones, and return the Healthy ones' introduction points.
+    pub fn apply_round(
+        &mut self,
+        results: Vec<Option<Check<I>>>,
+        now: SystemTime,
+    ) -> HealthyBackends<I> {
         self.reached_last_round = results
             .iter()
             .flatten()
@@ -109,15 +162,14 @@ impl HealthMonitor {
         for (backend, result) in self.backends.iter_mut().zip(results) {
             let Some(Check {
                 observation,
-                descriptor,
+                intro_points,
                 ..
             }) = result
             else {
                 continue;
             };
-            if let Some(descriptor) = descriptor {
-                save_descriptor(&self.descriptor_dir, &backend.config, &descriptor);
-                backend.intro_points = descriptor.intro_points;
+            if let Some(intro_points) = intro_points {
+                backend.intro_points = intro_points;
             }
             let name = &backend.config.name;
             if let Some(change) = backend.health.observe(observation, now, &self.policy) {
@@ -157,7 +209,7 @@ impl HealthMonitor {
             .collect()
     }
 
-    fn healthy(&self) -> HealthyBackends {
+    fn healthy(&self) -> HealthyBackends<I> {
         Arc::new(
             self.backends
                 .iter()
@@ -168,31 +220,24 @@ impl HealthMonitor {
     }
 }
 
-/// What one check of one backend found.
-struct Check {
-    observation: Observation,
-    /// The descriptor, if it verified.
-    descriptor: Option<VerifiedDescriptor>,
-    /// Some HSDir answered (with or without a descriptor).
-    reached_hsdirs: bool,
-}
-
-/// Fetch (and probe) one backend.
+/// Fetch (and probe) one backend: what the check found, and the descriptor if one verified
+/// (its introduction points go into the check once it is saved).
 async fn check_backend<T: TorNetwork>(
     tor: &T,
     backend: &BackendConfig,
     probe: Option<&HttpProbe<'_>>,
-) -> Check {
+) -> (Check<IntroPointDesc>, Option<VerifiedDescriptor>) {
     let descriptor = match fetch::fetch_current(tor, &backend.address).await {
         Ok(descriptor) => descriptor,
         Err(err) => {
-            return Check {
+            let check = Check {
                 reached_hsdirs: err.reached_hsdirs(),
                 observation: Observation::FetchFailed {
                     reason: format!("descriptor fetch: {err}"),
                 },
-                descriptor: None,
+                intro_points: None,
             };
+            return (check, None);
         }
     };
     tracing::debug!(
@@ -201,23 +246,23 @@ async fn check_backend<T: TorNetwork>(
         intro_points = descriptor.intro_points.len(),
         "descriptor verified"
     );
-    if let Some(probe) = probe {
-        if let Err(err) = tor.probe(&backend.address, probe).await {
-            return Check {
-                observation: Observation::ProbeFailed {
-                    reason: format!("probe: {err}"),
-                },
-                descriptor: Some(descriptor),
-                reached_hsdirs: true,
-            };
-        }
-    }
-    let revision_counter = descriptor.revision_counter;
-    Check {
-        observation: Observation::Descriptor { revision_counter },
-        descriptor: Some(descriptor),
+    let observation = match probe {
+        Some(probe) => match tor.probe(&backend.address, probe).await {
+            Ok(()) => None,
+            Err(err) => Some(Observation::ProbeFailed {
+                reason: format!("probe: {err}"),
+            }),
+        },
+        None => None,
+    };
+    let check = Check {
+        observation: observation.unwrap_or(Observation::Descriptor {
+            revision_counter: descriptor.revision_counter,
+        }),
+        intro_points: None,
         reached_hsdirs: true,
-    }
+    };
+    (check, Some(descriptor))
 }
 
 /// Keep the last verified descriptor for the operator to inspect; failure only costs that.
