@@ -43,6 +43,8 @@
 //! issue that fixes them: they run, and their violation is printed as a known failure by
 //! name. One that stops failing fails the test, so the list stays true.
 
+mod sim_support;
+
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
@@ -68,6 +70,7 @@ use rustbalance::storage::state::SavedState;
 use rustbalance::tor::{
     HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
 };
+use sim_support::env_number;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
@@ -194,15 +197,6 @@ fn whole_cluster_keeps_its_invariants() {
         node_steps as f64 / elapsed
     );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -60,6 +60,8 @@
 //! Replay a failing seed with `RB_SIM_SEED=<seed> cargo test --test election_simulation`
 //! (add `RB_SIM_TRACE=1` to print every event); run more seeds with `RB_SIM_SEEDS=<count>`.
 
+mod sim_support;
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
@@ -69,6 +71,7 @@ use rustbalance::cluster::election::{
     Action, Election, ElectionTiming, Event, LeaseMessage, Role, Timestamp,
 };
 use rustbalance::cluster::{NodeId, Priority};
+use sim_support::env_number;
 
 /// Seeds run by default; `RB_SIM_SEEDS` overrides.
 const DEFAULT_SEEDS: u64 = 2000;
@@ -170,15 +173,6 @@ fn election_keeps_one_publisher_per_group_through_random_failures() {
         total.stable_checks > seeds,
         "too few stable periods were checked: {total:?}"
     );
-}
-
-fn env_number(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
-    )
 }
 
 /// Totals over the seeds, printed so a reader sees how much was exercised.

@@ -26,8 +26,7 @@ use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
 use crate::publish::plan::{PublishPlan, UploadResult};
 use crate::publish::publish_due;
-use crate::storage::state::unix_secs;
-use crate::storage::state::SavedUpload;
+use crate::storage::state::{unix_secs, SavedUpload};
 use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
 /// Wait between two bootstrap attempts when the Tor network cannot be reached.

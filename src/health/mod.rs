@@ -1,13 +1,13 @@
 //! Backend health: is each backend's descriptor on the HSDirs, valid, fresh, and does the
 //! backend answer?
 //!
-//! [`state`] decides, purely, for one backend; [`HealthMonitor::apply_round`] applies one
-//! round's results to every backend (also purely, so the whole-cluster simulator runs it too);
-//! [`HealthMonitor::run_round`] runs the round through the Tor seam ([`TorNetwork`]; all
-//! backends concurrently, each descriptor fetched and verified by [`fetch`]), feeds what it saw to each backend's
-//! state machine, logs every change of state, keeps the last good descriptor of each backend
-//! under `<state-dir>/descriptors/<name>.desc`, and hands the introduction points of the
-//! Healthy backends to the publisher.
+//! [`state`] decides, purely, for one backend. [`HealthMonitor::run_round`] checks every
+//! backend through the Tor seam ([`TorNetwork`]; all concurrently, each descriptor fetched and
+//! verified by [`fetch`]) and keeps the last good descriptor of each under
+//! `<state-dir>/descriptors/<name>.desc`; [`HealthMonitor::apply_round`] (pure, so the
+//! whole-cluster simulator runs it too) feeds what the round saw to each backend's state
+//! machine, logs every change of state, and hands the introduction points of the Healthy
+//! backends to the publisher. [`stall`] decides when this node's own Tor client is wedged.
 
 pub mod fetch;
 pub mod stall;
