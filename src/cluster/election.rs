@@ -46,6 +46,7 @@
 //! messages from one sender within the same second are both accepted, in either order.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Add;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -281,8 +282,57 @@ pub enum Action {
     StartPublishing,
     /// Stop uploading.
     StopPublishing,
-    /// Something an operator should see (a peer's clock is off, a duplicate node id).
-    Warn(String),
+    /// Something an operator should see.
+    Warn(Warning),
+}
+
+/// What the operator is warned about.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Warning {
+    /// A message arrived signed with this node's own id: two nodes share it.
+    DuplicateNodeId(NodeId),
+    /// A peer's message was ignored: its timestamp is this far from this node's clock.
+    ClockSkew {
+        from: NodeId,
+        off: Duration,
+        allowed: Duration,
+    },
+    /// Every upload of this node has failed for `upload_failure_release`: it leaves the lease
+    /// to a standby whose Tor works (raised by the lease core).
+    UploadsFailingTooLong,
+}
+
+impl Warning {
+    /// The peer a warning is about, if any: warnings are rate-limited per kind and peer.
+    pub fn about(&self) -> Option<&NodeId> {
+        match self {
+            Warning::DuplicateNodeId(id) | Warning::ClockSkew { from: id, .. } => Some(id),
+            Warning::UploadsFailingTooLong => None,
+        }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::DuplicateNodeId(id) => write!(
+                f,
+                "received a cluster message signed with this node's own id {id}: two nodes \
+                 share one node id; give each node its own"
+            ),
+            Warning::ClockSkew { from, off, allowed } => write!(
+                f,
+                "ignored a message from {from}: its timestamp is {:.1} s away from this node's \
+                 clock (at most {} s allowed); check that both nodes keep time with NTP",
+                off.as_secs_f64(),
+                allowed.as_secs()
+            ),
+            Warning::UploadsFailingTooLong => f.write_str(
+                "every upload of this node has failed for too long: it leaves the lease to a \
+                 standby whose Tor works",
+            ),
+        }
+    }
 }
 
 /// A peer as `rustbalance status` shows it.
@@ -522,23 +572,19 @@ impl Election {
     /// Checks a message and records what it says about its sender. `Err` carries the
     /// warning for the operator, if the rejection deserves one; either way a rejected message
     /// changes nothing.
-    fn accept(&mut self, message: LeaseMessage, now: Timestamp) -> Result<NodeId, Option<String>> {
+    fn accept(&mut self, message: LeaseMessage, now: Timestamp) -> Result<NodeId, Option<Warning>> {
         let from = message.from().clone();
         if from == self.me {
-            return Err(Some(format!(
-                "received a cluster message signed with this node's own id {from}: two nodes \
-                 share one node id; give each node its own"
-            )));
+            return Err(Some(Warning::DuplicateNodeId(from)));
         }
         let sent = message.timestamp();
         let off = sent.distance(now);
         if off > self.timing.max_clock_skew {
-            return Err(Some(format!(
-                "ignored a message from {from}: its timestamp is {:.1} s away from this node's \
-                 clock (at most {} s allowed); check that both nodes keep time with NTP",
-                off.as_secs_f64(),
-                self.timing.max_clock_skew.as_secs()
-            )));
+            return Err(Some(Warning::ClockSkew {
+                from,
+                off,
+                allowed: self.timing.max_clock_skew,
+            }));
         }
         let last_sent = self.peers.get(&from).and_then(|peer| peer.last_sent);
         if last_sent.is_some_and(|last| sent < last) {
@@ -994,7 +1040,7 @@ mod tests {
         let before = observable(&b, at(50));
         let actions = b.handle(heartbeat("a", 1, Role::Publisher, 56), at(50));
         assert!(
-            matches!(actions.as_slice(), [Action::Warn(w)] if w.contains("from a") && w.contains("NTP"))
+            matches!(actions.as_slice(), [Action::Warn(Warning::ClockSkew { from, .. })] if *from == id("a"))
         );
         assert_eq!(observable(&b, at(50)), before);
         // Just inside the limit is fine.
@@ -1019,7 +1065,10 @@ mod tests {
     fn message_under_this_nodes_own_id_is_rejected() {
         let mut a = node("a", 1);
         let actions = a.handle(heartbeat("a", 1, Role::Publisher, 5), at(5));
-        assert!(matches!(actions.as_slice(), [Action::Warn(w)] if w.contains("node id")));
+        assert!(matches!(
+            actions.as_slice(),
+            [Action::Warn(Warning::DuplicateNodeId(_))]
+        ));
         assert_eq!(a.publisher(at(5)), None);
     }
 

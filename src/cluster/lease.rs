@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use super::ability::PublishAbility;
-use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Timestamp};
+use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Timestamp, Warning};
 
 /// What the Tor side of a node reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,9 +94,7 @@ impl LeaseCore {
         }
         let mut actions = Vec::new();
         if !can_publish && self.ability.gave_up() {
-            actions.push(Action::Warn(
-                "every upload of this node has failed for too long: it leaves the lease to a standby whose Tor works".to_owned(),
-            ));
+            actions.push(Action::Warn(Warning::UploadsFailingTooLong));
         }
         actions.extend(
             self.election
@@ -154,9 +152,7 @@ mod tests {
         let actions = lease.handle(LeaseInput::Tick, at(10 + RELEASE.as_secs()));
         assert!(!lease.election().can_publish());
         assert!(
-            actions
-                .iter()
-                .any(|a| matches!(a, Action::Warn(w) if w.contains("failed for too long"))),
+            actions.contains(&Action::Warn(Warning::UploadsFailingTooLong)),
             "{actions:?}"
         );
         lease.handle(LeaseInput::Local(LocalEvent::UploadsAccepted), at(700));

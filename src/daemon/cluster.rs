@@ -13,6 +13,7 @@
 //! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
 //!   the acks), so a standby takes over at once instead of after the grace.
 
+use std::mem::Discriminant;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cluster::election::{Action, Timestamp};
+use crate::cluster::election::{Action, Timestamp, Warning};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::membership::{Admission, JoinRefusal, Learned, Membership};
@@ -86,7 +87,7 @@ struct ClusterNode {
     board: StatusBoard,
     progress: Arc<AtomicU64>,
     joins_done: mpsc::Sender<JoinDone>,
-    warnings: LogLimiter<String>,
+    warnings: LogLimiter<(Discriminant<Warning>, Option<NodeId>)>,
     last_publisher: Option<NodeId>,
 }
 
@@ -232,9 +233,9 @@ impl ClusterNode {
                     self.publishing.send_replace(false);
                 }
                 Action::Warn(warning) => {
-                    // The warning's subject ("ignored a message from node-b") is the key, so a
-                    // peer with a skewed clock is reported every half minute, not every 10 s.
-                    let subject = warning.split(':').next().unwrap_or_default().to_owned();
+                    // Rate-limited per kind of warning and peer, so a peer with a skewed clock
+                    // is reported every half minute, not at every heartbeat.
+                    let subject = (std::mem::discriminant(&warning), warning.about().cloned());
                     if let Some(held_back) =
                         self.warnings.allow(subject, tokio::time::Instant::now())
                     {
