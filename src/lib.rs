@@ -6,13 +6,13 @@
 //! state machines; each module's documentation says which part it implements.
 
 pub mod cli;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod descriptor;
 pub mod health;
 pub mod keys;
-pub mod onion_address;
 pub mod params;
 pub mod publish;
 pub mod storage;

@@ -49,10 +49,11 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use rustbalance::clock::Timestamp;
 use rustbalance::cluster::ability::PublishAbility;
-use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role, Timestamp};
+use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role};
 use rustbalance::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use rustbalance::cluster::messages;
 use rustbalance::cluster::{NodeId, Priority};
@@ -62,8 +63,8 @@ use rustbalance::descriptor::signer::DescriptorSigner;
 use rustbalance::health::stall::StallDetector;
 use rustbalance::health::state::{HealthPolicy, Observation};
 use rustbalance::health::{Check, HealthMonitor, HealthyBackends};
+use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
-use rustbalance::onion_address::OnionAddress;
 use rustbalance::publish::plan::{PublishPlan, UploadResult};
 use rustbalance::publish::publish_due;
 use rustbalance::storage::state::SavedState;
@@ -136,10 +137,6 @@ fn health_bound() -> Millis {
 
 fn millis(duration: Duration) -> Millis {
     duration.as_millis() as Millis
-}
-
-fn system_time(at: Millis) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(at)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -650,7 +647,7 @@ impl TorNetwork for SimTor<'_> {
             .into_iter()
             .map(|period| PeriodInfo {
                 time_period: TimePeriod::from_parts(PERIOD_MINUTES, period, 0),
-                srv_start: system_time(World::srv_start(period)),
+                srv_start: Timestamp::from_unix_millis(World::srv_start(period)),
                 max_descriptor_size: 50_000,
             })
             .collect())
@@ -909,7 +906,7 @@ fn start_node(world: &RefCell<World>, node: usize) {
             None,
             std::path::PathBuf::new(),
         ),
-        stall: StallDetector::new(TOR_STALL, backends > 0, system_time(clock)),
+        stall: StallDetector::new(TOR_STALL, backends > 0, Timestamp::from_unix_millis(clock)),
         publishing: false,
         tor_reported: false,
         rebuilding: false,
@@ -1037,7 +1034,7 @@ fn node_step(world: &RefCell<World>, node: usize) {
             let core = w.nodes[node].core.as_mut().unwrap();
             core.rebuilding = false;
             core.tor_reported = true;
-            core.stall = StallDetector::new(TOR_STALL, true, system_time(clock));
+            core.stall = StallDetector::new(TOR_STALL, true, Timestamp::from_unix_millis(clock));
         }
         lease_input(world, node, LeaseInput::Local(LocalEvent::TorReady), ts);
     }
@@ -1142,7 +1139,7 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
             .collect();
         let core = w.nodes[node].core.as_mut().unwrap();
         core.next_health = clock + HEALTH_INTERVAL;
-        let at = system_time(clock);
+        let at = Timestamp::from_unix_millis(clock);
         let healthy = core.health.apply_round(checks, at);
         if core.healthy.as_ref() != Some(&healthy) {
             core.publish_now = true;
@@ -1181,18 +1178,16 @@ fn publish_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
     };
     let tor = SimTor { world, node };
     let round = futures::executor::block_on(publish_due(&tor, &mut plan, &healthy, || {
-        system_time(clock)
+        Timestamp::from_unix_millis(clock)
     }));
     {
         let mut w = world.borrow_mut();
         w.trace(|| format!("node {node} publish round: {:?}", round.uploads));
         let core = w.nodes[node].core.as_mut().unwrap();
         core.plan = plan;
-        core.publish_due_at = round
-            .wake_at
-            .map(|at| at.duration_since(UNIX_EPOCH).unwrap().as_millis() as Millis);
+        core.publish_due_at = round.wake_at.map(Timestamp::as_unix_millis);
         if round.uploads == UploadResult::Accepted {
-            core.stall.progress(system_time(clock));
+            core.stall.progress(Timestamp::from_unix_millis(clock));
         }
     }
     let news = match round.uploads {
@@ -1216,7 +1211,7 @@ fn stall_check_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         return;
     }
     core.next_stall_check = clock + 5 * SECOND;
-    let at = system_time(clock);
+    let at = Timestamp::from_unix_millis(clock);
     if reaches {
         core.stall.live_consensus(at);
     }

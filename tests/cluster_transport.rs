@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng as _;
-use rustbalance::cluster::election::{Heartbeat, LeaseClaim, Timestamp};
+use rustbalance::clock::Timestamp;
+use rustbalance::cluster::election::{Heartbeat, LeaseClaim};
 use rustbalance::cluster::messages::{JoinAccept, JoinRequest, Message, MsgId, PeerInfo, Role};
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::cluster::transport::{

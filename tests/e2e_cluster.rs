@@ -21,8 +21,8 @@ use std::fs;
 use std::time::{Duration, Instant};
 
 use rustbalance::keys::files::load_master_key_with;
+use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
-use rustbalance::onion_address::OnionAddress;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
 use support::master::{fetch_until_seen, Observer};
 use support::secrets::{assert_no_secret, Secret};

@@ -67,9 +67,8 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::rc::Rc;
 use std::time::Duration;
 
-use rustbalance::cluster::election::{
-    Action, Election, ElectionTiming, Event, LeaseMessage, Role, Timestamp,
-};
+use rustbalance::clock::Timestamp;
+use rustbalance::cluster::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Role};
 use rustbalance::cluster::{NodeId, Priority};
 use sim_support::env_number;
 

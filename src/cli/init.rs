@@ -15,9 +15,9 @@ use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
 use crate::keys::files::{import_master_key, load_master_key};
+use crate::keys::onion_address::OnionAddress;
 use crate::keys::vanity::{self, VanityPrefix};
 use crate::keys::{KekSource, MasterKey};
-use crate::onion_address::OnionAddress;
 use crate::params;
 use crate::storage::node_files::{self, NewNode};
 

@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use super::election::Timestamp;
+use crate::clock::Timestamp;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]

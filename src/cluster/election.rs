@@ -36,7 +36,7 @@
 //! transport only delivers messages from authenticated cluster members, and a node that just
 //! joined may not be in this node's config yet.
 //!
-//! Time is a [`Timestamp`] of the local wall clock (the daemon passes `SystemTime::now()`):
+//! Time is a [`Timestamp`] of the local wall clock (the daemon passes [`Timestamp::now`]):
 //! peers compare message timestamps with it, so it must be the clock NTP keeps right.
 //!
 //! The messages ([`Heartbeat`], [`LeaseClaim`], [`LeaseRelease`]) are the same types on the
@@ -47,72 +47,15 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::ops::Add;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use super::Role;
 use serde::{Deserialize, Serialize};
 
 use super::{NodeId, Priority};
+use crate::clock::Timestamp;
 use crate::config::TimingConfig;
 use crate::params;
-
-/// A moment on some node's wall clock, in milliseconds since the Unix epoch. Timers are kept in
-/// milliseconds; the wire rounds to whole seconds.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
-pub struct Timestamp(u64);
-
-impl Timestamp {
-    pub const fn from_unix_millis(millis: u64) -> Self {
-        Timestamp(millis)
-    }
-
-    pub const fn as_unix_millis(self) -> u64 {
-        self.0
-    }
-
-    /// The start of second `secs` (the wire carries whole seconds).
-    pub const fn from_unix_secs(secs: u64) -> Self {
-        Timestamp(secs.saturating_mul(1000))
-    }
-
-    /// The whole seconds, rounded down.
-    pub const fn as_unix_secs(self) -> u64 {
-        self.0 / 1000
-    }
-
-    /// The moment `time`; times before 1970 (a badly broken clock) become the epoch.
-    pub fn from_system_time(time: SystemTime) -> Self {
-        Timestamp(time.duration_since(UNIX_EPOCH).map_or(0, whole_millis))
-    }
-
-    pub fn to_system_time(self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(self.0)
-    }
-
-    /// How long after `earlier` this is; zero if it is not after (a clock stepped back).
-    pub fn saturating_duration_since(self, earlier: Timestamp) -> Duration {
-        Duration::from_millis(self.0.saturating_sub(earlier.0))
-    }
-
-    /// How far apart the two moments are, in either direction.
-    fn distance(self, other: Timestamp) -> Duration {
-        Duration::from_millis(self.0.abs_diff(other.0))
-    }
-}
-
-impl Add<Duration> for Timestamp {
-    type Output = Timestamp;
-
-    fn add(self, duration: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(whole_millis(duration)))
-    }
-}
-
-/// `duration` in whole milliseconds, saturating (585 million years is plenty).
-fn whole_millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
 
 /// The intervals the election runs on (`[timing]` in the config; defaults in `params`).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -560,7 +503,7 @@ impl Election {
         if back.is_zero() {
             return;
         }
-        let earlier = |moment: Timestamp| Timestamp(moment.0.saturating_sub(whole_millis(back)));
+        let earlier = |moment: Timestamp| moment.saturating_sub(back);
         self.started_at = earlier(self.started_at);
         self.next_heartbeat = earlier(self.next_heartbeat);
         self.last_publish = self.last_publish.map(earlier);
@@ -695,7 +638,7 @@ impl Election {
             .filter_map(|peer| peer.last_heard)
             .max()
             .map(|heard| heard + self.timing.publisher_timeout + self.timing.takeover_grace);
-        (self.started_at + listen).max(silent_publisher_replaceable.unwrap_or(Timestamp(0)))
+        (self.started_at + listen).max(silent_publisher_replaceable.unwrap_or(Timestamp::EPOCH))
     }
 
     /// When this publisher hears from another one (weaker: a stronger one made it back off in

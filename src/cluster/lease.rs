@@ -14,7 +14,8 @@
 use std::time::Duration;
 
 use super::ability::PublishAbility;
-use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Timestamp, Warning};
+use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Warning};
+use crate::clock::Timestamp;
 
 /// What the Tor side of a node reports about itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

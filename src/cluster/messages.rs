@@ -344,7 +344,7 @@ impl<'de> Deserialize<'de> for JoinMac {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::election::Timestamp;
+    use crate::clock::Timestamp;
     use crate::cluster::wg_keys::generate_keypair;
 
     fn node(id: &str) -> NodeId {

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::cluster::{Endpoint, NodeId, Priority};
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 use crate::params;
 
 /// A complete, validated configuration.

@@ -17,13 +17,14 @@ use std::mem::Discriminant;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::future::join_all;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::cluster::election::{Action, Timestamp, Warning};
+use crate::clock::Timestamp;
+use crate::cluster::election::{Action, Warning};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::membership::{Admission, JoinRefusal, Learned, Membership};
@@ -33,7 +34,6 @@ use crate::cluster::{Endpoint, NodeId, Priority, Role};
 use crate::config::Config;
 use crate::daemon::status::{PeerStatus, StatusBoard};
 use crate::storage::node_files;
-use crate::storage::state::unix_secs;
 
 /// How often a node repeats its member list to every peer.
 const PEER_LIST_INTERVAL: Duration = Duration::from_secs(60);
@@ -190,7 +190,7 @@ pub(super) async fn transport_peer(peer: &PeerInfo) -> PeerConfig {
 
 /// The local wall clock, which peers compare message timestamps with.
 fn now() -> Timestamp {
-    Timestamp::from_system_time(SystemTime::now())
+    Timestamp::now()
 }
 
 impl ClusterNode {
@@ -470,7 +470,7 @@ impl ClusterNode {
             status.can_publish = can_publish;
             status.publisher = publisher;
             status.peers = peers;
-            status.generated_at = unix_secs(SystemTime::now());
+            status.generated_at = Timestamp::now().as_unix_secs();
         });
     }
 

@@ -32,13 +32,14 @@ mod tor_side;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
+use crate::clock::Timestamp;
 use crate::cluster::ability::PublishAbility;
-use crate::cluster::election::{Election, Timestamp};
+use crate::cluster::election::Election;
 use crate::cluster::lease::LeaseCore;
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
@@ -54,7 +55,7 @@ use crate::keys::files::{load_master_key, KeyFileError};
 use crate::publish::plan::PublishPlan;
 use crate::storage::fsutil;
 use crate::storage::node_files::{self, NodeFilesError};
-use crate::storage::state::{self, unix_secs};
+use crate::storage::state;
 use crate::tor::{ArtiSettings, TorError};
 use cluster::ClusterSetup;
 use status_server::{MetricsServer, StatusServer};
@@ -192,7 +193,7 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
             .iter()
             .map(|peer| (peer.node_id.clone(), peer.priority)),
         (&config.timing).into(),
-        Timestamp::from_system_time(SystemTime::now()),
+        Timestamp::now(),
     );
     let setup = ClusterSetup {
         me: config.node.id.clone(),
@@ -324,7 +325,7 @@ fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut PublishPlan<
     let Some(saved) = saved else {
         return;
     };
-    let now = unix_secs(SystemTime::now());
+    let now = Timestamp::now().as_unix_secs();
     let takeover_after = config.timing.publisher_timeout + config.timing.takeover_grace;
     if let Some(uploads) = saved.uploads_to_resume(now, has_peers, takeover_after) {
         tracing::info!(
@@ -394,7 +395,7 @@ async fn watchdog(progress: Arc<AtomicU64>, interval: Duration) {
 
 /// Milliseconds since the Unix epoch.
 fn unix_millis() -> u64 {
-    Timestamp::from_system_time(SystemTime::now()).as_unix_millis()
+    Timestamp::now().as_unix_millis()
 }
 
 /// Every configured backend as unchecked: the status until the health loop's first round.
@@ -409,7 +410,7 @@ fn backend_status(report: BackendReport) -> BackendStatus {
         address: report.address,
         state: report.state.to_string(),
         intro_points: report.intro_points,
-        last_fetch: report.last_seen.map(unix_secs),
+        last_fetch: report.last_seen.map(Timestamp::as_unix_secs),
         failure_count: report.failure_count,
         last_error: report.last_error,
     }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::clock::Timestamp;
 use crate::daemon::status::{NodeStatus, StatusBoard};
-use crate::storage::state::unix_secs;
 use crate::storage::state::{self, SavedBackend, SavedPeer, SavedState, SavedUpload};
 
 /// How often the writer looks for changes.
@@ -67,7 +67,7 @@ pub fn save_now(
 
 /// Stamp and write; a failure is logged (the node keeps running without a fresh file).
 fn save(state_dir: &Path, mut state: SavedState) -> bool {
-    state.saved_at = unix_secs(std::time::SystemTime::now());
+    state.saved_at = Timestamp::now().as_unix_secs();
     match state::save(state_dir, &state) {
         Ok(()) => true,
         Err(err) => {

@@ -11,12 +11,10 @@
 
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
-
-use crate::storage::state::unix_secs;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::Timestamp;
 use crate::cluster::{NodeId, Priority, Role};
 
 /// File name of the status socket inside the state directory.
@@ -98,7 +96,7 @@ impl NodeStatus {
     /// A node that has just started: nothing known yet.
     pub fn starting(node_id: NodeId, priority: Priority, master_address: String) -> Self {
         NodeStatus {
-            generated_at: unix_secs(SystemTime::now()),
+            generated_at: Timestamp::now().as_unix_secs(),
             node_id,
             priority,
             master_address,
@@ -381,7 +379,7 @@ impl StatusBoard {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .clone();
-        status.generated_at = unix_secs(SystemTime::now());
+        status.generated_at = Timestamp::now().as_unix_secs();
         status
     }
 }

@@ -17,6 +17,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 
 use super::{backend_status, unix_millis, DaemonError};
+use crate::clock::Timestamp;
 use crate::cluster::lease::LocalEvent;
 use crate::config::Config;
 use crate::daemon::status::{PublishStatus, StatusBoard};
@@ -26,7 +27,7 @@ use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
 use crate::publish::plan::{PublishPlan, UploadResult};
 use crate::publish::publish_due;
-use crate::storage::state::{unix_secs, SavedUpload};
+use crate::storage::state::SavedUpload;
 use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
 /// Wait between two bootstrap attempts when the Tor network cannot be reached.
@@ -68,7 +69,8 @@ impl TorSide {
             tracing::info!("consensus: {consensus}");
             self.board.update(|status| {
                 status.tor.bootstrapped = true;
-                status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
+                status.tor.consensus_valid_after =
+                    Some(Timestamp::from_system_time(consensus.valid_after).as_unix_secs());
                 status.tor.last_error = None;
             });
             if !ready_sent {
@@ -145,17 +147,17 @@ async fn watch_for_stall(tor: &EmbeddedTor, progress: &AtomicU64, config: &Confi
     let mut detector = StallDetector::new(
         config.timing.tor_stall,
         !config.backends.is_empty(),
-        SystemTime::now(),
+        Timestamp::now(),
     );
     loop {
         tokio::time::sleep(STALL_CHECK).await;
-        let now = SystemTime::now();
+        let now = Timestamp::now();
         if tor.has_live_consensus() {
             detector.live_consensus(now);
         }
-        let last_progress =
-            std::time::UNIX_EPOCH + Duration::from_millis(progress.load(Ordering::Relaxed));
-        detector.progress(last_progress);
+        detector.progress(Timestamp::from_unix_millis(
+            progress.load(Ordering::Relaxed),
+        ));
         if let Some(reason) = detector.stalled(now) {
             return reason;
         }
@@ -176,7 +178,8 @@ async fn consensus_watcher(
             tracing::debug!("new consensus: {consensus}");
             last_valid_after = consensus.valid_after;
             board.update(|status| {
-                status.tor.consensus_valid_after = Some(unix_secs(consensus.valid_after));
+                status.tor.consensus_valid_after =
+                    Some(Timestamp::from_system_time(consensus.valid_after).as_unix_secs());
             });
         }
     }
@@ -241,7 +244,7 @@ async fn publish_loop(
             }
             continue;
         };
-        let round = publish_due(tor, publisher, &healthy, SystemTime::now).await;
+        let round = publish_due(tor, publisher, &healthy, Timestamp::now).await;
         if round.uploads == UploadResult::Accepted {
             progress.store(unix_millis(), Ordering::Relaxed);
         }
@@ -276,7 +279,7 @@ async fn publish_loop(
             status.alerts = alerts;
         });
         let sleep = match round.wake_at {
-            Some(at) => at.duration_since(SystemTime::now()).unwrap_or_default(),
+            Some(at) => at.saturating_duration_since(Timestamp::now()),
             // Nothing to publish until the healthy set changes.
             None => Duration::from_secs(24 * 3600),
         };

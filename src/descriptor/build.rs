@@ -29,7 +29,7 @@ use tor_llcrypto::pk::ed25519;
 use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, HsDescBuilder, IntroPointDesc};
 use tor_netdoc::NetdocBuilder;
 
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 use crate::params::{CERT_LIFETIME, DESCRIPTOR_LIFETIME_MINUTES};
 
 /// The master identity, ready to blind and sign. Never printed.

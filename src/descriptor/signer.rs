@@ -18,7 +18,7 @@ use tor_netdoc::doc::hsdesc::IntroPointDesc;
 use super::build::{
     build_descriptor, BlindedIdentity, BuildError, DescriptorParams, MasterIdentity,
 };
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 
 /// See the module documentation.
 pub trait DescriptorSigner {

@@ -16,7 +16,7 @@ use tor_hscrypto::Subcredential;
 use tor_netdoc::doc::hsdesc::{HsDesc, IntroPointDesc};
 
 use crate::descriptor::build::blinded_id_and_subcredential;
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 use crate::tor::{HsDirError, HsDirId, HsDirSet, PeriodInfo, TorError, TorNetwork};
 
 /// HSDirs asked for a descriptor before giving up (a client asks at most

@@ -15,11 +15,11 @@ pub mod state;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use futures::future::join_all;
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
+use crate::clock::Timestamp;
 use crate::config::{BackendConfig, Config, ProbeConfig};
 use crate::storage::fsutil;
 use crate::tor::{HttpProbe, TorNetwork};
@@ -56,7 +56,7 @@ pub struct BackendReport {
     /// Introduction points of its last verified descriptor.
     pub intro_points: usize,
     /// When a valid descriptor was last fetched.
-    pub last_seen: Option<SystemTime>,
+    pub last_seen: Option<Timestamp>,
     pub failure_count: u32,
     pub last_error: Option<String>,
 }
@@ -117,7 +117,7 @@ impl HealthMonitor {
                 })
             })
             .collect();
-        self.apply_round(results, SystemTime::now())
+        self.apply_round(results, Timestamp::now())
     }
 }
 
@@ -152,7 +152,7 @@ impl<I: Clone> HealthMonitor<I> {
     pub fn apply_round(
         &mut self,
         results: Vec<Option<Check<I>>>,
-        now: SystemTime,
+        now: Timestamp,
     ) -> HealthyBackends<I> {
         self.reached_last_round = results
             .iter()

@@ -10,21 +10,23 @@
 //! (`timing.tor_stall_secs`). A node with no backend to check has nothing to measure progress
 //! by, so only the consensus counts there.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use crate::clock::Timestamp;
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct StallDetector {
     limit: Duration,
     expects_progress: bool,
-    last_consensus: SystemTime,
-    last_progress: SystemTime,
+    last_consensus: Timestamp,
+    last_progress: Timestamp,
 }
 
 impl StallDetector {
     /// A client that was fine at `start` (just bootstrapped). `expects_progress`: there are
     /// backends to fetch.
-    pub fn new(limit: Duration, expects_progress: bool, start: SystemTime) -> Self {
+    pub fn new(limit: Duration, expects_progress: bool, start: Timestamp) -> Self {
         StallDetector {
             limit,
             expects_progress,
@@ -34,18 +36,18 @@ impl StallDetector {
     }
 
     /// The client holds a consensus that is live at `now`.
-    pub fn live_consensus(&mut self, now: SystemTime) {
+    pub fn live_consensus(&mut self, now: Timestamp) {
         self.last_consensus = self.last_consensus.max(now);
     }
 
     /// A fetch or an upload succeeded at `at`.
-    pub fn progress(&mut self, at: SystemTime) {
+    pub fn progress(&mut self, at: Timestamp) {
         self.last_progress = self.last_progress.max(at);
     }
 
     /// Why the client counts as stalled at `now`, if it does.
-    pub fn stalled(&self, now: SystemTime) -> Option<String> {
-        let since = |moment: SystemTime| now.duration_since(moment).unwrap_or_default();
+    pub fn stalled(&self, now: Timestamp) -> Option<String> {
+        let since = |moment: Timestamp| now.saturating_duration_since(moment);
         if since(self.last_consensus) >= self.limit {
             return Some(format!(
                 "no live consensus for {} s",
@@ -68,8 +70,8 @@ mod tests {
 
     const LIMIT: Duration = Duration::from_secs(600);
 
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_700_000_000 + secs)
     }
 
     #[test]

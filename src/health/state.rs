@@ -16,7 +16,9 @@
 //! descriptor is measured from when we first saw its revision counter: C tor's counters are
 //! encrypted with the backend's own key and tell us nothing about its clock.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use crate::clock::Timestamp;
 
 /// Where a backend stands; see the module documentation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,10 +81,10 @@ pub struct BackendHealth {
     /// Failed checks in a row; reset by a good descriptor.
     failure_count: u32,
     /// When a valid descriptor was last fetched.
-    last_seen: Option<SystemTime>,
+    last_seen: Option<Timestamp>,
     last_error: Option<String>,
     /// The revision counter of the newest descriptor, and when we first saw it.
-    revision: Option<(u64, SystemTime)>,
+    revision: Option<(u64, Timestamp)>,
 }
 
 impl BackendHealth {
@@ -108,7 +110,7 @@ impl BackendHealth {
         self.failure_count
     }
 
-    pub fn last_seen(&self) -> Option<SystemTime> {
+    pub fn last_seen(&self) -> Option<Timestamp> {
         self.last_seen
     }
 
@@ -120,7 +122,7 @@ impl BackendHealth {
     pub fn observe(
         &mut self,
         observation: Observation,
-        now: SystemTime,
+        now: Timestamp,
         policy: &HealthPolicy,
     ) -> Option<Transition> {
         if self.state == BackendState::Excluded {
@@ -158,7 +160,7 @@ impl BackendHealth {
 
     /// Let time pass without an observation: a Healthy backend whose descriptor has aged
     /// past the limit becomes Stale.
-    pub fn tick(&mut self, now: SystemTime, policy: &HealthPolicy) -> Option<Transition> {
+    pub fn tick(&mut self, now: Timestamp, policy: &HealthPolicy) -> Option<Transition> {
         if self.state != BackendState::Healthy {
             return None;
         }
@@ -167,10 +169,10 @@ impl BackendHealth {
     }
 
     /// Healthy or Stale, by how long the current revision has been unchanged.
-    fn state_by_age(&self, now: SystemTime, policy: &HealthPolicy) -> BackendState {
+    fn state_by_age(&self, now: Timestamp, policy: &HealthPolicy) -> BackendState {
         match self.revision {
             Some((_, since))
-                if now.duration_since(since).unwrap_or_default() > policy.descriptor_max_age =>
+                if now.saturating_duration_since(since) > policy.descriptor_max_age =>
             {
                 BackendState::Stale
             }
@@ -194,8 +196,8 @@ mod tests {
         dead_after_failures: 2,
     };
 
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_800_000_000 + secs)
     }
 
     fn descriptor(revision_counter: u64) -> Observation {

@@ -15,7 +15,7 @@ use rand::TryRng;
 use sha2::{Digest, Sha512};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 
 /// The master identity key: expanded secret and public key. The secret is wiped from memory
 /// when the value is dropped, and neither `Debug` nor `Display` shows it (they show the

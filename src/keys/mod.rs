@@ -9,10 +9,12 @@
 //! - [`kek`]: the key-encryption key that format is sealed under, and where it is found
 //!   (systemd credentials, or the credential store).
 //! - [`vanity`]: the search for a key whose address starts with chosen characters.
+//! - [`onion_address`]: the v3 `.onion` address a key is known by.
 
 pub mod files;
 pub mod kek;
 mod master_key;
+pub mod onion_address;
 pub mod sealed;
 pub mod vanity;
 

@@ -10,8 +10,7 @@ pub mod plan;
 pub mod schedule;
 pub mod upload;
 
-use std::time::SystemTime;
-
+use crate::clock::Timestamp;
 use crate::descriptor::signer::DescriptorSigner;
 use crate::tor::{HsDirSet, TorNetwork};
 use plan::{PeriodTarget, PublishPlan, UploadResult, RETRY_AFTER_FAILURE};
@@ -21,17 +20,17 @@ use upload::upload_to_all;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishRound {
     /// When to call again at the latest (`None`: only when the healthy backends change).
-    pub wake_at: Option<SystemTime>,
+    pub wake_at: Option<Timestamp>,
     pub uploads: UploadResult,
 }
 
 /// Upload for every period that needs it, through `tor`, as `plan` decides; `clock` is the
-/// node's wall clock (`SystemTime::now` in the daemon, simulated time in tests).
+/// node's wall clock ([`Timestamp::now`] in the daemon, simulated time in tests).
 pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
     tor: &T,
     plan: &mut PublishPlan<S>,
     healthy: &[(String, Vec<S::IntroPoint>)],
-    clock: impl Fn() -> SystemTime,
+    clock: impl Fn() -> Timestamp,
 ) -> PublishRound {
     if plan.nothing_to_publish(healthy) {
         return PublishRound {

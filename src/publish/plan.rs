@@ -20,15 +20,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::schedule::{next_due, publish_reason, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
+use crate::clock::Timestamp;
 use crate::descriptor::build::{BuildError, DescriptorParams};
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::descriptor::signer::DescriptorSigner;
 use crate::params::MAX_INTRO_POINTS;
-use crate::storage::state::{unix_secs, SavedUpload};
+use crate::storage::state::SavedUpload;
 use crate::tor::{HsDirId, PeriodInfo};
 
 /// How soon to try a period again after an upload no HSDir accepted, or a descriptor that
@@ -59,7 +60,7 @@ pub struct Upload {
     /// The backends they come from.
     pub backends: BTreeSet<String>,
     /// When the plan decided it: the record's time once an HSDir accepted it.
-    pub decided_at: SystemTime,
+    pub decided_at: Timestamp,
 }
 
 /// What the plan wants done now.
@@ -67,7 +68,7 @@ pub struct Upload {
 pub struct Decision {
     pub uploads: Vec<Upload>,
     /// When to ask again at the latest (`None`: only when the healthy backends change).
-    pub wake_at: Option<SystemTime>,
+    pub wake_at: Option<Timestamp>,
 }
 
 /// Whether uploads worked: what tells the cluster that this node's Tor can publish.
@@ -147,7 +148,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     /// Decide the uploads due at `now` for `targets` (every period the consensus names).
     pub fn decide(
         &mut self,
-        now: SystemTime,
+        now: Timestamp,
         targets: &[PeriodTarget],
         healthy: &[(String, Vec<S::IntroPoint>)],
     ) -> Decision {
@@ -170,10 +171,10 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     /// One period: an upload if one is due, and when to look again.
     fn decide_period(
         &mut self,
-        now: SystemTime,
+        now: Timestamp,
         target: &PeriodTarget,
         healthy: &[(String, Vec<S::IntroPoint>)],
-    ) -> (Option<Upload>, SystemTime) {
+    ) -> (Option<Upload>, Timestamp) {
         let period = target.info.time_period.interval_num();
         let retry = now + RETRY_AFTER_FAILURE;
         let Some(srv_offset) = target.info.srv_offset_secs(now) else {
@@ -187,7 +188,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let base = DescriptorParams {
             intro_points: &[],
             revision_counter,
-            now,
+            // Certificates are dated by Arti's builder, which takes the standard type.
+            now: now.to_system_time(),
             size_limit: target.info.max_descriptor_size,
         };
 
@@ -276,8 +278,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         &mut self,
         upload: Upload,
         results: &[HsDirUpload],
-        now: SystemTime,
-    ) -> (UploadResult, SystemTime) {
+        now: Timestamp,
+    ) -> (UploadResult, Timestamp) {
         let accepted = results.iter().filter(|r| r.outcome.is_ok()).count();
         for failure in results.iter().filter(|r| r.outcome.is_err()) {
             if let Err(err) = &failure.outcome {
@@ -337,7 +339,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             .iter()
             .map(|(period, record)| SavedUpload {
                 time_period: *period,
-                published_at: unix_secs(record.published_at),
+                published_at: record.published_at.as_unix_secs(),
                 revision_counter: record.revision_counter,
                 intro_points: record.intro_points.clone(),
                 hsdirs: record.hsdirs.clone(),
@@ -354,9 +356,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             self.records.insert(
                 upload.time_period,
                 PublishRecord {
-                    published_at: UNIX_EPOCH
-                        .checked_add(Duration::from_secs(upload.published_at))
-                        .unwrap_or(UNIX_EPOCH),
+                    published_at: Timestamp::from_unix_secs(upload.published_at),
                     intro_points: upload.intro_points.clone(),
                     hsdirs: upload.hsdirs.clone(),
                     revision_counter: upload.revision_counter,
@@ -384,7 +384,7 @@ mod tests {
     impl DescriptorSigner for TextSigner {
         type IntroPoint = String;
 
-        fn address(&self) -> crate::onion_address::OnionAddress {
+        fn address(&self) -> crate::keys::onion_address::OnionAddress {
             "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
                 .parse()
                 .unwrap()
@@ -412,8 +412,8 @@ mod tests {
         fn retain_periods(&mut self, _periods: &[u64]) {}
     }
 
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_800_000_000 + secs)
     }
 
     fn target(period: u64, hsdirs: &[&str]) -> PeriodTarget {
@@ -457,7 +457,7 @@ mod tests {
     /// Decide at `now` and report every upload as accepted by every HSDir.
     fn publish(
         plan: &mut PublishPlan<TextSigner>,
-        now: SystemTime,
+        now: Timestamp,
         targets: &[PeriodTarget],
         backends: &[(String, Vec<String>)],
     ) -> Vec<(u64, PublishReason, u64)> {

@@ -9,12 +9,14 @@
 //! - the set of HSDirs responsible for it changed (new consensus, new SRV): the new ones
 //!   hold nothing yet.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
+
+use crate::clock::Timestamp;
 
 /// What was last uploaded for one time period.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishRecord {
-    pub published_at: SystemTime,
+    pub published_at: Timestamp,
     /// Identities of the introduction points listed (see [`intro_point_fingerprint`]).
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
@@ -47,7 +49,7 @@ impl std::fmt::Display for PublishReason {
 /// Whether to upload now, given the last upload for this period (if any).
 pub fn publish_reason(
     last: Option<&PublishRecord>,
-    now: SystemTime,
+    now: Timestamp,
     interval: Duration,
     intro_points: &[String],
     hsdirs: &[String],
@@ -59,7 +61,7 @@ pub fn publish_reason(
         Some(PublishReason::IntroPointsChanged)
     } else if !same_set(&last.hsdirs, hsdirs) {
         Some(PublishReason::HsDirsChanged)
-    } else if now.duration_since(last.published_at).unwrap_or_default() >= interval {
+    } else if now.saturating_duration_since(last.published_at) >= interval {
         Some(PublishReason::IntervalElapsed)
     } else {
         None
@@ -67,7 +69,7 @@ pub fn publish_reason(
 }
 
 /// The earliest time at which `publish_reason` can become true by time alone.
-pub fn next_due(last: &PublishRecord, interval: Duration) -> SystemTime {
+pub fn next_due(last: &PublishRecord, interval: Duration) -> Timestamp {
     last.published_at + interval
 }
 
@@ -85,8 +87,8 @@ mod tests {
 
     const INTERVAL: Duration = Duration::from_secs(600);
 
-    fn at(secs: u64) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000 + secs)
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_800_000_000 + secs)
     }
 
     fn strings(items: &[&str]) -> Vec<String> {

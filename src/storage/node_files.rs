@@ -32,8 +32,8 @@ use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::config::{BackendName, Config};
 use crate::keys::files::{write_sealed_master_key, KeyFileError};
+use crate::keys::onion_address::OnionAddress;
 use crate::keys::{ensure_kek, KekError, KekSource, MasterKey};
-use crate::onion_address::OnionAddress;
 use crate::params;
 use crate::storage::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
 

@@ -23,13 +23,6 @@ pub const STATE_FILE: &str = "state.json";
 /// The format version written; others are ignored with a warning.
 const FORMAT_VERSION: u32 = 1;
 
-/// Seconds since the Unix epoch (0 for a clock before 1970): how state.json and `status`
-/// write moments.
-pub fn unix_secs(time: std::time::SystemTime) -> u64 {
-    time.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// What is saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -20,6 +20,7 @@ use tor_netdir::{HsDirParams, Relay};
 
 use super::network::{HsDirError, HsDirId, HsDirSet, PeriodInfo, TorError};
 use super::EmbeddedTor;
+use crate::clock::Timestamp;
 use crate::params::DEFAULT_MAX_DESCRIPTOR_SIZE;
 
 /// Longest wait for one HSDir request, circuit included.
@@ -33,7 +34,7 @@ impl EmbeddedTor {
             .unwrap_or(DEFAULT_MAX_DESCRIPTOR_SIZE);
         let info = |params: HsDirParams| PeriodInfo {
             time_period: params.time_period(),
-            srv_start: params.start_of_shard_rand_period(),
+            srv_start: Timestamp::from_system_time(params.start_of_shard_rand_period()),
             max_descriptor_size: size_limit,
         };
         Ok((

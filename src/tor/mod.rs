@@ -28,7 +28,7 @@ pub use network::{
 };
 pub use settings::{ArtiConfigError, ArtiSettings};
 
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 
 /// Make rustls usable. Arti is built with its `rustls` feature (no OpenSSL, so the binary can
 /// be static), which leaves the choice of crypto provider to the program; without one, the

@@ -12,12 +12,13 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
-use crate::onion_address::OnionAddress;
+use crate::clock::Timestamp;
+use crate::keys::onion_address::OnionAddress;
 
 /// An HSDir, named by its RSA identity in hex, as tor's logs and the consensus name relays.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +47,7 @@ pub struct PeriodInfo {
     pub time_period: TimePeriod,
     /// Start of the shared-random period whose value places this period's descriptors on the
     /// HSDir ring: the revision counter counts seconds from here (rend-spec-v3 Appendix F.2).
-    pub srv_start: SystemTime,
+    pub srv_start: Timestamp,
     /// The HSDirs refuse descriptors this long or longer (`HSV3MaxDescriptorSize`).
     pub max_descriptor_size: usize,
 }
@@ -54,9 +55,11 @@ pub struct PeriodInfo {
 impl PeriodInfo {
     /// Seconds since [`PeriodInfo::srv_start`], the input of the revision counter; `None`
     /// before it, or too far after it to be a real SRV period.
-    pub fn srv_offset_secs(&self, now: SystemTime) -> Option<u32> {
-        let since = now.duration_since(self.srv_start).ok()?;
-        u32::try_from(since.as_secs()).ok()
+    pub fn srv_offset_secs(&self, now: Timestamp) -> Option<u32> {
+        if now < self.srv_start {
+            return None;
+        }
+        u32::try_from(now.saturating_duration_since(self.srv_start).as_secs()).ok()
     }
 }
 

@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 use super::network::{HttpProbe, ProbeError};
 use super::EmbeddedTor;
-use crate::onion_address::OnionAddress;
+use crate::keys::onion_address::OnionAddress;
 
 impl EmbeddedTor {
     /// `Ok` if `address` answered the probe with the expected status, else why not.

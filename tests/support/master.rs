@@ -9,8 +9,8 @@ use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
 use rustbalance::descriptor::signer::intro_point_id;
 use rustbalance::health::fetch::{fetch_current, fetch_for_period};
+use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
-use rustbalance::onion_address::OnionAddress;
 use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
 
 use super::TorNetwork;

@@ -10,7 +10,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::onion_address::{base32_value, OnionAddress};
+use crate::keys::onion_address::{base32_value, OnionAddress};
 
 /// A checked vanity prefix: 1 to [`VanityPrefix::MAX_LEN`] lower-case base32 characters.
 #[derive(Clone, PartialEq, Eq)]

@@ -37,8 +37,8 @@ use super::field::Fe;
 use super::point::{AffinePoint, ExtendedPoint};
 use super::prefix::PrefixFilter;
 use super::SearchError;
+use crate::keys::onion_address::OnionAddress;
 use crate::keys::MasterKey;
-use crate::onion_address::OnionAddress;
 
 /// Pairs per batch in normal operation (M), rounded up to a multiple of the engine's lanes.
 /// A batch holds 2M + 1 candidates and costs one field inversion. Measured on our machines,
