@@ -71,7 +71,7 @@ use rustbalance::storage::state::SavedState;
 use rustbalance::tor::{
     HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
 };
-use sim_support::env_number;
+use sim_support::{env_number, SimRng};
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
@@ -329,29 +329,6 @@ const SCENARIOS: &[Scenario] = &[
 ];
 
 // ---------------------------------------------------------------------------------------------
-// A seeded generator (SplitMix64): the only source of chance.
-
-struct SimRng(u64);
-
-impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // Descriptors as text: `period=<p> rev=<n> ips=<a,b,...>`.
 
 struct SimSigner {
@@ -604,13 +581,13 @@ impl World {
                 continue;
             }
             // Reliable messages are resent until acknowledged: a lost one arrives late.
-            let mut delay = 20 + self.rng.below(60);
+            let mut delay = 20 + self.rng.range(0, 59);
             if self.rng.chance(0.05) || (reliable && self.rng.chance(self.loss)) {
-                delay += self.rng.below(1000);
+                delay += self.rng.range(0, 999);
             }
             self.push(to, bytes.clone(), delay);
             if self.rng.chance(0.02) {
-                let replay = delay + self.rng.below(3000);
+                let replay = delay + self.rng.range(0, 2999);
                 self.push(to, bytes.clone(), replay);
             }
         }
@@ -750,7 +727,7 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
         .map(|i| SimNode {
             id: NodeId::try_from(format!("node-{}", (b'a' + i as u8) as char)).unwrap(),
             priority: Priority::try_from(i as u32 + 1).unwrap(),
-            clock_offset: rng.below(400) as i64 - 200,
+            clock_offset: rng.range(0, 399) as i64 - 200,
             tor_reaches_network: true,
             bootstrapped_at: START + BOOTSTRAP,
             core: None,
@@ -911,7 +888,7 @@ fn start_node(world: &RefCell<World>, node: usize) {
         tor_reported: false,
         rebuilding: false,
         // Nodes start their loops at different moments, as separate machines do.
-        next_health: clock + w.rng.below(HEALTH_INTERVAL),
+        next_health: clock + w.rng.range(0, HEALTH_INTERVAL - 1),
         next_stall_check: clock,
         healthy: None,
         publish_due_at: None,
@@ -954,15 +931,15 @@ fn random_fault(world: &RefCell<World>) {
     let backends = w.backends.len();
     let kind = w.rng.below(7);
     let fault = match kind {
-        0 => Fault::Crash(w.rng.below(nodes as u64) as usize),
-        1 => Fault::Restart(w.rng.below(nodes as u64) as usize),
+        0 => Fault::Crash(w.rng.below(nodes)),
+        1 => Fault::Restart(w.rng.below(nodes)),
         2 => {
             const SIDES: &[&[usize]] = &[&[0], &[1], &[0, 1], &[2, 3], &[4]];
-            Fault::Partition(SIDES[w.rng.below(SIDES.len() as u64) as usize])
+            Fault::Partition(SIDES[w.rng.below(SIDES.len())])
         }
         3 => Fault::Heal,
-        4 => Fault::BackendDies(w.rng.below(backends as u64) as usize),
-        5 => Fault::BackendReturns(w.rng.below(backends as u64) as usize),
+        4 => Fault::BackendDies(w.rng.below(backends)),
+        5 => Fault::BackendReturns(w.rng.below(backends)),
         _ => {
             // A loss episode, or its end; or a backend rotating its introduction points.
             if w.rng.chance(0.5) {
@@ -970,7 +947,7 @@ fn random_fault(world: &RefCell<World>) {
                 let now = w.now;
                 w.last_fault = now;
             } else {
-                let b = w.rng.below(backends as u64) as usize;
+                let b = w.rng.below(backends);
                 let now = w.now;
                 if w.backends[b].alive {
                     w.backends[b].rotate(b, now);

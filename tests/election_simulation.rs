@@ -70,7 +70,7 @@ use std::time::Duration;
 use rustbalance::clock::Timestamp;
 use rustbalance::cluster::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Role};
 use rustbalance::cluster::{NodeId, Priority};
-use sim_support::env_number;
+use sim_support::{env_number, SimRng};
 
 /// Seeds run by default; `RB_SIM_SEEDS` overrides.
 const DEFAULT_SEEDS: u64 = 2000;
@@ -196,32 +196,6 @@ impl Stats {
         self.role_changes += other.role_changes;
         self.warnings += other.warnings;
         self.incumbents_kept += other.incumbents_kept;
-    }
-}
-
-/// SplitMix64: tiny, fast and good enough to drive a simulation.
-struct SimRng(u64);
-
-impl SimRng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `low..=high`.
-    fn range(&mut self, low: u64, high: u64) -> u64 {
-        low + self.next() % (high - low + 1)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound as u64) as usize
-    }
-
-    fn chance(&mut self, p: f64) -> bool {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
     }
 }
 
