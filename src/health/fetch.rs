@@ -103,9 +103,6 @@ pub async fn fetch_for_period<T: TorNetwork>(
     let (blind_id, subcredential) = blinded_id_and_subcredential(address, time_period)
         .ok_or(FetchError::Blinding(time_period.interval_num()))?;
     let hsdirs = tor.hsdirs(&blind_id, time_period, HsDirSet::Fetch).await?;
-    if hsdirs.is_empty() {
-        return Err(FetchError::NoHsDirs);
-    }
 
     // HSDirs receive a service's new descriptor one by one, so right after it changed its
     // introduction points some still serve the old copy. Asking two at a time and keeping the
@@ -152,11 +149,14 @@ pub async fn fetch_for_period<T: TorNetwork>(
             return Ok(descriptor);
         }
     }
+    // Nothing failed only if nothing was asked.
+    let Some(last) = last else {
+        return Err(FetchError::NoHsDirs);
+    };
     Err(FetchError::AllFailed {
         tried,
         answered,
-        // `hsdirs` is not empty, so at least one attempt failed.
-        last: last.unwrap_or(HsDirFailure::Request(HsDirError::NotFound)),
+        last,
     })
 }
 

@@ -22,6 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tor_hscrypto::pk::HsBlindId;
+use tor_hscrypto::time::TimePeriod;
+
 use super::schedule::{next_due, publish_reason, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
 use crate::clock::Timestamp;
@@ -138,10 +141,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     }
 
     /// The master's blinded identity for a period, to ask which HSDirs are responsible.
-    pub fn blind_id(
-        &mut self,
-        period: tor_hscrypto::time::TimePeriod,
-    ) -> Result<tor_hscrypto::pk::HsBlindId, BuildError> {
+    pub fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {
         self.signer.blind_id(period)
     }
 
@@ -373,8 +373,6 @@ impl<S: DescriptorSigner> PublishPlan<S> {
 mod tests {
     use super::*;
     use crate::tor::HsDirError;
-    use tor_hscrypto::pk::HsBlindId;
-    use tor_hscrypto::time::TimePeriod;
 
     const INTERVAL: Duration = Duration::from_secs(600);
 
