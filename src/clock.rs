@@ -1,12 +1,11 @@
 //! The program's one clock type: [`Timestamp`], a moment on this node's wall clock.
 //!
 //! Every decision (election, publish ability, membership, backend health, Tor-stall
-//! detection, the publish plan) takes the current `Timestamp` as an input and never reads a
-//! clock itself; the daemon reads the wall clock ([`Timestamp::now`]) and the whole-cluster
+//! detection, the publish plan, the cluster transport's protocol) takes the current
+//! `Timestamp` as an input and never reads a clock itself; the daemon reads the wall clock ([`Timestamp::now`]) and the whole-cluster
 //! simulator supplies simulated ones. It is the wall clock, not a monotonic one, because peers
 //! compare message timestamps with it and the revision counter is derived from it; the
-//! decisions tolerate it stepping back. The transport's timers (not yet a decision of its own)
-//! still run on tokio's monotonic clock.
+//! decisions tolerate it stepping back.
 
 use std::ops::Add;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -60,6 +59,13 @@ impl Timestamp {
     /// `duration` earlier, or the epoch if that is before it.
     pub fn saturating_sub(self, duration: Duration) -> Timestamp {
         Timestamp(self.0.saturating_sub(whole_millis(duration)))
+    }
+
+    /// Whether this moment lies in the `window` up to `now`. A moment after `now` (the clock
+    /// stepped back since it was taken) is not recent: whatever waits on it starts over rather
+    /// than waiting for the clock to catch up.
+    pub fn is_recent(self, now: Timestamp, window: Duration) -> bool {
+        self <= now && now.saturating_duration_since(self) < window
     }
 
     /// How far apart the two moments are, in either direction.

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::clock::Timestamp;
 
 /// Sources remembered at most; past this, sources quiet for a whole interval are forgotten, and
 /// if a flood of spoofed addresses still fills the table, new sources are not logged at all.
@@ -23,7 +23,7 @@ pub(crate) struct LogLimiter<K> {
 }
 
 struct SourceState {
-    last_logged: Instant,
+    last_logged: Timestamp,
     suppressed: u64,
 }
 
@@ -37,9 +37,9 @@ impl<K: Hash + Eq> LogLimiter<K> {
 
     /// `Some(n)` if a warning about `source` may be logged now, `n` being how many were held
     /// back since the last one; `None` to stay quiet.
-    pub(crate) fn allow(&mut self, source: K, now: Instant) -> Option<u64> {
+    pub(crate) fn allow(&mut self, source: K, now: Timestamp) -> Option<u64> {
         if let Some(state) = self.sources.get_mut(&source) {
-            if now.duration_since(state.last_logged) < self.interval {
+            if state.last_logged.is_recent(now, self.interval) {
                 state.suppressed += 1;
                 return None;
             }
@@ -67,10 +67,10 @@ impl<K: Hash + Eq> LogLimiter<K> {
     }
 
     /// Drops the sources that have been quiet for a whole interval.
-    pub(crate) fn forget_quiet(&mut self, now: Instant) {
+    pub(crate) fn forget_quiet(&mut self, now: Timestamp) {
         let interval = self.interval;
         self.sources
-            .retain(|_, state| now.duration_since(state.last_logged) < interval);
+            .retain(|_, state| state.last_logged.is_recent(now, interval));
     }
 }
 
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn one_line_per_source_per_interval_with_a_count_of_the_rest() {
         let mut limiter = LogLimiter::new(Duration::from_secs(5));
-        let start = Instant::now();
+        let start = Timestamp::from_unix_secs(1_700_000_000);
         assert_eq!(limiter.allow(addr(1), start), Some(0));
         assert_eq!(limiter.allow(addr(1), start + Duration::from_secs(1)), None);
         assert_eq!(limiter.allow(addr(1), start + Duration::from_secs(2)), None);
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn a_flood_of_sources_is_bounded() {
         let mut limiter = LogLimiter::new(Duration::from_secs(5));
-        let start = Instant::now();
+        let start = Timestamp::from_unix_secs(1_700_000_000);
         for port in 0..MAX_SOURCES as u16 {
             assert!(limiter.allow(addr(port), start).is_some());
         }

@@ -21,21 +21,27 @@
 //! and sends the [`JoinAccept`] through the new tunnel, so only the holder of the newcomer's
 //! private key can read it.
 //!
-//! One task owns the socket and every tunnel (the sans-IO `Tunn`s need no locks then); the
-//! [`Transport`] handle talks to it over a channel and the [`Inbox`] receives what arrives.
+//! All of that is one state machine without I/O, [`protocol`]: datagrams and the time in,
+//! datagrams and events out. One task owns the socket and drives it (`socket_task`, the sans-IO
+//! `Tunn`s need no locks then); the [`Transport`] handle talks to that task over a channel and
+//! the [`Inbox`] receives what arrives.
 
-mod actor;
 mod framing;
 mod join_guard;
 mod peer;
+mod protocol;
 mod reliable;
+mod socket_task;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use self::protocol::Protocol;
+use self::socket_task::{Command, SocketTask};
 use super::wg_keys::{WgPrivateKey, WgPublicKey};
+use crate::clock::Timestamp;
 
 use super::messages::{JoinAccept, Message, MessageError};
 use super::secret::ClusterSecret;
@@ -77,7 +83,7 @@ const JOIN_DECISION_HOLDOFF: Duration = Duration::from_secs(5);
 const WARN_INTERVAL: Duration = Duration::from_secs(5);
 /// Received messages waiting for the program. When it is full, new messages are dropped (and
 /// not acknowledged, so their senders resend) rather than stalling the task that serves every
-/// tunnel.
+/// tunnel. The protocol holds them; the channel to the program hands them over one at a time.
 const INBOX_CAPACITY: usize = 1024;
 /// Requests from [`Transport`] handles waiting for the socket task.
 const COMMAND_CAPACITY: usize = 256;
@@ -196,7 +202,7 @@ pub enum JoinError {
 /// The socket task stops when [`shutdown`](Self::shutdown) is called or every handle is dropped.
 #[derive(Clone, Debug)]
 pub struct Transport {
-    commands: mpsc::Sender<actor::Command>,
+    commands: mpsc::Sender<Command>,
     local_addr: SocketAddr,
     public_key: WgPublicKey,
 }
@@ -233,18 +239,18 @@ impl Transport {
         let local_addr = socket.local_addr().map_err(bind_error)?;
         socket.set_nonblocking(true).map_err(bind_error)?;
         // A second handle on the same socket sends without waiting for tokio to report it
-        // writable (tokio's `try_send_to` fails until it has); see `actor::Net`.
+        // writable (tokio's `try_send_to` fails until it has); see `socket_task`.
         let sender = socket.try_clone().map_err(bind_error)?;
         let socket = tokio::net::UdpSocket::from_std(socket).map_err(bind_error)?;
         let public_key = private_key.public_key();
-        let (incoming_tx, incoming) = mpsc::channel(INBOX_CAPACITY);
+        let (incoming_tx, incoming) = mpsc::channel(1);
         let (commands, commands_rx) = mpsc::channel(COMMAND_CAPACITY);
-        let mut actor =
-            actor::Actor::new(socket, sender, node_id, private_key, secret, incoming_tx);
+        let mut protocol = Protocol::new(node_id, private_key, secret, Timestamp::now());
         for peer in peers {
-            actor.add_peer(peer, false)?;
+            protocol.add_peer(peer, false)?;
         }
-        tokio::spawn(actor.run(commands_rx));
+        let task = SocketTask::new(socket, sender, protocol, incoming_tx);
+        tokio::spawn(task.run(commands_rx));
         Ok((
             Transport {
                 commands,
@@ -269,7 +275,7 @@ impl Transport {
     /// handshake it starts. It may still be lost on the way.
     pub async fn send(&self, to: &NodeId, message: &Message) -> Result<(), SendError> {
         let packet = frame(message)?;
-        self.ask(|done| actor::Command::Send {
+        self.ask(|done| Command::Send {
             to: to.clone(),
             packet,
             done,
@@ -281,7 +287,7 @@ impl Transport {
     /// Sends `message` once to every peer with a known address; returns how many that was.
     pub async fn broadcast(&self, message: &Message) -> Result<usize, SendError> {
         let packet = frame(message)?;
-        self.ask(|done| actor::Command::Broadcast { packet, done })
+        self.ask(|done| Command::Broadcast { packet, done })
             .await
             .ok_or(SendError::Closed)
     }
@@ -298,7 +304,7 @@ impl Transport {
             .msg_id()
             .ok_or(SendError::NotAcknowledgeable(message.kind()))?;
         let packet = frame(&message)?;
-        self.ask(|done| actor::Command::SendReliable {
+        self.ask(|done| Command::SendReliable {
             to: to.clone(),
             id,
             packet,
@@ -312,7 +318,7 @@ impl Transport {
     /// Adds a peer, or updates the endpoint of a known one (a different key replaces its
     /// tunnel), and starts a handshake with it if its endpoint is known.
     pub async fn add_peer(&self, peer: PeerConfig) -> Result<(), PeerError> {
-        self.ask(|done| actor::Command::AddPeer { peer, done })
+        self.ask(|done| Command::AddPeer { peer, done })
             .await
             .unwrap_or(Err(PeerError::Closed))
     }
@@ -328,7 +334,7 @@ impl Transport {
     ) -> Result<(), SendError> {
         let id = accept.msg_id;
         let packet = frame(&Message::JoinAccept(accept))?;
-        self.ask(|done| actor::Command::AcceptJoin {
+        self.ask(|done| Command::AcceptJoin {
             candidate,
             id,
             packet,
@@ -357,7 +363,7 @@ impl Transport {
             public_key: origin_key,
             endpoint: Some(origin_addr),
         };
-        self.ask(|done| actor::Command::Join {
+        self.ask(|done| Command::Join {
             origin,
             origin_addr,
             my_endpoint,
@@ -370,7 +376,7 @@ impl Transport {
 
     /// Every peer's endpoint and handshake age; empty once the transport has stopped.
     pub async fn peers(&self) -> Vec<TunnelStatus> {
-        self.ask(|done| actor::Command::Peers { done })
+        self.ask(|done| Command::Peers { done })
             .await
             .unwrap_or_default()
     }
@@ -379,15 +385,12 @@ impl Transport {
     /// port can be bound again at once.
     pub async fn shutdown(&self) {
         // Already stopped is as good as stopped now.
-        let _ = self.ask(|done| actor::Command::Shutdown { done }).await;
+        let _ = self.ask(|done| Command::Shutdown { done }).await;
     }
 
     /// Sends a command carrying a reply channel and waits for the reply; `None` if the socket
     /// task is gone.
-    async fn ask<T>(
-        &self,
-        command: impl FnOnce(oneshot::Sender<T>) -> actor::Command,
-    ) -> Option<T> {
+    async fn ask<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
         let (done, answer) = oneshot::channel();
         self.commands.send(command(done)).await.ok()?;
         answer.await.ok()
@@ -399,12 +402,4 @@ fn frame(message: &Message) -> Result<Vec<u8>, MessageError> {
     let json = message.encode()?;
     // `encode` keeps messages far below the 64 KiB an IPv4 length can describe.
     framing::wrap(&json).map_err(|_| MessageError::TooLarge { len: json.len() })
-}
-
-/// Seconds since the Unix epoch by the system clock (join timestamps).
-fn unix_now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|since| since.as_secs())
-        .unwrap_or(0)
 }

@@ -236,9 +236,7 @@ impl ClusterNode {
                     // Rate-limited per kind of warning and peer, so a peer with a skewed clock
                     // is reported every half minute, not at every heartbeat.
                     let subject = (std::mem::discriminant(&warning), warning.about().cloned());
-                    if let Some(held_back) =
-                        self.warnings.allow(subject, tokio::time::Instant::now())
-                    {
+                    if let Some(held_back) = self.warnings.allow(subject, Timestamp::now()) {
                         if held_back > 0 {
                             tracing::warn!("{warning} ({held_back} more like it held back)");
                         } else {

@@ -11,9 +11,8 @@
 
 use std::collections::HashMap;
 
-use tokio::time::Instant;
-
 use super::{JOIN_DECISION_HOLDOFF, JOIN_MAX_SKEW};
+use crate::clock::Timestamp;
 use crate::cluster::messages::{JoinMac, JoinRequest};
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::NodeId;
@@ -49,7 +48,7 @@ pub(super) struct JoinGuard {
     /// pass the skew check anyway.
     used_macs: HashMap<JoinMac, u64>,
     /// When each newcomer's request was last handed to the program.
-    handed_out: HashMap<NodeId, Instant>,
+    handed_out: HashMap<NodeId, Timestamp>,
 }
 
 impl JoinGuard {
@@ -58,9 +57,9 @@ impl JoinGuard {
         &mut self,
         request: &JoinRequest,
         secret: &ClusterSecret,
-        now_secs: u64,
-        now: Instant,
+        now: Timestamp,
     ) -> Result<(), JoinRejection> {
+        let now_secs = now.as_unix_secs();
         if !request.verify(secret) {
             return Err(JoinRejection::BadMac);
         }
@@ -71,13 +70,13 @@ impl JoinGuard {
         if self.used_macs.contains_key(&request.mac) {
             return Err(JoinRejection::Replayed);
         }
-        self.forget_old(now_secs, now);
+        self.forget_old(now);
         if self.used_macs.len() >= MAX_REMEMBERED_MACS {
             return Err(JoinRejection::TooMany);
         }
         self.used_macs.insert(request.mac, request.timestamp_secs);
         if let Some(at) = self.handed_out.get(&request.node_id) {
-            if now.duration_since(*at) < JOIN_DECISION_HOLDOFF {
+            if at.is_recent(now, JOIN_DECISION_HOLDOFF) {
                 return Err(JoinRejection::Repeat);
             }
         }
@@ -87,12 +86,13 @@ impl JoinGuard {
 
     /// Forgets what can no longer matter: MACs whose timestamps fail the skew check by now,
     /// and hand-outs older than the hold-off.
-    pub(super) fn forget_old(&mut self, now_secs: u64, now: Instant) {
+    pub(super) fn forget_old(&mut self, now: Timestamp) {
+        let now_secs = now.as_unix_secs();
         let max_skew = JOIN_MAX_SKEW.as_secs();
         self.used_macs
             .retain(|_, timestamp| timestamp.saturating_add(max_skew) >= now_secs);
         self.handed_out
-            .retain(|_, at| now.duration_since(*at) < JOIN_DECISION_HOLDOFF);
+            .retain(|_, at| at.is_recent(now, JOIN_DECISION_HOLDOFF));
     }
 }
 
@@ -102,6 +102,10 @@ mod tests {
     use crate::cluster::wg_keys::generate_keypair;
 
     const NOW_SECS: u64 = 1_700_000_000;
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(secs)
+    }
 
     fn request(secret: &ClusterSecret, id: &str, timestamp_secs: u64) -> JoinRequest {
         JoinRequest::sign(
@@ -117,11 +121,10 @@ mod tests {
     fn fresh_request_with_the_right_secret_is_admitted_once() {
         let secret = ClusterSecret::generate();
         let mut guard = JoinGuard::default();
-        let now = Instant::now();
         let req = request(&secret, "newcomer", NOW_SECS);
-        assert_eq!(guard.admit(&req, &secret, NOW_SECS, now), Ok(()));
+        assert_eq!(guard.admit(&req, &secret, at(NOW_SECS)), Ok(()));
         assert_eq!(
-            guard.admit(&req, &secret, NOW_SECS + 1, now),
+            guard.admit(&req, &secret, at(NOW_SECS + 1)),
             Err(JoinRejection::Replayed)
         );
     }
@@ -132,7 +135,7 @@ mod tests {
         let mut guard = JoinGuard::default();
         let req = request(&ClusterSecret::generate(), "newcomer", NOW_SECS);
         assert_eq!(
-            guard.admit(&req, &secret, NOW_SECS, Instant::now()),
+            guard.admit(&req, &secret, at(NOW_SECS)),
             Err(JoinRejection::BadMac)
         );
         assert!(guard.used_macs.is_empty());
@@ -148,8 +151,7 @@ mod tests {
                 guard.admit(
                     &request(&secret, "newcomer", timestamp),
                     &secret,
-                    NOW_SECS,
-                    Instant::now()
+                    at(NOW_SECS)
                 ),
                 Err(JoinRejection::Stale {
                     skew_secs: skew + 1
@@ -162,32 +164,27 @@ mod tests {
     fn repeats_wait_for_the_decision_holdoff() {
         let secret = ClusterSecret::generate();
         let mut guard = JoinGuard::default();
-        let now = Instant::now();
         let first = request(&secret, "newcomer", NOW_SECS);
         let repeat = request(&secret, "newcomer", NOW_SECS + 1);
         let other = request(&secret, "someone-else", NOW_SECS + 1);
-        assert_eq!(guard.admit(&first, &secret, NOW_SECS, now), Ok(()));
+        assert_eq!(guard.admit(&first, &secret, at(NOW_SECS)), Ok(()));
         assert_eq!(
-            guard.admit(&repeat, &secret, NOW_SECS + 1, now),
+            guard.admit(&repeat, &secret, at(NOW_SECS + 1)),
             Err(JoinRejection::Repeat)
         );
-        assert_eq!(guard.admit(&other, &secret, NOW_SECS + 1, now), Ok(()));
+        assert_eq!(guard.admit(&other, &secret, at(NOW_SECS + 1)), Ok(()));
         let later = request(&secret, "newcomer", NOW_SECS + 6);
-        let after_holdoff = now + JOIN_DECISION_HOLDOFF;
-        assert_eq!(
-            guard.admit(&later, &secret, NOW_SECS + 6, after_holdoff),
-            Ok(())
-        );
+        let after_holdoff = at(NOW_SECS) + JOIN_DECISION_HOLDOFF;
+        assert_eq!(guard.admit(&later, &secret, after_holdoff), Ok(()));
     }
 
     #[test]
     fn remembered_macs_expire_with_their_timestamps() {
         let secret = ClusterSecret::generate();
         let mut guard = JoinGuard::default();
-        let now = Instant::now();
         let req = request(&secret, "newcomer", NOW_SECS);
-        assert_eq!(guard.admit(&req, &secret, NOW_SECS, now), Ok(()));
-        guard.forget_old(NOW_SECS + JOIN_MAX_SKEW.as_secs() + 1, now);
+        assert_eq!(guard.admit(&req, &secret, at(NOW_SECS)), Ok(()));
+        guard.forget_old(at(NOW_SECS + JOIN_MAX_SKEW.as_secs() + 1));
         assert!(guard.used_macs.is_empty());
     }
 }

@@ -10,10 +10,8 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use tokio::sync::oneshot;
-use tokio::time::Instant;
-
 use super::{SendError, MAX_RELIABLE_WAIT, RESEND_FIRST_DELAY, RESEND_MAX_DELAY};
+use crate::clock::Timestamp;
 use crate::cluster::messages::MsgId;
 use crate::cluster::NodeId;
 
@@ -34,16 +32,20 @@ struct Pending {
     packet: Vec<u8>,
     attempts: u32,
     delay: Duration,
-    next_send: Instant,
-    started: Instant,
-    give_up: Instant,
-    done: oneshot::Sender<Result<(), SendError>>,
+    /// How long the sender is willing to wait in all.
+    wait: Duration,
+    next_send: Timestamp,
+    started: Timestamp,
+    give_up: Timestamp,
 }
 
 /// What the outbox wants done now.
-pub(super) struct Resend {
-    pub(super) to: NodeId,
-    pub(super) packet: Vec<u8>,
+#[derive(Debug)]
+pub(super) enum OutboxAction {
+    /// Send the message again.
+    Resend { to: NodeId, packet: Vec<u8> },
+    /// Its deadline passed without an ack: tell the sender.
+    GiveUp { id: MsgId, error: SendError },
 }
 
 impl Outbox {
@@ -55,84 +57,88 @@ impl Outbox {
         to: NodeId,
         packet: Vec<u8>,
         wait: Duration,
-        now: Instant,
-        done: oneshot::Sender<Result<(), SendError>>,
+        now: Timestamp,
     ) {
+        let wait = wait.min(MAX_RELIABLE_WAIT);
         let pending = Pending {
             to,
             packet,
             attempts: 1,
             delay: RESEND_FIRST_DELAY,
+            wait,
             next_send: now + RESEND_FIRST_DELAY,
             started: now,
-            give_up: now + wait.min(MAX_RELIABLE_WAIT),
-            done,
+            give_up: now + wait,
         };
         self.pending.insert(id, pending);
     }
 
-    /// An ack for `id` arrived from `from`; ignored unless it is the node we sent `id` to.
+    /// An ack for `id` arrived from `from`; `true` if it settles a message we sent `from`
+    /// (an ack from anyone else settles nothing).
     pub(super) fn acknowledge(&mut self, from: &NodeId, id: MsgId) -> bool {
         match self.pending.get(&id) {
             Some(pending) if pending.to == *from => {
-                if let Some(pending) = self.pending.remove(&id) {
-                    // The caller may have stopped waiting; then nobody needs the answer.
-                    let _ = pending.done.send(Ok(()));
-                }
+                self.pending.remove(&id);
                 true
             }
             _ => false,
         }
     }
 
-    /// When the next resend or give-up is due, to sleep until then.
-    pub(super) fn next_deadline(&self) -> Option<Instant> {
+    /// Stops resending `id`: its sender no longer waits for the answer.
+    pub(super) fn abandon(&mut self, id: MsgId) {
+        self.pending.remove(&id);
+    }
+
+    /// When the next resend or give-up is due.
+    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
         self.pending
             .values()
             .map(|p| p.next_send.min(p.give_up))
             .min()
     }
 
-    /// The messages to send again now. Messages past their deadline are answered with
-    /// [`SendError::Unacknowledged`]; those whose caller stopped waiting are dropped.
-    pub(super) fn due(&mut self, now: Instant) -> Vec<Resend> {
-        let finished = self
+    /// What is due now: resends, and give-ups of messages past their deadline. A deadline
+    /// further away than it can be (the clock stepped back) is brought back within reach.
+    pub(super) fn due(&mut self, now: Timestamp) -> Vec<OutboxAction> {
+        let mut actions = Vec::new();
+        let expired = self
             .pending
-            .extract_if(|_, pending| pending.done.is_closed() || now >= pending.give_up);
-        for (_, pending) in finished {
+            .extract_if(|_, pending| now >= pending.give_up.min(now + pending.wait));
+        for (id, pending) in expired {
             let error = SendError::Unacknowledged {
                 to: pending.to,
                 attempts: pending.attempts,
-                waited: now.duration_since(pending.started),
+                waited: now.saturating_duration_since(pending.started),
             };
-            // A caller that stopped waiting does not need the answer.
-            let _ = pending.done.send(Err(error));
+            actions.push(OutboxAction::GiveUp { id, error });
         }
-        let mut resends = Vec::new();
         for pending in self.pending.values_mut() {
+            pending.give_up = pending.give_up.min(now + pending.wait);
+            pending.next_send = pending.next_send.min(now + pending.delay);
             if now >= pending.next_send {
                 pending.attempts += 1;
                 pending.delay = (pending.delay * 2).min(RESEND_MAX_DELAY);
                 pending.next_send = now + pending.delay;
-                resends.push(Resend {
+                actions.push(OutboxAction::Resend {
                     to: pending.to.clone(),
                     packet: pending.packet.clone(),
                 });
             }
         }
-        resends
+        actions
     }
 }
 
 /// The message ids recently received from one peer.
 #[derive(Default)]
 pub(super) struct SeenIds {
-    seen: HashMap<MsgId, Instant>,
+    seen: HashMap<MsgId, Timestamp>,
 }
 
 impl SeenIds {
     /// Records `id`; `false` if it was already there (a resend to acknowledge but not process).
-    pub(super) fn first_time(&mut self, id: MsgId, now: Instant) -> bool {
+    pub(super) fn first_time(&mut self, id: MsgId, now: Timestamp) -> bool {
         if self.seen.contains_key(&id) {
             return false;
         }
@@ -154,16 +160,20 @@ impl SeenIds {
         true
     }
 
-    /// Forgets ids no sender can still be resending.
-    pub(super) fn forget_old(&mut self, now: Instant) {
+    /// Forgets ids no sender can still be resending. After the clock stepped back an id is
+    /// kept longer, never shorter: forgetting it early could hand a resend over twice.
+    pub(super) fn forget_old(&mut self, now: Timestamp) {
         self.seen
-            .retain(|_, at| now.duration_since(*at) < SEEN_ID_LIFETIME);
+            .retain(|_, at| now.saturating_duration_since(*at) < SEEN_ID_LIFETIME);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const START: Timestamp = Timestamp::from_unix_secs(1_700_000_000);
+
     fn node(id: &str) -> NodeId {
         NodeId::try_from(id.to_owned()).unwrap()
     }
@@ -172,29 +182,34 @@ mod tests {
         (MsgId::random(), b"framed message".to_vec())
     }
 
+    fn resends(actions: &[OutboxAction]) -> usize {
+        actions
+            .iter()
+            .filter(|action| matches!(action, OutboxAction::Resend { .. }))
+            .count()
+    }
+
     #[test]
     fn resends_back_off_until_acknowledged() {
         let mut outbox = Outbox::default();
         let (id, msg) = message();
-        let (done, mut answer) = oneshot::channel();
-        let start = Instant::now();
-        outbox.track(id, node("b"), msg, Duration::from_secs(30), start, done);
+        outbox.track(id, node("b"), msg, Duration::from_secs(30), START);
 
-        assert!(outbox.due(start).is_empty());
-        let first = start + RESEND_FIRST_DELAY;
-        assert_eq!(outbox.due(first).len(), 1);
+        assert!(outbox.due(START).is_empty());
+        let first = START + RESEND_FIRST_DELAY;
+        assert_eq!(resends(&outbox.due(first)), 1);
         assert!(
             outbox.due(first + RESEND_FIRST_DELAY).is_empty(),
             "delay doubled"
         );
-        assert_eq!(outbox.due(first + RESEND_FIRST_DELAY * 2).len(), 1);
+        assert_eq!(resends(&outbox.due(first + RESEND_FIRST_DELAY * 2)), 1);
 
         assert!(
             !outbox.acknowledge(&node("c"), id),
             "ack from the wrong node"
         );
         assert!(outbox.acknowledge(&node("b"), id));
-        assert!(matches!(answer.try_recv(), Ok(Ok(()))));
+        assert!(!outbox.acknowledge(&node("b"), id), "settled once");
         assert!(outbox.next_deadline().is_none());
     }
 
@@ -202,50 +217,74 @@ mod tests {
     fn unacknowledged_message_fails_at_its_deadline() {
         let mut outbox = Outbox::default();
         let (id, msg) = message();
-        let (done, mut answer) = oneshot::channel();
-        let start = Instant::now();
-        outbox.track(id, node("b"), msg, Duration::from_secs(2), start, done);
-        let mut now = start;
-        while outbox.next_deadline().is_some() {
-            now = outbox.next_deadline().unwrap();
-            outbox.due(now);
+        outbox.track(id, node("b"), msg, Duration::from_secs(2), START);
+        let mut now = START;
+        let mut gave_up = None;
+        while let Some(deadline) = outbox.next_deadline() {
+            now = deadline;
+            for action in outbox.due(now) {
+                if let OutboxAction::GiveUp {
+                    id: given_up,
+                    error,
+                } = action
+                {
+                    gave_up = Some((given_up, error));
+                }
+            }
         }
-        assert_eq!(now, start + Duration::from_secs(2));
-        match answer.try_recv() {
-            Ok(Err(SendError::Unacknowledged { attempts, .. })) => assert!(attempts >= 3),
-            other => panic!("unexpected answer {other:?}"),
+        assert_eq!(now, START + Duration::from_secs(2));
+        match gave_up {
+            Some((given_up, SendError::Unacknowledged { attempts, .. })) => {
+                assert_eq!(given_up, id);
+                assert!(attempts >= 3);
+            }
+            other => panic!("unexpected outcome {other:?}"),
         }
     }
 
     #[test]
-    fn resending_stops_when_the_caller_stops_waiting() {
+    fn an_abandoned_message_is_not_resent() {
         let mut outbox = Outbox::default();
         let (id, msg) = message();
-        let (done, answer) = oneshot::channel();
-        let start = Instant::now();
-        outbox.track(id, node("b"), msg, Duration::from_secs(30), start, done);
-        drop(answer);
-        assert!(outbox.due(start + RESEND_FIRST_DELAY).is_empty());
+        outbox.track(id, node("b"), msg, Duration::from_secs(30), START);
+        outbox.abandon(id);
+        assert!(outbox.due(START + RESEND_FIRST_DELAY).is_empty());
         assert!(outbox.next_deadline().is_none());
+    }
+
+    #[test]
+    fn a_clock_stepped_back_does_not_stall_resends() {
+        let mut outbox = Outbox::default();
+        let (id, msg) = message();
+        outbox.track(id, node("b"), msg, Duration::from_secs(30), START);
+        let hour_earlier = START.saturating_sub(Duration::from_secs(3600));
+        assert!(outbox.due(hour_earlier).is_empty(), "first delay restarts");
+        assert_eq!(resends(&outbox.due(hour_earlier + RESEND_FIRST_DELAY)), 1);
+        let gave_up = outbox
+            .due(hour_earlier + Duration::from_secs(30))
+            .into_iter()
+            .any(|action| matches!(action, OutboxAction::GiveUp { .. }));
+        assert!(
+            gave_up,
+            "the whole wait counts from the step, not from before it"
+        );
     }
 
     #[test]
     fn a_message_id_is_processed_once() {
         let mut seen = SeenIds::default();
-        let now = Instant::now();
         let id = MsgId::random();
-        assert!(seen.first_time(id, now));
-        assert!(!seen.first_time(id, now + Duration::from_secs(1)));
-        seen.forget_old(now + SEEN_ID_LIFETIME);
-        assert!(seen.first_time(id, now + SEEN_ID_LIFETIME));
+        assert!(seen.first_time(id, START));
+        assert!(!seen.first_time(id, START + Duration::from_secs(1)));
+        seen.forget_old(START + SEEN_ID_LIFETIME);
+        assert!(seen.first_time(id, START + SEEN_ID_LIFETIME));
     }
 
     #[test]
     fn remembered_ids_are_bounded() {
         let mut seen = SeenIds::default();
-        let now = Instant::now();
         for _ in 0..SEEN_IDS_PER_PEER + 10 {
-            assert!(seen.first_time(MsgId::random(), now));
+            assert!(seen.first_time(MsgId::random(), START));
         }
         assert_eq!(seen.seen.len(), SEEN_IDS_PER_PEER);
     }
