@@ -44,6 +44,13 @@ pub const DEFAULT_DESCRIPTOR_MAX_AGE: Duration = Duration::from_secs(180 * 60);
 pub const DEFAULT_DEAD_AFTER_FAILURES: u32 = 2;
 /// How long the HTTP probe may take, circuit and rendezvous included (`health.probe.timeout_secs`).
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the default liveness check may take to complete a rendezvous with a backend.
+/// A dead backend's introduction points refuse within seconds; the bound keeps a round
+/// (and so the time a dead backend stays in the descriptor) within the health interval plus
+/// well under a minute.
+pub const RENDEZVOUS_CHECK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Backends checked at once in a health round: each check builds fresh circuits.
+pub const MAX_CHECKS_IN_FLIGHT: usize = 16;
 
 /// UDP address the cluster transport listens on by default (WireGuard's customary port).
 pub const DEFAULT_CLUSTER_LISTEN: &str = "0.0.0.0:51820";

@@ -21,9 +21,10 @@
 //!
 //! # Invariants, checked after every step
 //!
-//! 1. Lease: once nothing has failed for [`SETTLE`], every connected group of running nodes
-//!    that contains a node able to reach Tor has exactly one lease holder, and that holder can
-//!    reach Tor.
+//! 1. Lease: once nothing has failed for [`SETTLE`] (counted from a node's next health round
+//!    when its Tor stopped reaching the network: that is when it can know), every connected
+//!    group of running nodes that contains a node able to reach Tor has exactly one lease
+//!    holder, and that holder can reach Tor.
 //! 2. A node never uploads while its election does not make it the publisher.
 //! 3. The revisions an HSDir accepts for a period strictly increase.
 //! 4. The master descriptor the responsible HSDirs serve for the current period lists only
@@ -69,7 +70,8 @@ use rustbalance::publish::plan::{PublishPlan, UploadResult};
 use rustbalance::publish::publish_due;
 use rustbalance::storage::state::SavedState;
 use rustbalance::tor::{
-    HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
+    HsDirError, HsDirId, HsDirSet, HttpProbe, LivenessError, PeriodInfo, ProbeError, TorError,
+    TorNetwork,
 };
 use sim_support::{env_number, SimRng};
 use tor_hscrypto::pk::HsBlindId;
@@ -85,20 +87,10 @@ const START: Millis = 1_800_000_000_000;
 const STEP: Millis = 100;
 
 /// Scenarios whose invariant today's code breaks, and what fixes them.
-const KNOWN_FAILURES: &[(&str, &str)] = &[
-    (
-        "tor_fails_while_heartbeats_go_on",
-        "issue 11, 2 and 7: a publisher whose Tor stops working keeps announcing it can publish",
-    ),
-    (
-        "clock_plus_60s",
-        "issue 11, 4: liveness is judged by sender timestamps, so a skewed node publishes too",
-    ),
-    (
-        "dead_backend_without_probe",
-        "issue 11, 1: without [health.probe] a dead backend stays in until its descriptor ages",
-    ),
-];
+const KNOWN_FAILURES: &[(&str, &str)] = &[(
+    "clock_plus_60s",
+    "issue 11, 4: liveness is judged by sender timestamps, so a skewed node publishes too",
+)];
 /// Seeds of the random-fault scenario in a CI run (`RB_SIM_SEEDS` overrides).
 const CI_RANDOM_SEEDS: u64 = 10;
 
@@ -230,8 +222,6 @@ struct Scenario {
     name: &'static str,
     nodes: usize,
     backends: usize,
-    /// Whether `[health.probe]` is configured.
-    probe: bool,
     duration: Millis,
     script: &'static [(Millis, Fault)],
     /// Random faults (crashes, restarts, partitions, loss, backends dying and returning, and
@@ -244,7 +234,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "publisher_crash",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 6 * MINUTE,
         script: &[
             (60 * SECOND, Fault::Crash(0)),
@@ -256,7 +245,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "publisher_restart",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 5 * MINUTE,
         script: &[
             (60 * SECOND, Fault::Crash(0)),
@@ -268,7 +256,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "partition_and_heal",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 8 * MINUTE,
         script: &[
             (60 * SECOND, Fault::Partition(&[0])),
@@ -281,7 +268,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "clock_plus_60s",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 6 * MINUTE,
         script: &[(60 * SECOND, Fault::RestartWithClock(2, 60))],
         random: false,
@@ -290,7 +276,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "tor_fails_while_heartbeats_go_on",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 8 * MINUTE,
         script: &[(60 * SECOND, Fault::TorReach(0, false))],
         random: false,
@@ -299,7 +284,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "all_backends_dead_then_one_back",
         nodes: 3,
         backends: 2,
-        probe: true,
         duration: 8 * MINUTE,
         script: &[
             (60 * SECOND, Fault::BackendDies(0)),
@@ -309,10 +293,9 @@ const SCENARIOS: &[Scenario] = &[
         random: false,
     },
     Scenario {
-        name: "dead_backend_without_probe",
+        name: "dead_backend_with_the_defaults",
         nodes: 2,
         backends: 2,
-        probe: false,
         duration: 6 * MINUTE,
         script: &[(60 * SECOND, Fault::BackendDies(1))],
         random: false,
@@ -321,7 +304,6 @@ const SCENARIOS: &[Scenario] = &[
         name: "random_faults",
         nodes: 5,
         backends: 4,
-        probe: true,
         duration: 60 * MINUTE,
         script: &[],
         random: true,
@@ -506,7 +488,6 @@ struct World {
     now: Millis,
     rng: SimRng,
     trace: bool,
-    probe: bool,
     nodes: Vec<SimNode>,
     backends: Vec<SimBackend>,
     /// (HSDir, period) -> the master descriptor it holds.
@@ -701,12 +682,20 @@ impl TorNetwork for SimTor<'_> {
         Ok(())
     }
 
+    async fn rendezvous(
+        &self,
+        _address: &OnionAddress,
+        _timeout: Duration,
+    ) -> Result<(), LivenessError> {
+        unreachable!("backends are checked directly in the simulation")
+    }
+
     async fn probe(
         &self,
         _address: &OnionAddress,
         _probe: &HttpProbe<'_>,
     ) -> Result<(), ProbeError> {
-        unreachable!("backends are probed directly in the simulation")
+        unreachable!("backends are checked directly in the simulation")
     }
 }
 
@@ -742,7 +731,6 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
         now: START,
         rng,
         trace,
-        probe: scenario.probe,
         nodes,
         backends,
         hsdirs: BTreeMap::new(),
@@ -814,7 +802,13 @@ fn apply(world: &RefCell<World>, fault: Fault) {
             w.partition = Some(sides);
         }
         Fault::Heal => w.partition = None,
-        Fault::TorReach(node, reaches) => w.nodes[node].tor_reaches_network = reaches,
+        Fault::TorReach(node, reaches) => {
+            w.nodes[node].tor_reaches_network = reaches;
+            if !reaches {
+                // The node learns of it at its next health round: the detection bound.
+                w.last_fault = now + HEALTH_INTERVAL;
+            }
+        }
         Fault::BackendDies(backend) => {
             w.backends[backend].alive = false;
             w.backends[backend].since = now;
@@ -1072,46 +1066,38 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         if clock < w.nodes[node].core.as_ref().unwrap().next_health {
             return;
         }
-        let probe = w.probe;
         let reaches = w.nodes[node].tor_reaches_network;
+        let period = now / PERIOD;
         let checks: Vec<Option<Check<String>>> = w
             .backends
             .iter()
             .map(|b| {
-                let check = if !reaches {
-                    // The node's own Tor is broken: every fetch fails without reaching an HSDir.
-                    Check {
-                        observation: Observation::FetchFailed {
-                            reason: "no circuit".into(),
-                        },
-                        intro_points: None,
-                        reached_hsdirs: false,
+                let observation = if !reaches {
+                    // The node's own Tor is broken: no fetch reaches an HSDir.
+                    Observation::NotChecked {
+                        reason: "no circuit".into(),
                     }
                 } else if !b.descriptor_available(now) {
-                    Check {
-                        observation: Observation::FetchFailed {
-                            reason: "HTTP 404".into(),
-                        },
-                        intro_points: None,
-                        reached_hsdirs: true,
+                    Observation::FetchFailed {
+                        reason: "HTTP 404".into(),
+                    }
+                } else if !b.alive {
+                    // The default rendezvous check (or an HTTP probe) finds a dead backend.
+                    Observation::ProbeFailed {
+                        reason: "no rendezvous".into(),
                     }
                 } else {
-                    let observation = if probe && !b.alive {
-                        Observation::ProbeFailed {
-                            reason: "no rendezvous".into(),
-                        }
-                    } else {
-                        Observation::Descriptor {
-                            revision_counter: b.revision,
-                        }
-                    };
-                    Check {
-                        observation,
-                        intro_points: Some(b.intro_points.clone()),
-                        reached_hsdirs: true,
+                    Observation::Descriptor {
+                        time_period: period,
+                        revision_counter: b.revision,
                     }
                 };
-                Some(check)
+                let intro_points =
+                    (reaches && b.descriptor_available(now)).then(|| b.intro_points.clone());
+                Some(Check {
+                    observation,
+                    intro_points,
+                })
             })
             .collect();
         let core = w.nodes[node].core.as_mut().unwrap();
@@ -1126,12 +1112,13 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         if reached > 0 {
             core.stall.progress(at);
         }
-        reached
+        (core.health.checked_last_round(), reached)
     };
+    let (checked, reached) = reached;
     lease_input(
         world,
         node,
-        LeaseInput::Local(LocalEvent::HealthRound { reached }),
+        LeaseInput::Local(LocalEvent::HealthRound { checked, reached }),
         Timestamp::from_unix_millis(clock),
     );
 }
@@ -1193,12 +1180,14 @@ fn stall_check_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         core.stall.live_consensus(at);
     }
     if let Some(reason) = core.stall.stalled(at) {
-        // The daemon drops the client and bootstraps a new one; until that succeeds, its
-        // health and publish loops wait.
+        // The daemon tells the cluster loop, drops the client and bootstraps a new one; until
+        // that succeeds, its health and publish loops wait.
         core.rebuilding = true;
         let now = w.now;
         w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
         w.trace(|| format!("node {node} rebuilds its Tor client: {reason}"));
+        drop(w);
+        lease_input(world, node, LeaseInput::Local(LocalEvent::TorLost), at);
     }
 }
 

@@ -9,6 +9,14 @@
 //! release period and then needs a health round in which an HSDir answered (its circuits to
 //! the HSDirs work again) before it counts as able. A successful upload (a lone
 //! publisher keeps trying) ends the trouble at once.
+//!
+//! A node whose Tor stops working may attempt no upload at all (nothing is due, or its loops
+//! wait for a client being rebuilt), so failed uploads alone would never tell the cluster. It
+//! also cannot publish, then, when its client lost its live consensus or is being rebuilt
+//! ([`tor_lost`](PublishAbility::tor_lost)), or when a health round that checked backends
+//! reached no HSDir at all. After a loss it counts as able again only once its Tor has reached
+//! an HSDir: a client rebuilt from a cached consensus while the network is still cut would
+//! otherwise claim the lease back and lose it again, over and over.
 
 use std::time::Duration;
 
@@ -18,6 +26,10 @@ use crate::clock::Timestamp;
 #[derive(Debug, Clone)]
 pub struct PublishAbility {
     tor_ready: bool,
+    /// Since the client was lost: no HSDir reached yet.
+    awaiting_hsdir: bool,
+    /// The last health round checked backends and reached no HSDir.
+    hsdirs_unreachable: bool,
     release_after: Duration,
     /// The first failed upload since the last success.
     failing_since: Option<Timestamp>,
@@ -30,6 +42,8 @@ impl PublishAbility {
     pub fn new(release_after: Duration) -> Self {
         PublishAbility {
             tor_ready: false,
+            awaiting_hsdir: false,
+            hsdirs_unreachable: false,
             release_after,
             failing_since: None,
             gave_up_at: None,
@@ -46,9 +60,17 @@ impl PublishAbility {
         self.tor_ready = true;
     }
 
+    /// The client lost its live consensus, or is being dropped to be rebuilt.
+    pub fn tor_lost(&mut self) {
+        self.tor_ready = false;
+        self.awaiting_hsdir = true;
+    }
+
     pub fn upload_succeeded(&mut self) {
         self.failing_since = None;
         self.gave_up_at = None;
+        self.awaiting_hsdir = false;
+        self.hsdirs_unreachable = false;
     }
 
     pub fn upload_failed(&mut self, now: Timestamp) {
@@ -62,8 +84,20 @@ impl PublishAbility {
         self.failing_since = None;
     }
 
+    /// A health round that checked `checked` backends finished; for `reached` of them some
+    /// HSDir answered.
+    pub fn health_round(&mut self, checked: usize, reached: usize, now: Timestamp) {
+        if reached > 0 {
+            self.fetch_succeeded(now);
+        } else if checked > 0 {
+            self.hsdirs_unreachable = true;
+        }
+    }
+
     /// A health round reached the HSDirs (some HSDir answered).
-    pub fn fetch_succeeded(&mut self, now: Timestamp) {
+    fn fetch_succeeded(&mut self, now: Timestamp) {
+        self.awaiting_hsdir = false;
+        self.hsdirs_unreachable = false;
         if self
             .gave_up_at
             .is_some_and(|at| now >= at + self.release_after)
@@ -81,7 +115,10 @@ impl PublishAbility {
             self.failing_since = None;
             self.gave_up_at = Some(now);
         }
-        self.tor_ready && self.gave_up_at.is_none()
+        self.tor_ready
+            && !self.awaiting_hsdir
+            && !self.hsdirs_unreachable
+            && self.gave_up_at.is_none()
     }
 
     /// Whether the node gave up because its uploads kept failing.
@@ -139,9 +176,9 @@ mod tests {
         ability.upload_failed(at(0));
         assert!(!ability.can_publish(at(600)));
         // Fetches right after giving up do not count: no claiming straight back.
-        ability.fetch_succeeded(at(700));
+        ability.health_round(2, 2, at(700));
         assert!(!ability.can_publish(at(700)));
-        ability.fetch_succeeded(at(1200));
+        ability.health_round(2, 1, at(1200));
         assert!(ability.can_publish(at(1200)));
     }
 
@@ -153,5 +190,34 @@ mod tests {
         ability.stopped_publishing();
         assert!(ability.can_publish(at(10_000)));
         assert!(!ability.gave_up());
+    }
+
+    #[test]
+    fn a_lost_client_counts_as_able_again_only_once_it_reaches_an_hsdir() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        assert!(ability.can_publish(at(0)));
+        ability.tor_lost();
+        assert!(!ability.can_publish(at(1)));
+        // Rebuilt, perhaps from a cached consensus while the network is still cut.
+        ability.tor_ready();
+        assert!(!ability.can_publish(at(2)));
+        ability.health_round(2, 0, at(3));
+        assert!(!ability.can_publish(at(3)));
+        ability.health_round(2, 1, at(4));
+        assert!(ability.can_publish(at(4)));
+    }
+
+    #[test]
+    fn a_round_that_reaches_no_hsdir_stops_the_ability_until_one_does() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.health_round(2, 0, at(10));
+        assert!(!ability.can_publish(at(10)));
+        ability.health_round(2, 2, at(20));
+        assert!(ability.can_publish(at(20)));
+        // A node with nothing to check learns nothing from its rounds.
+        ability.health_round(0, 0, at(30));
+        assert!(ability.can_publish(at(30)));
     }
 }

@@ -22,12 +22,14 @@ use crate::clock::Timestamp;
 pub enum LocalEvent {
     /// Arti bootstrapped and holds a live consensus.
     TorReady,
+    /// The client lost its live consensus, or stalled and is being rebuilt.
+    TorLost,
     /// At least one HSDir accepted an upload.
     UploadsAccepted,
     /// Uploads were attempted and no HSDir accepted any.
     UploadsFailed,
-    /// A health round finished; for this many backends some HSDir answered.
-    HealthRound { reached: usize },
+    /// A health round checked `checked` backends; for `reached` of them some HSDir answered.
+    HealthRound { checked: usize, reached: usize },
 }
 
 /// An input of the lease core.
@@ -73,15 +75,14 @@ impl LeaseCore {
     fn local(&mut self, event: LocalEvent, now: Timestamp) -> Vec<Action> {
         match event {
             LocalEvent::TorReady => self.ability.tor_ready(),
+            LocalEvent::TorLost => self.ability.tor_lost(),
             LocalEvent::UploadsAccepted => {
                 self.ability.upload_succeeded();
                 return self.election.handle(Event::UploadSucceeded, now);
             }
             LocalEvent::UploadsFailed => self.ability.upload_failed(now),
-            LocalEvent::HealthRound { reached } => {
-                if reached > 0 {
-                    self.ability.fetch_succeeded(now);
-                }
+            LocalEvent::HealthRound { checked, reached } => {
+                self.ability.health_round(checked, reached, now)
             }
         }
         Vec::new()

@@ -5,8 +5,9 @@
 //! one of three things happens:
 //! - a new configuration arrives (SIGHUP): the loops restart with the new backends and timing,
 //!   on the same client, and the publisher keeps what it uploaded (no needless re-upload);
-//! - the client stops making progress ([`StallDetector`]): the client is dropped and a new one
-//!   is built in-process, logged, and the loops resume on it;
+//! - the client stops making progress ([`StallDetector`]): the cluster loop is told at once
+//!   (this node cannot publish), the client is dropped and waited for until it has released
+//!   its state files, a new one is built in-process, logged, and the loops resume on it;
 //! - a loop fails for good: the daemon stops with an error.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -97,7 +98,7 @@ impl TorSide {
                     result = consensus_watcher(&tor, consensus.valid_after, &self.board) => {
                         End::Failed(result.map_or_else(DaemonError::from, |()| DaemonError::LoopStopped("consensus")))
                     }
-                    reason = watch_for_stall(&tor, &progress, &config) => End::Stalled(reason),
+                    reason = watch_for_stall(&tor, &progress, &config, &self.local_tx) => End::Stalled(reason),
                     changed = self.configs.changed() => match changed {
                         Ok(()) => End::Reload,
                         // The daemon is stopping.
@@ -114,10 +115,19 @@ impl TorSide {
                 }
             };
             tracing::warn!("the Tor client stopped making progress ({stalled}): rebuilding it");
+            // The cluster hears at once that this node cannot publish now.
+            let _ = self.local_tx.send(LocalEvent::TorLost).await;
             self.board.update(|status| {
                 status.tor.bootstrapped = false;
                 status.tor.last_error = Some(format!("rebuilt the Tor client: {stalled}"));
             });
+            // Nothing else holds the client: the loops that borrowed it have ended.
+            match Arc::try_unwrap(tor) {
+                Ok(tor) => tor.shut_down().await,
+                Err(_) => tracing::warn!(
+                    "the old Tor client is still in use; building the new one anyway"
+                ),
+            }
         }
     }
 
@@ -143,17 +153,40 @@ impl TorSide {
 }
 
 /// Returns (with the reason) once the client has made no progress for `timing.tor_stall`.
-async fn watch_for_stall(tor: &EmbeddedTor, progress: &AtomicU64, config: &Config) -> String {
+/// Meanwhile tells the cluster loop at once when the client loses its live consensus (this
+/// node cannot publish then) and when it holds one again.
+async fn watch_for_stall(
+    tor: &EmbeddedTor,
+    progress: &AtomicU64,
+    config: &Config,
+    local_tx: &mpsc::Sender<LocalEvent>,
+) -> String {
     let mut detector = StallDetector::new(
         config.timing.tor_stall,
         !config.backends.is_empty(),
         Timestamp::now(),
     );
+    let mut consensus_held = true;
     loop {
         tokio::time::sleep(STALL_CHECK).await;
         let now = Timestamp::now();
-        if tor.has_live_consensus() {
+        let live = tor.has_live_consensus();
+        if live {
             detector.live_consensus(now);
+        }
+        if live != consensus_held {
+            consensus_held = live;
+            if live {
+                tracing::info!("the Tor client holds a live consensus again");
+            } else {
+                tracing::warn!("the Tor client has no live consensus: this node cannot publish until it has one and reaches an HSDir");
+            }
+            let news = if live {
+                LocalEvent::TorReady
+            } else {
+                LocalEvent::TorLost
+            };
+            let _ = local_tx.send(news).await;
         }
         detector.progress(Timestamp::from_unix_millis(
             progress.load(Ordering::Relaxed),
@@ -205,8 +238,11 @@ async fn health_loop(
         if reached > 0 {
             progress.store(unix_millis(), Ordering::Relaxed);
         }
+        let checked = monitor.checked_last_round();
         // No receiver left means the daemon is stopping.
-        let _ = local_tx.send(LocalEvent::HealthRound { reached }).await;
+        let _ = local_tx
+            .send(LocalEvent::HealthRound { checked, reached })
+            .await;
         let _ = healthy_tx.send(Some(healthy));
         tokio::time::sleep(interval).await;
     }

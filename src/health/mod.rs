@@ -1,5 +1,7 @@
 //! Backend health: is each backend's descriptor on the HSDirs, valid, fresh, and does the
-//! backend answer?
+//! backend answer? Without `[health.probe]` every round also makes a rendezvous with each
+//! backend (`TorNetwork::rendezvous`), so a backend whose tor died leaves the descriptor within
+//! one round, although its last descriptor stays on the HSDirs for hours.
 //!
 //! [`state`] decides, purely, for one backend. [`HealthMonitor::run_round`] checks every
 //! backend through the Tor seam ([`TorNetwork`]; all concurrently, each descriptor fetched and
@@ -16,13 +18,14 @@ pub mod state;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use futures::future::join_all;
+use futures::stream::{self, StreamExt as _};
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
 use crate::clock::Timestamp;
 use crate::config::{BackendConfig, Config, ProbeConfig};
+use crate::params;
 use crate::storage::fsutil;
-use crate::tor::{HttpProbe, TorNetwork};
+use crate::tor::{HttpProbe, LivenessError, TorNetwork};
 use fetch::VerifiedDescriptor;
 use state::{BackendHealth, BackendState, HealthPolicy, Observation};
 
@@ -43,8 +46,6 @@ pub struct Check<I> {
     pub observation: Observation,
     /// The introduction points of its descriptor, if one verified.
     pub intro_points: Option<Vec<I>>,
-    /// Some HSDir answered (with or without a descriptor).
-    pub reached_hsdirs: bool,
 }
 
 /// One backend as `rustbalance status` shows it.
@@ -68,6 +69,8 @@ pub struct HealthMonitor<I = IntroPointDesc> {
     /// Backends for which some HSDir answered in the last round (with the descriptor, or with
     /// a 404 for a backend that is down): proof that this node's Tor client reaches the HSDirs.
     reached_last_round: usize,
+    /// Backends checked in the last round (not excluded).
+    checked_last_round: usize,
     policy: HealthPolicy,
     probe: Option<ProbeConfig>,
     descriptor_dir: PathBuf,
@@ -101,7 +104,11 @@ impl HealthMonitor {
             }
             Some(check_backend(tor, &backend.config, probe.as_ref()).await)
         });
-        let results = join_all(checks).await;
+        // Concurrently, but a bounded number at a time: each check builds fresh circuits.
+        let results: Vec<_> = stream::iter(checks)
+            .buffered(params::MAX_CHECKS_IN_FLIGHT)
+            .collect()
+            .await;
         let results = self
             .backends
             .iter()
@@ -141,6 +148,7 @@ impl<I: Clone> HealthMonitor<I> {
                 .collect(),
             policy,
             reached_last_round: 0,
+            checked_last_round: 0,
             probe,
             descriptor_dir,
         }
@@ -154,24 +162,29 @@ impl<I: Clone> HealthMonitor<I> {
         results: Vec<Option<Check<I>>>,
         now: Timestamp,
     ) -> HealthyBackends<I> {
+        self.checked_last_round = results.iter().flatten().count();
         self.reached_last_round = results
             .iter()
             .flatten()
-            .filter(|check| check.reached_hsdirs)
+            .filter(|check| check.observation.reached_the_network())
             .count();
+        let mut not_checked = Vec::new();
         for (backend, result) in self.backends.iter_mut().zip(results) {
             let Some(Check {
                 observation,
                 intro_points,
-                ..
             }) = result
             else {
                 continue;
             };
-            if let Some(intro_points) = intro_points {
+            let name = &backend.config.name;
+            if let Observation::NotChecked { reason } = &observation {
+                not_checked.push(format!("{name} ({reason})"));
+            } else if backend.health.is_older_than_seen(&observation) {
+                tracing::debug!(backend = %name, "ignored a descriptor older than the newest seen (a lagging HSDir)");
+            } else if let Some(intro_points) = intro_points {
                 backend.intro_points = intro_points;
             }
-            let name = &backend.config.name;
             if let Some(change) = backend.health.observe(observation, now, &self.policy) {
                 let reason = backend.health.last_error().unwrap_or("descriptor verified");
                 if change.to == BackendState::Healthy {
@@ -185,12 +198,24 @@ impl<I: Clone> HealthMonitor<I> {
                 tracing::warn!(backend = %name, "backend {}: {} -> {} (descriptor unchanged for too long)", name, change.from, change.to);
             }
         }
+        if !not_checked.is_empty() {
+            tracing::warn!(
+                "this node's Tor could not check {} backend(s); their state is kept: {}",
+                not_checked.len(),
+                not_checked.join("; ")
+            );
+        }
         self.healthy()
     }
 
     /// For how many backends some HSDir answered in the last round.
     pub fn reached_last_round(&self) -> usize {
         self.reached_last_round
+    }
+
+    /// How many backends the last round checked (the excluded ones are not checked).
+    pub fn checked_last_round(&self) -> usize {
+        self.checked_last_round
     }
 
     /// Every configured backend, in config order.
@@ -230,11 +255,14 @@ async fn check_backend<T: TorNetwork>(
     let descriptor = match fetch::fetch_current(tor, &backend.address).await {
         Ok(descriptor) => descriptor,
         Err(err) => {
+            let reason = format!("descriptor fetch: {err}");
+            let observation = if err.reached_hsdirs() {
+                Observation::FetchFailed { reason }
+            } else {
+                Observation::NotChecked { reason }
+            };
             let check = Check {
-                reached_hsdirs: err.reached_hsdirs(),
-                observation: Observation::FetchFailed {
-                    reason: format!("descriptor fetch: {err}"),
-                },
+                observation,
                 intro_points: None,
             };
             return (check, None);
@@ -246,21 +274,34 @@ async fn check_backend<T: TorNetwork>(
         intro_points = descriptor.intro_points.len(),
         "descriptor verified"
     );
-    let observation = match probe {
-        Some(probe) => match tor.probe(&backend.address, probe).await {
+    let failure = match probe {
+        Some(probe) => {
+            tor.probe(&backend.address, probe)
+                .await
+                .err()
+                .map(|err| Observation::ProbeFailed {
+                    reason: format!("probe: {err}"),
+                })
+        }
+        None => match tor
+            .rendezvous(&backend.address, params::RENDEZVOUS_CHECK_TIMEOUT)
+            .await
+        {
             Ok(()) => None,
+            Err(err @ LivenessError::OwnTor(_)) => Some(Observation::NotChecked {
+                reason: format!("rendezvous: {err}"),
+            }),
             Err(err) => Some(Observation::ProbeFailed {
-                reason: format!("probe: {err}"),
+                reason: format!("rendezvous: {err}"),
             }),
         },
-        None => None,
     };
     let check = Check {
-        observation: observation.unwrap_or(Observation::Descriptor {
+        observation: failure.unwrap_or(Observation::Descriptor {
+            time_period: descriptor.time_period,
             revision_counter: descriptor.revision_counter,
         }),
         intro_points: None,
-        reached_hsdirs: true,
     };
     (check, Some(descriptor))
 }

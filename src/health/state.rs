@@ -14,7 +14,11 @@
 //!
 //! A Dead or Stale backend that shows a fresh descriptor again is Healthy again. The age of a
 //! descriptor is measured from when we first saw its revision counter: C tor's counters are
-//! encrypted with the backend's own key and tell us nothing about its clock.
+//! encrypted with the backend's own key and tell us nothing about its clock. They do grow within
+//! a time period, so a descriptor older than the newest one seen (a lagging HSDir's copy) is
+//! ignored: it neither replaces the newer one's introduction points nor resets the stale timer.
+//! A check this node could not make (its own Tor had no consensus, no circuit, or reached no
+//! HSDir) says nothing about the backend and changes nothing.
 
 use std::time::Duration;
 
@@ -59,12 +63,34 @@ pub struct HealthPolicy {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
     /// A descriptor was fetched, its signatures checked and its layers decrypted, and the
-    /// probe (if configured) passed.
-    Descriptor { revision_counter: u64 },
-    /// No HSDir gave us a valid descriptor.
+    /// backend answered the liveness check.
+    Descriptor {
+        time_period: u64,
+        revision_counter: u64,
+    },
+    /// HSDirs answered, but none gave us a valid descriptor.
     FetchFailed { reason: String },
-    /// The descriptor was fine but the backend did not answer the HTTP probe.
+    /// The descriptor was fine but the backend did not answer the liveness check (no
+    /// rendezvous, or the HTTP probe of `[health.probe]` failed).
     ProbeFailed { reason: String },
+    /// This node could not check the backend: its own Tor has no consensus, no circuit, or
+    /// reached no HSDir. Says nothing about the backend.
+    NotChecked { reason: String },
+}
+
+impl Observation {
+    /// Whether the check reached what it checks (an HSDir answered, or the backend did), so
+    /// that it shows this node's Tor at work.
+    pub fn reached_the_network(&self) -> bool {
+        !matches!(self, Observation::NotChecked { .. })
+    }
+}
+
+/// A descriptor's place in time: its period, then its revision counter within the period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct DescriptorVersion {
+    time_period: u64,
+    revision_counter: u64,
 }
 
 /// A change of state, for the log and for deciding to republish.
@@ -83,8 +109,8 @@ pub struct BackendHealth {
     /// When a valid descriptor was last fetched.
     last_seen: Option<Timestamp>,
     last_error: Option<String>,
-    /// The revision counter of the newest descriptor, and when we first saw it.
-    revision: Option<(u64, Timestamp)>,
+    /// The newest descriptor seen, and when we first saw it.
+    revision: Option<(DescriptorVersion, Timestamp)>,
 }
 
 impl BackendHealth {
@@ -129,14 +155,22 @@ impl BackendHealth {
             return None;
         }
         let next = match observation {
-            Observation::Descriptor { revision_counter } => {
+            Observation::Descriptor {
+                time_period,
+                revision_counter,
+            } => {
+                let version = DescriptorVersion {
+                    time_period,
+                    revision_counter,
+                };
+                match self.revision {
+                    Some((newest, _)) if version < newest => return None,
+                    Some((newest, _)) if version == newest => {}
+                    _ => self.revision = Some((version, now)),
+                }
                 self.failure_count = 0;
                 self.last_seen = Some(now);
                 self.last_error = None;
-                match self.revision {
-                    Some((seen, _)) if seen == revision_counter => {}
-                    _ => self.revision = Some((revision_counter, now)),
-                }
                 self.state_by_age(now, policy)
             }
             Observation::FetchFailed { reason } => {
@@ -154,8 +188,29 @@ impl BackendHealth {
                 self.last_error = Some(reason);
                 BackendState::Dead
             }
+            Observation::NotChecked { .. } => return None,
         };
         self.move_to(next)
+    }
+
+    /// Whether `observation` is a descriptor older than the newest one seen, which
+    /// [`observe`](Self::observe) ignores.
+    pub fn is_older_than_seen(&self, observation: &Observation) -> bool {
+        match (observation, self.revision) {
+            (
+                Observation::Descriptor {
+                    time_period,
+                    revision_counter,
+                },
+                Some((newest, _)),
+            ) => {
+                DescriptorVersion {
+                    time_period: *time_period,
+                    revision_counter: *revision_counter,
+                } < newest
+            }
+            _ => false,
+        }
     }
 
     /// Let time pass without an observation: a Healthy backend whose descriptor has aged
@@ -200,8 +255,13 @@ mod tests {
         Timestamp::from_unix_secs(1_800_000_000 + secs)
     }
 
+    const PERIOD: u64 = 20_000;
+
     fn descriptor(revision_counter: u64) -> Observation {
-        Observation::Descriptor { revision_counter }
+        Observation::Descriptor {
+            time_period: PERIOD,
+            revision_counter,
+        }
     }
 
     fn fetch_failed() -> Observation {
@@ -287,5 +347,62 @@ mod tests {
         health.observe(descriptor(1), at(1000), &POLICY);
         assert_eq!(health.observe(descriptor(1), at(0), &POLICY), None);
         assert_eq!(health.state(), BackendState::Healthy);
+    }
+
+    #[test]
+    fn an_older_descriptor_from_a_lagging_hsdir_is_ignored() {
+        let mut health = BackendHealth::new(false);
+        health.observe(descriptor(9), at(0), &POLICY);
+        assert!(health.is_older_than_seen(&descriptor(8)));
+        assert!(!health.is_older_than_seen(&descriptor(9)));
+        // The older copy keeps coming back: the newer one's age is not reset by it, so the
+        // backend still goes stale when the newer one ages.
+        for minutes in 1..=180 {
+            health.observe(descriptor(8), at(minutes * 60), &POLICY);
+        }
+        let change = health.observe(descriptor(8), at(3 * 3600 + 1), &POLICY);
+        assert_eq!(change, None, "an older copy changes nothing");
+        let change = health.tick(at(3 * 3600 + 1), &POLICY);
+        assert_eq!(change.map(|t| t.to), Some(BackendState::Stale));
+    }
+
+    #[test]
+    fn a_new_period_starts_the_revisions_again() {
+        let mut health = BackendHealth::new(false);
+        health.observe(descriptor(900), at(0), &POLICY);
+        let next_period = Observation::Descriptor {
+            time_period: PERIOD + 1,
+            revision_counter: 3,
+        };
+        assert!(!health.is_older_than_seen(&next_period));
+        health.observe(next_period, at(3 * 3600), &POLICY);
+        assert_eq!(
+            health.tick(at(3 * 3600 + 60), &POLICY),
+            None,
+            "a fresh descriptor"
+        );
+    }
+
+    #[test]
+    fn a_check_this_node_could_not_make_changes_nothing() {
+        let mut health = BackendHealth::new(false);
+        health.observe(descriptor(1), at(0), &POLICY);
+        health.observe(fetch_failed(), at(60), &POLICY);
+        let not_checked = || Observation::NotChecked {
+            reason: "no circuit".into(),
+        };
+        for minute in 2..10 {
+            assert_eq!(
+                health.observe(not_checked(), at(minute * 60), &POLICY),
+                None
+            );
+        }
+        assert_eq!(health.state(), BackendState::Healthy);
+        assert_eq!(
+            health.failure_count(),
+            1,
+            "not counted as the backend's failure"
+        );
+        assert_eq!(health.last_error(), Some("all HSDirs failed"));
     }
 }

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arti_client::TorClient;
 use futures::stream::BoxStream;
@@ -21,6 +21,9 @@ use super::network::TorError;
 use super::ArtiSettings;
 
 /// A bootstrapped embedded Tor client.
+/// How long [`EmbeddedTor::shut_down`] waits for a dropped client's background tasks to end.
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
 pub struct EmbeddedTor {
     pub(super) client: Arc<TorClient<PreferredRuntime>>,
 }
@@ -82,9 +85,29 @@ impl EmbeddedTor {
         let progress = tokio::spawn(log_bootstrap_progress(client.bootstrap_events()));
         let outcome = client.bootstrap().await;
         progress.abort();
-        outcome.map_err(|e| TorError::Bootstrap(e.to_string()))?;
+        let tor = EmbeddedTor { client };
+        if let Err(e) = outcome {
+            // The next attempt needs the state files this client locked.
+            tor.shut_down().await;
+            return Err(TorError::Bootstrap(e.to_string()));
+        }
         tracing::info!("Tor bootstrap complete");
-        Ok(EmbeddedTor { client })
+        Ok(tor)
+    }
+
+    /// Drops the client and waits (up to [`STOP_WAIT`]) until it has really stopped and
+    /// released the lock on its state files. A client built while the old one still holds
+    /// that lock runs read-only: it cannot save what it learns (guards, consensus), so after
+    /// a repair it takes much longer to become useful.
+    pub async fn shut_down(self) {
+        let stopped = self.client.wait_for_stop();
+        drop(self);
+        if tokio::time::timeout(STOP_WAIT, stopped).await.is_err() {
+            tracing::warn!(
+                "the old Tor client did not stop within {} s; the new one may run with read-only state",
+                STOP_WAIT.as_secs()
+            );
+        }
     }
 
     /// Wait for a consensus that is live now, and summarise it.

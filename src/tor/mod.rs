@@ -1,15 +1,15 @@
 //! The Tor network: the seam the rest of the node talks through, and its Arti implementation.
 //!
 //! [`network`] defines the seam: the [`TorNetwork`] trait (a live consensus, the time periods,
-//! the HSDirs responsible for a blinded key, one descriptor fetch, one upload, one liveness
-//! probe) with plain values and typed errors. Everything else in this folder is the Arti
-//! implementation, and the only code in the program that uses arti-client, tor-circmgr,
-//! tor-dirclient, tor-dirmgr, tor-netdir, tor-rtcompat or tor-proto: turning the operator's
-//! `[arti]` table into Arti's configuration ([`ArtiSettings`]), bootstrapping the in-process
-//! client and reporting the consensus it holds ([`EmbeddedTor`]), HSDir requests and the HTTP
-//! probe. An Arti upgrade touches this directory (see `vendor-notes/arti.md`); the deciding
-//! logic elsewhere is tested against a simulated network. ARCHITECTURE.md, "The Tor seam",
-//! has the whole picture.
+//! the HSDirs responsible for a blinded key, one descriptor fetch, one upload, a rendezvous
+//! with a backend, one HTTP probe) with plain values and typed errors. Everything else in this
+//! folder is the Arti implementation, and the only code in the program that uses arti-client,
+//! tor-circmgr, tor-dirclient, tor-dirmgr, tor-hsclient, tor-netdir, tor-rtcompat or
+//! tor-proto: turning the operator's `[arti]` table into Arti's configuration
+//! ([`ArtiSettings`]), bootstrapping the in-process client and reporting the consensus it holds
+//! ([`EmbeddedTor`]), HSDir requests, the rendezvous check and the HTTP probe. An Arti upgrade
+//! touches this directory (see `vendor-notes/arti.md`); the deciding logic elsewhere is tested
+//! against a simulated network. ARCHITECTURE.md, "The Tor seam", has the whole picture.
 
 mod client;
 mod hsdir;
@@ -18,13 +18,15 @@ mod probe;
 mod settings;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
 pub use client::{ConsensusSummary, EmbeddedTor};
 pub use network::{
-    HsDirError, HsDirId, HsDirSet, HttpProbe, PeriodInfo, ProbeError, TorError, TorNetwork,
+    HsDirError, HsDirId, HsDirSet, HttpProbe, LivenessError, PeriodInfo, ProbeError, TorError,
+    TorNetwork,
 };
 pub use settings::{ArtiConfigError, ArtiSettings};
 
@@ -78,6 +80,14 @@ impl TorNetwork for EmbeddedTor {
         descriptor: Arc<str>,
     ) -> Result<(), HsDirError> {
         self.upload(hsdir, descriptor).await
+    }
+
+    async fn rendezvous(
+        &self,
+        address: &OnionAddress,
+        timeout: Duration,
+    ) -> Result<(), LivenessError> {
+        self.rendezvous_check(address, timeout).await
     }
 
     async fn probe(&self, address: &OnionAddress, probe: &HttpProbe<'_>) -> Result<(), ProbeError> {

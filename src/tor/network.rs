@@ -158,6 +158,24 @@ pub enum ProbeError {
     },
 }
 
+/// Why a rendezvous with an onion service did not show it alive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LivenessError {
+    /// The client found no descriptor for the service.
+    #[error("no descriptor for it: {0}")]
+    NoDescriptor(String),
+    /// Introduction or rendezvous failed: the service's tor did not answer at its
+    /// introduction points (stopped, or its introduction circuits are gone).
+    #[error("no rendezvous: {0}")]
+    NoRendezvous(String),
+    #[error("no rendezvous within {0:?}")]
+    Timeout(Duration),
+    /// This node's own Tor could not make the attempt (no consensus, no directory, no path):
+    /// it says nothing about the service.
+    #[error("this node's Tor could not try: {0}")]
+    OwnTor(String),
+}
+
 /// Everything the node asks of the Tor network. Implemented by
 /// [`EmbeddedTor`](super::EmbeddedTor) (Arti) and by the tests' simulated network.
 ///
@@ -196,6 +214,16 @@ pub trait TorNetwork {
         hsdir: &HsDirId,
         descriptor: Arc<str>,
     ) -> Result<(), HsDirError>;
+
+    /// Whether the onion service at `address` is alive: introduction and rendezvous as a
+    /// client makes them, with fresh circuits, then a stream to a port no service is expected
+    /// to serve. A stream refused (or a circuit closed) after the rendezvous still proves the
+    /// service's tor answered; only the rendezvous counts.
+    async fn rendezvous(
+        &self,
+        address: &OnionAddress,
+        timeout: Duration,
+    ) -> Result<(), LivenessError>;
 
     /// Whether `address` answers `probe` as a client would reach it.
     async fn probe(&self, address: &OnionAddress, probe: &HttpProbe<'_>) -> Result<(), ProbeError>;
