@@ -16,8 +16,12 @@ pub const DEFAULT_PUBLISH_INTERVAL: Duration = Duration::from_secs(10 * 60);
 pub const DEFAULT_PUBLISHER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Extra wait after suspicion before a standby takes over (`timing.takeover_grace_secs`).
 pub const DEFAULT_TAKEOVER_GRACE: Duration = Duration::from_secs(90);
-/// Largest accepted difference between a peer's timestamp and ours (`timing.max_clock_skew_secs`).
+/// Largest difference between a peer's clock and ours before the operator is warned
+/// (`timing.max_clock_skew_secs`); messages are accepted whatever the skew.
 pub const DEFAULT_MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
+/// Longest a reliable cluster message (lease claim or release, peer change, join answer) is
+/// resent while unacknowledged; receivers remember message ids for twice as long.
+pub const MAX_RELIABLE_WAIT: Duration = Duration::from_secs(60);
 /// How long every upload of a publisher may fail before it hands the lease to a standby whose
 /// Tor works (`timing.upload_failure_release_secs`). Ten minutes rides out a consensus or two
 /// of trouble on the Tor side without giving up the lease at the first hiccup, and stays far

@@ -5,9 +5,11 @@
 //! see it:
 //! 1. the C-tor client fetches `http://<master>.onion/` over fresh circuits and gets both
 //!    backends' pages;
-//! 2. one backend's tor is stopped: within one health interval plus one publish its
-//!    introduction points are gone from the descriptor on the HSDirs (fetched back through
-//!    Arti and decrypted here), and the client still gets the other page; restarted, it is
+//! 2. with the default health checks (no `[health.probe]`: a rendezvous with each backend),
+//!    a backend whose web server is stopped stays in (its tor is alive); once its tor is
+//!    stopped, within one health interval plus one check and one publish its introduction
+//!    points are gone from the descriptor on the HSDirs (fetched back through Arti and
+//!    decrypted here), and the client still gets the other page; restarted, it is
 //!    re-included;
 //! 3. every backend stopped: the balancer raises its alert and uploads nothing more, and does
 //!    not take the dead backends for a stalled Tor client.
@@ -30,12 +32,14 @@ const PUBLISH_INTERVAL_SECS: u64 = 60;
 /// Generous bounds for a busy 2-core CI machine; the figures that matter are measured by the
 /// benchmarks, not asserted here.
 const FIRST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(90);
-const PROBE_TIMEOUT_SECS: u64 = 20;
-/// Longer than any health round here (a probe timing out and a fetch), shorter than the
+/// The rendezvous check's own bound (`params::RENDEZVOUS_CHECK_TIMEOUT`).
+const RENDEZVOUS_TIMEOUT_SECS: u64 = 30;
+/// Longer than any health round here (a rendezvous timing out and a fetch), shorter than the
 /// all-dead phase: dead backends must not pass for a stalled Tor client.
-const TOR_STALL_SECS: u64 = 40;
-/// One health interval, one probe timeout and one publish (with upload retries).
-const LOSS_TIMEOUT: Duration = Duration::from_secs(HEALTH_INTERVAL_SECS + PROBE_TIMEOUT_SECS + 60);
+const TOR_STALL_SECS: u64 = 50;
+/// One health interval, one rendezvous timeout and one publish (with upload retries).
+const LOSS_TIMEOUT: Duration =
+    Duration::from_secs(HEALTH_INTERVAL_SECS + RENDEZVOUS_TIMEOUT_SECS + 60);
 
 #[test]
 fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
@@ -56,8 +60,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         &["alpha", "beta"],
         &format!(
             "\n[timing]\nhealth_interval_secs = {HEALTH_INTERVAL_SECS}\npublish_interval_secs = {PUBLISH_INTERVAL_SECS}\n\
-             tor_stall_secs = {TOR_STALL_SECS}\n\n\
-             [health.probe]\npath = \"/\"\ntimeout_secs = {PROBE_TIMEOUT_SECS}\n"
+             tor_stall_secs = {TOR_STALL_SECS}\n"
         ),
     );
 
@@ -94,7 +97,21 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         "the master address should lead to both backends"
     );
 
-    // 2. Backend loss and recovery.
+    // 2. A backend that serves nothing stays in: its tor comes to the rendezvous.
+    net.stop_web_server("beta");
+    let no_server = log.position();
+    std::thread::sleep(Duration::from_secs(3 * HEALTH_INTERVAL_SECS));
+    let meanwhile = log.text_since(no_server);
+    assert!(
+        !meanwhile.contains("backend beta: healthy ->"),
+        "a backend whose tor is alive left the descriptor because it serves nothing:\n{meanwhile}"
+    );
+    assert_eq!(
+        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        ["alpha", "beta"]
+    );
+
+    // Backend loss and recovery, with the default checks.
     net.stop_backend("beta");
     let stopped = Instant::now();
     log.wait_for("backend beta: healthy -> dead", "", LOSS_TIMEOUT);
@@ -104,7 +121,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         LOSS_TIMEOUT,
     );
     eprintln!(
-        "measured: beta left the descriptor {:.1} s after its tor stopped (health interval {HEALTH_INTERVAL_SECS} s)",
+        "measured: beta left the descriptor {:.1} s after its tor stopped (defaults, no probe; health interval {HEALTH_INTERVAL_SECS} s)",
         stopped.elapsed().as_secs_f64()
     );
     assert_eq!(
@@ -121,6 +138,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         BTreeSet::from([net.backend_page("alpha")])
     );
 
+    net.start_web_server("beta").expect("beta's web server");
     net.restart_backend("beta").expect("restart beta");
     log.wait_for("backend beta: dead -> healthy", "", LOSS_TIMEOUT);
     log.wait_for(

@@ -73,6 +73,14 @@ impl PublishAbility {
         self.hsdirs_unreachable = false;
     }
 
+    /// HSDirs answered but accepted nothing: the Tor side works (the HSDirs hold a newer
+    /// revision), so this is no reason to leave the lease to another node, whose uploads
+    /// would meet the same HSDirs.
+    pub fn upload_refused(&mut self, now: Timestamp) {
+        self.failing_since = None;
+        self.fetch_succeeded(now);
+    }
+
     pub fn upload_failed(&mut self, now: Timestamp) {
         self.failing_since.get_or_insert(now);
     }
@@ -219,5 +227,18 @@ mod tests {
         // A node with nothing to check learns nothing from its rounds.
         ability.health_round(0, 0, at(30));
         assert!(ability.can_publish(at(30)));
+    }
+
+    #[test]
+    fn refused_uploads_prove_tor_works() {
+        let mut ability = PublishAbility::new(RELEASE);
+        ability.tor_ready();
+        ability.upload_failed(at(0));
+        ability.upload_refused(at(300));
+        ability.upload_refused(at(900));
+        assert!(
+            ability.can_publish(at(2000)),
+            "refusals are answers, not failures"
+        );
     }
 }

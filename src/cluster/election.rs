@@ -28,16 +28,19 @@
 //! | a publisher hears a weaker live publisher | repeats its `LeaseClaim` at once, so the other backs off within one message delay |
 //! | a publisher cannot publish (Arti not bootstrapped, or every upload failed for the configured time) and a live candidate exists | releases: stops publishing and broadcasts `LeaseRelease`, so that candidate takes over at once. With no candidate it keeps the lease and keeps trying, since nobody else could do better; a standby that cannot publish never claims |
 //! | clean shutdown | broadcasts `LeaseRelease` (a publisher also stops publishing), so the others drop it at once |
-//! | a message whose timestamp is more than `max_clock_skew` (5 s) from this node's clock | rejected with a warning; nothing changes |
-//! | a message older than the last one accepted from the same sender (a replay or a reordered datagram) | ignored; nothing changes |
+//! | a message whose timestamp is more than `max_clock_skew` (5 s) from this node's clock | accepted, with a warning (rate-limited) and the offset shown in status: liveness is judged by when messages arrive on this node's clock, so a skewed clock never makes a live peer look dead |
+//! | a message stamped older than the last one accepted from the same sender (a reordered datagram, or a resend that arrives after newer news) | ignored; nothing changes |
+//! | such older messages keep coming for half a heartbeat interval with nothing newer (the sender's clock was stepped back) | accepted again: a step of the sender's clock silences it for at most one heartbeat |
 //! | the local wall clock is stepped back | the times this node stored move back with it, so no timer waits the size of the step on top of its own length |
 //!
 //! Peers are learned from the messages themselves as well as from the configuration: the
 //! transport only delivers messages from authenticated cluster members, and a node that just
 //! joined may not be in this node's config yet.
 //!
-//! Time is a [`Timestamp`] of the local wall clock (the daemon passes [`Timestamp::now`]):
-//! peers compare message timestamps with it, so it must be the clock NTP keeps right.
+//! Time is a [`Timestamp`] of the local wall clock (the daemon passes [`Timestamp::now`]). A
+//! peer's liveness is measured on it (when its messages arrive), never on the peer's clock; the
+//! sender's timestamps only order one sender's messages (authenticity and replay are the
+//! WireGuard transport's business) and reveal a skewed clock to the operator.
 //!
 //! The messages ([`Heartbeat`], [`LeaseClaim`], [`LeaseRelease`]) are the same types on the
 //! wire: `cluster::messages::Message` carries them as they are, claims and releases with a
@@ -234,7 +237,8 @@ pub enum Action {
 pub enum Warning {
     /// A message arrived signed with this node's own id: two nodes share it.
     DuplicateNodeId(NodeId),
-    /// A peer's message was ignored: its timestamp is this far from this node's clock.
+    /// A peer's message carries a timestamp this far from this node's clock (the message was
+    /// accepted all the same).
     ClockSkew {
         from: NodeId,
         off: Duration,
@@ -265,8 +269,9 @@ impl fmt::Display for Warning {
             ),
             Warning::ClockSkew { from, off, allowed } => write!(
                 f,
-                "ignored a message from {from}: its timestamp is {:.1} s away from this node's \
-                 clock (at most {} s allowed); check that both nodes keep time with NTP",
+                "the clock of {from} is {:.1} s away from this node's (more than {} s): check \
+                 that both nodes keep time with NTP; liveness does not depend on it, but the \
+                 revision counter of a new publisher does",
                 off.as_secs_f64(),
                 allowed.as_secs()
             ),
@@ -292,6 +297,9 @@ pub struct PeerView<'a> {
     pub last_publish: Option<Timestamp>,
     /// Heard within `publisher_timeout` and not gone (a silent publisher is *suspect*).
     pub live: bool,
+    /// How far ahead of this node's clock its last accepted message was stamped (negative:
+    /// behind), in milliseconds; transit time included.
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// What this node knows about one peer.
@@ -303,8 +311,12 @@ struct Peer {
     last_publish: Option<Timestamp>,
     /// Local time of the last accepted message.
     last_heard: Option<Timestamp>,
-    /// The sender's timestamp on that message: anything older is a replay or reordered.
+    /// The sender's timestamp on that message: anything a little older is reordered.
     last_sent: Option<Timestamp>,
+    /// Its clock's offset from ours, as its last accepted message showed.
+    clock_offset_ms: Option<i64>,
+    /// Since when only messages stamped older than `last_sent` have arrived from it.
+    only_older_since: Option<Timestamp>,
     /// It sent `LeaseRelease` and nothing since.
     released: bool,
 }
@@ -318,6 +330,8 @@ impl Peer {
             last_publish: None,
             last_heard: None,
             last_sent: None,
+            clock_offset_ms: None,
+            only_older_since: None,
             released: false,
         }
     }
@@ -393,7 +407,10 @@ impl Election {
         match event {
             Event::Tick => {}
             Event::Heard(message) => match self.accept(message, now) {
-                Ok(sender) => heard_from = Some(sender),
+                Ok((sender, warning)) => {
+                    actions.extend(warning.map(Action::Warn));
+                    heard_from = Some(sender);
+                }
                 Err(warning) => {
                     actions.extend(warning.map(Action::Warn));
                     return actions;
@@ -490,6 +507,7 @@ impl Election {
             last_heard: peer.last_heard,
             last_publish: peer.last_publish,
             live: peer.is_live(now, timeout),
+            clock_offset_ms: peer.clock_offset_ms,
         })
     }
 
@@ -512,28 +530,41 @@ impl Election {
         }
     }
 
-    /// Checks a message and records what it says about its sender. `Err` carries the
-    /// warning for the operator, if the rejection deserves one; either way a rejected message
-    /// changes nothing.
-    fn accept(&mut self, message: LeaseMessage, now: Timestamp) -> Result<NodeId, Option<Warning>> {
+    /// Checks a message and records what it says about its sender, with a warning about the
+    /// sender's clock if it deserves one. `Err` carries the warning for the operator, if the
+    /// rejection deserves one; either way a rejected message changes nothing.
+    #[allow(clippy::type_complexity)]
+    fn accept(
+        &mut self,
+        message: LeaseMessage,
+        now: Timestamp,
+    ) -> Result<(NodeId, Option<Warning>), Option<Warning>> {
         let from = message.from().clone();
         if from == self.me {
             return Err(Some(Warning::DuplicateNodeId(from)));
         }
         let sent = message.timestamp();
+        let step_window = self.timing.heartbeat_interval / 2;
+        if let Some(peer) = self.peers.get_mut(&from) {
+            if peer.last_sent.is_some_and(|last| sent < last) {
+                // Older than what the sender already told us: reordered, or a late resend;
+                // unless nothing newer has come for a while (its clock stepped back).
+                match peer.only_older_since {
+                    Some(since) if now.saturating_duration_since(since) >= step_window => {}
+                    Some(_) => return Err(None),
+                    None => {
+                        peer.only_older_since = Some(now);
+                        return Err(None);
+                    }
+                }
+            }
+        }
         let off = sent.distance(now);
-        if off > self.timing.max_clock_skew {
-            return Err(Some(Warning::ClockSkew {
-                from,
-                off,
-                allowed: self.timing.max_clock_skew,
-            }));
-        }
-        let last_sent = self.peers.get(&from).and_then(|peer| peer.last_sent);
-        if last_sent.is_some_and(|last| sent < last) {
-            // Older than what the sender already told us: a replay or a reordered datagram.
-            return Err(None);
-        }
+        let skew_warning = (off > self.timing.max_clock_skew).then(|| Warning::ClockSkew {
+            from: from.clone(),
+            off,
+            allowed: self.timing.max_clock_skew,
+        });
         let peer = match &message {
             LeaseMessage::Heartbeat(Heartbeat { priority, .. })
             | LeaseMessage::LeaseClaim(LeaseClaim { priority, .. }) => self
@@ -568,8 +599,10 @@ impl Election {
         }
         peer.last_heard = Some(now);
         peer.last_sent = Some(sent);
+        peer.only_older_since = None;
+        peer.clock_offset_ms = Some(signed_millis(sent, now));
         self.heard_anyone = true;
-        Ok(from)
+        Ok((from, skew_warning))
     }
 
     /// Applies the rules that change this node's role. Returns whether a heartbeat should go
@@ -691,6 +724,16 @@ impl Election {
 /// cannot; then the lower priority number; then the node id.
 fn strength(id: &NodeId, can_publish: bool, priority: Priority) -> (bool, Priority, &NodeId) {
     (!can_publish, priority, id)
+}
+
+/// `later - earlier` in milliseconds, negative if `later` is before `earlier`; saturating.
+fn signed_millis(later: Timestamp, earlier: Timestamp) -> i64 {
+    let magnitude = i64::try_from(later.distance(earlier).as_millis()).unwrap_or(i64::MAX);
+    if later >= earlier {
+        magnitude
+    } else {
+        -magnitude
+    }
 }
 
 #[cfg(test)]
@@ -977,18 +1020,50 @@ mod tests {
     }
 
     #[test]
-    fn skewed_message_is_rejected_with_a_warning_and_changes_nothing() {
+    fn a_skewed_peer_is_warned_about_but_its_messages_count() {
         let mut b = node("b", 2);
         b.handle(Event::Tick, at(50));
-        let before = observable(&b, at(50));
-        let actions = b.handle(heartbeat("a", 1, Role::Publisher, 56), at(50));
+        let actions = b.handle(heartbeat("a", 1, Role::Publisher, 110), at(50));
         assert!(
-            matches!(actions.as_slice(), [Action::Warn(Warning::ClockSkew { from, .. })] if *from == id("a"))
+            actions.iter().any(|action| matches!(action, Action::Warn(Warning::ClockSkew { from, .. }) if *from == id("a"))),
+            "{actions:?}"
         );
-        assert_eq!(observable(&b, at(50)), before);
-        // Just inside the limit is fine.
-        b.handle(heartbeat("a", 1, Role::Publisher, 45), at(50));
-        assert_eq!(b.publisher(at(50)), Some(&id("a")));
+        assert_eq!(
+            b.publisher(at(50)),
+            Some(&id("a")),
+            "a 60 s skew does not hide a live publisher"
+        );
+        let offset = b
+            .peers(at(50))
+            .find(|p| *p.node_id == id("a"))
+            .unwrap()
+            .clock_offset_ms;
+        assert_eq!(offset, Some(60_000));
+        // Liveness follows arrival on b's clock: heard at 50, live until the timeout.
+        let timeout = ElectionTiming::default().publisher_timeout.as_secs();
+        assert_eq!(b.publisher(at(50 + timeout - 1)), Some(&id("a")));
+        assert_eq!(b.publisher(at(50 + timeout)), None);
+        // Within the limit draws no warning.
+        let actions = b.handle(heartbeat("c", 3, Role::Standby, 58), at(55));
+        assert!(
+            !actions.iter().any(|a| matches!(a, Action::Warn(_))),
+            "{actions:?}"
+        );
+    }
+
+    #[test]
+    fn a_sender_whose_clock_stepped_back_is_heard_again_within_a_heartbeat() {
+        let mut b = node("b", 2);
+        b.handle(heartbeat("a", 1, Role::Standby, 500), at(100));
+        // a's clock is stepped back by a minute: its next messages look older than the last.
+        b.handle(heartbeat("a", 1, Role::Publisher, 450), at(110));
+        assert_eq!(
+            b.publisher(at(110)),
+            None,
+            "one older message is taken for a late one"
+        );
+        b.handle(heartbeat("a", 1, Role::Publisher, 460), at(120));
+        assert_eq!(b.publisher(at(120)), Some(&id("a")));
     }
 
     #[test]

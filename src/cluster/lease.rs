@@ -26,7 +26,10 @@ pub enum LocalEvent {
     TorLost,
     /// At least one HSDir accepted an upload.
     UploadsAccepted,
-    /// Uploads were attempted and no HSDir accepted any.
+    /// HSDirs answered the uploads but accepted none (a revision below another publisher's):
+    /// this node's Tor works.
+    UploadsRefused,
+    /// Uploads were attempted and no HSDir answered.
     UploadsFailed,
     /// A health round checked `checked` backends; for `reached` of them some HSDir answered.
     HealthRound { checked: usize, reached: usize },
@@ -80,6 +83,7 @@ impl LeaseCore {
                 self.ability.upload_succeeded();
                 return self.election.handle(Event::UploadSucceeded, now);
             }
+            LocalEvent::UploadsRefused => self.ability.upload_refused(now),
             LocalEvent::UploadsFailed => self.ability.upload_failed(now),
             LocalEvent::HealthRound { checked, reached } => {
                 self.ability.health_round(checked, reached, now)

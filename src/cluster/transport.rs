@@ -42,6 +42,7 @@ use self::protocol::Protocol;
 use self::socket_task::{Command, SocketTask};
 use super::wg_keys::{WgPrivateKey, WgPublicKey};
 use crate::clock::Timestamp;
+use crate::params::MAX_RELIABLE_WAIT;
 
 use super::messages::{JoinAccept, Message, MessageError};
 use super::secret::ClusterSecret;
@@ -70,8 +71,6 @@ const WG_BUFFER_LEN: usize = 64 * 1024;
 const RESEND_FIRST_DELAY: Duration = Duration::from_millis(300);
 /// The wait doubles after each resend up to this.
 const RESEND_MAX_DELAY: Duration = Duration::from_secs(4);
-/// Longest a reliable message is resent; receivers remember message ids for twice as long.
-const MAX_RELIABLE_WAIT: Duration = Duration::from_secs(60);
 /// How often a newcomer repeats its join request while waiting for the answer.
 const JOIN_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// Largest difference between a join request's timestamp and our clock. Nodes keep their

@@ -441,6 +441,7 @@ impl ClusterNode {
                     .membership
                     .member(view.node_id)
                     .map(|peer| peer.endpoint.to_string()),
+                clock_offset_ms: view.clock_offset_ms,
             })
             .collect();
         // Members the election has not heard from since start.
@@ -455,6 +456,7 @@ impl ClusterNode {
                     last_heard: None,
                     last_publish: None,
                     endpoint: Some(member.endpoint.to_string()),
+                    clock_offset_ms: None,
                 });
             }
         }

@@ -66,6 +66,10 @@ pub struct PeerStatus {
     /// When it last uploaded the descriptor, as it reported (Unix seconds).
     pub last_publish: Option<u64>,
     pub endpoint: Option<String>,
+    /// How far ahead of this node's clock its last message was stamped (negative: behind), in
+    /// milliseconds, transit included.
+    #[serde(default)]
+    pub clock_offset_ms: Option<i64>,
 }
 
 /// One backend onion service.
@@ -187,7 +191,7 @@ impl NodeStatus {
         for peer in &self.peers {
             let _ = writeln!(
                 out,
-                "  {:<28} priority {:<3} {:<10} {:<14} last heard {:<10} {}",
+                "  {:<28} priority {:<3} {:<10} {:<14} last heard {:<10} {}{}",
                 peer.node_id.as_str(),
                 peer.priority,
                 peer.role.to_string(),
@@ -199,7 +203,8 @@ impl NodeStatus {
                     "cannot publish"
                 },
                 ago(now, peer.last_heard),
-                peer.endpoint.as_deref().unwrap_or("")
+                peer.endpoint.as_deref().unwrap_or(""),
+                clock_note(peer.clock_offset_ms)
             );
         }
 
@@ -384,6 +389,16 @@ impl StatusBoard {
     }
 }
 
+/// A peer's clock offset worth showing: a second or more.
+fn clock_note(offset_ms: Option<i64>) -> String {
+    match offset_ms {
+        Some(ms) if ms.unsigned_abs() >= 1000 => {
+            format!("  clock {:+.1} s from ours", ms as f64 / 1000.0)
+        }
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -409,6 +424,7 @@ mod tests {
             last_heard: Some(997),
             last_publish: None,
             endpoint: Some("127.0.0.1:5000".into()),
+            clock_offset_ms: Some(-61_500),
         });
         status.backends.push(BackendStatus {
             name: "web1".into(),

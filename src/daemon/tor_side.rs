@@ -280,12 +280,25 @@ async fn publish_loop(
             }
             continue;
         };
-        let round = publish_due(tor, publisher, &healthy, Timestamp::now).await;
-        if round.uploads == UploadResult::Accepted {
+        // Losing the lease stops the round at once, retries in flight included: another node
+        // publishes now, and every upload of ours could only race it.
+        let round = tokio::select! {
+            round = publish_due(tor, publisher, &healthy, Timestamp::now) => round,
+            _ = publishing_rx.wait_for(|publishing| !*publishing) => {
+                tracing::info!("lost the lease: the uploads in flight are abandoned");
+                continue;
+            }
+        };
+        // An answer from an HSDir, even a refusal, shows the client at work.
+        if matches!(
+            round.uploads,
+            UploadResult::Accepted | UploadResult::Refused
+        ) {
             progress.store(unix_millis(), Ordering::Relaxed);
         }
         let news = match round.uploads {
             UploadResult::Accepted => Some(LocalEvent::UploadsAccepted),
+            UploadResult::Refused => Some(LocalEvent::UploadsRefused),
             UploadResult::Failed => Some(LocalEvent::UploadsFailed),
             UploadResult::NothingDue => None,
         };

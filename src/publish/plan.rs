@@ -8,8 +8,11 @@
 //!   resumes when one recovers;
 //! - an upload is due when the period was never published, `publish_interval` has passed, the
 //!   merged introduction points changed, or the responsible HSDirs changed;
-//! - after an upload no HSDir accepted, nothing is recorded: the period is looked at again
-//!   after [`RETRY_AFTER_FAILURE`], or sooner when the healthy backends or the consensus change;
+//! - after an upload no HSDir accepted, nothing is recorded and the period is not tried again
+//!   before a backoff has passed, whatever changes meanwhile: [`RETRY_AFTER_FAILURE`], doubling
+//!   with each failure in a row up to [`MAX_RETRY_AFTER_FAILURE`] (HSDirs that refused a
+//!   revision refuse it again at once; a node that kept trying sent 64 uploads in 10 s). An
+//!   accepted upload, or a new lease, ends the backoff;
 //! - the revision counter follows the clock (seconds since the period's SRV start, through the
 //!   master key's order-preserving encryption) and must be strictly above the last one
 //!   uploaded: within the same second the upload waits for the next.
@@ -33,11 +36,13 @@ use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::descriptor::signer::DescriptorSigner;
 use crate::params::MAX_INTRO_POINTS;
 use crate::storage::state::SavedUpload;
-use crate::tor::{HsDirId, PeriodInfo};
+use crate::tor::{HsDirError, HsDirId, PeriodInfo};
 
 /// How soon to try a period again after an upload no HSDir accepted, or a descriptor that
 /// could not be built.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+/// The longest wait between failed uploads of one period.
+pub const MAX_RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5 * 60);
 /// A clock stepped back by more than this since the last upload of a period gets no revision
 /// counter above the last one soon: wait [`RETRY_AFTER_FAILURE`] rather than every second.
 const CLOCK_STEP_BACK_TOLERANCE: Duration = Duration::from_secs(5);
@@ -81,7 +86,10 @@ pub enum UploadResult {
     NothingDue,
     /// At least one HSDir accepted a descriptor.
     Accepted,
-    /// Uploads were attempted and no HSDir accepted any, or the HSDirs could not be found.
+    /// HSDirs answered, but none accepted (a revision not above the one they hold, another
+    /// publisher's): this node's Tor works, its revision counter is behind.
+    Refused,
+    /// Uploads were attempted and no HSDir answered, or the HSDirs could not be found.
     Failed,
 }
 
@@ -91,6 +99,7 @@ impl UploadResult {
         use UploadResult::*;
         match (self, other) {
             (Accepted, _) | (_, Accepted) => Accepted,
+            (Refused, _) | (_, Refused) => Refused,
             (Failed, _) | (_, Failed) => Failed,
             (NothingDue, NothingDue) => NothingDue,
         }
@@ -107,6 +116,17 @@ pub struct PublishPlan<S: DescriptorSigner> {
     /// The records came from state.json: keep them when the lease is gained (see
     /// [`PublishPlan::on_lease_gained`]).
     restored: bool,
+    /// Periods whose last uploads no HSDir accepted: how many in a row, and not before when
+    /// to try again.
+    backoff: BTreeMap<u64, Backoff>,
+}
+
+/// Failed uploads of one period in a row, and the earliest moment for the next.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    wait: Duration,
+    not_before: Timestamp,
 }
 
 impl<S: DescriptorSigner> PublishPlan<S> {
@@ -117,6 +137,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             records: BTreeMap::new(),
             all_dead_alerted: false,
             restored: false,
+            backoff: BTreeMap::new(),
         }
     }
 
@@ -157,6 +178,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             .map(|t| t.info.time_period.interval_num())
             .collect();
         self.records.retain(|period, _| periods.contains(period));
+        self.backoff.retain(|period, _| periods.contains(period));
         self.signer.retain_periods(&periods);
 
         let mut decision = Decision::default();
@@ -177,6 +199,13 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     ) -> (Option<Upload>, Timestamp) {
         let period = target.info.time_period.interval_num();
         let retry = now + RETRY_AFTER_FAILURE;
+        if let Some(backoff) = self.backoff.get_mut(&period) {
+            // Never further away than the wait itself (the clock may have stepped back).
+            backoff.not_before = backoff.not_before.min(now + backoff.wait);
+            if now < backoff.not_before {
+                return (None, backoff.not_before);
+            }
+        }
         let Some(srv_offset) = target.info.srv_offset_secs(now) else {
             tracing::warn!(
                 period,
@@ -297,8 +326,38 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             upload.backends.iter().cloned().collect::<Vec<_>>().join(", ")
         );
         if accepted == 0 {
-            return (UploadResult::Failed, now + RETRY_AFTER_FAILURE);
+            let failures = self
+                .backoff
+                .get(&upload.period)
+                .map_or(1, |b| b.failures.saturating_add(1));
+            let wait = RETRY_AFTER_FAILURE
+                .saturating_mul(2u32.saturating_pow(failures - 1))
+                .min(MAX_RETRY_AFTER_FAILURE);
+            let not_before = now + wait;
+            tracing::warn!(
+                period = upload.period,
+                "no HSDir accepted the descriptor ({failures} time(s) in a row): next attempt in {} s",
+                wait.as_secs()
+            );
+            self.backoff.insert(
+                upload.period,
+                Backoff {
+                    failures,
+                    wait,
+                    not_before,
+                },
+            );
+            let answered = results
+                .iter()
+                .any(|r| r.outcome.as_ref().is_err_and(HsDirError::hsdir_answered));
+            let result = if answered {
+                UploadResult::Refused
+            } else {
+                UploadResult::Failed
+            };
+            return (result, not_before);
         }
+        self.backoff.remove(&upload.period);
         let record = PublishRecord {
             published_at: upload.decided_at,
             intro_points: upload.intro_points,
@@ -317,6 +376,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     /// unless the records were just restored from before a restart recent enough that nobody
     /// could have taken over (see `daemon`), so that a restart does not re-upload needlessly.
     pub fn on_lease_gained(&mut self) {
+        // Failures under an earlier lease say nothing about this one.
+        self.backoff.clear();
         if !std::mem::take(&mut self.restored) {
             self.records.clear();
         }
@@ -547,12 +608,74 @@ mod tests {
         }];
         assert_eq!(
             plan.uploaded(upload, &refused, at(100)),
-            (UploadResult::Failed, at(100) + RETRY_AFTER_FAILURE)
+            (UploadResult::Refused, at(100) + RETRY_AFTER_FAILURE)
         );
         assert!(plan.saved_uploads().is_empty());
         assert_eq!(
             publish(&mut plan, at(130), &targets, &backends),
             [(10, PublishReason::FirstPublish, 130)]
+        );
+    }
+
+    #[test]
+    fn refused_uploads_back_off_whatever_changes_until_one_is_accepted() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        let changed = healthy(&[("a", &["a1"]), ("b", &["b1"])]);
+        let refused = vec![HsDirUpload {
+            hsdir: HsDirId::new("h1".into()),
+            outcome: Err(HsDirError::RevisionRefused),
+        }];
+        let mut now = 100;
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let mut decision = plan.decide(at(now), &targets, &backends);
+            let upload = decision.uploads.remove(0);
+            let (result, next) = plan.uploaded(upload, &refused, at(now));
+            assert_eq!(result, UploadResult::Refused);
+            let wait = next.saturating_duration_since(at(now)).as_secs();
+            waits.push(wait);
+            // A change of the healthy backends does not cut the wait short.
+            let early = plan.decide(at(now + wait - 1), &targets, &changed);
+            assert!(early.uploads.is_empty(), "uploaded during the backoff");
+            assert_eq!(early.wake_at, Some(next));
+            now += wait;
+        }
+        assert_eq!(waits, [30, 60, 120, 240, 300, 300]);
+        // An accepted upload ends the backoff.
+        let mut decision = plan.decide(at(now), &targets, &backends);
+        let upload = decision.uploads.remove(0);
+        let accepted = vec![HsDirUpload {
+            hsdir: HsDirId::new("h1".into()),
+            outcome: Ok(()),
+        }];
+        assert_eq!(
+            plan.uploaded(upload, &accepted, at(now)).0,
+            UploadResult::Accepted
+        );
+        assert_eq!(
+            publish(&mut plan, at(now + 1), &targets, &changed),
+            [(10, PublishReason::IntroPointsChanged, now + 1)]
+        );
+    }
+
+    #[test]
+    fn a_new_lease_ends_the_backoff() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        let mut decision = plan.decide(at(100), &targets, &backends);
+        let upload = decision.uploads.remove(0);
+        let failed = vec![HsDirUpload {
+            hsdir: HsDirId::new("h1".into()),
+            outcome: Err(HsDirError::NoCircuit("cut".into())),
+        }];
+        plan.uploaded(upload, &failed, at(100));
+        plan.on_lease_gained();
+        assert_eq!(
+            publish(&mut plan, at(101), &targets, &backends),
+            [(10, PublishReason::FirstPublish, 101)]
         );
     }
 

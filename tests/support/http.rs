@@ -34,8 +34,13 @@ pub struct HttpServer {
 impl HttpServer {
     /// Listen on a fresh port of 127.0.0.1 and answer every request with `body`.
     pub fn start(body: String) -> Result<HttpServer, HarnessError> {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .map_err(|e| HarnessError::new(format!("cannot listen on 127.0.0.1: {e}")))?;
+        HttpServer::start_on(0, body)
+    }
+
+    /// Listen on `port` of 127.0.0.1 (0: a fresh one) and answer every request with `body`.
+    pub fn start_on(port: u16, body: String) -> Result<HttpServer, HarnessError> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+            .map_err(|e| HarnessError::new(format!("cannot listen on 127.0.0.1:{port}: {e}")))?;
         let addr = listener.local_addr().map_err(|e| {
             HarnessError::new(format!("cannot read the HTTP server's address: {e}"))
         })?;
@@ -67,10 +72,9 @@ impl HttpServer {
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
-}
 
-impl Drop for HttpServer {
-    fn drop(&mut self) {
+    /// Stop listening: connections to its port are refused from now on.
+    pub fn stop(&mut self) {
         self.shutting_down.store(true, Ordering::SeqCst);
         // `accept` has no timeout: wake it with a connection of our own so it sees the flag.
         // If that connection fails, the listener is gone already and the thread has ended.
@@ -78,6 +82,12 @@ impl Drop for HttpServer {
         if let Some(thread) = self.accept_thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

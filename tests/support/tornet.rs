@@ -389,6 +389,21 @@ impl TorNetwork {
         self.backend(name).page.clone()
     }
 
+    /// Stop the backend's web server (its tor keeps running, so the service is alive but
+    /// serves nothing). Panics if there is no such backend.
+    pub fn stop_web_server(&mut self, name: &str) {
+        self.backend_mut(name).http.stop();
+    }
+
+    /// Start the backend's web server again, on its port, after
+    /// [`stop_web_server`](Self::stop_web_server). Panics if there is no such backend.
+    pub fn start_web_server(&mut self, name: &str) -> Result<(), HarnessError> {
+        let backend = self.backend_mut(name);
+        let port = backend.http.addr().port();
+        backend.http = HttpServer::start_on(port, backend.page.clone())?;
+        Ok(())
+    }
+
     /// Stop the backend's tor (its web server keeps running), so that it becomes unreachable.
     /// Panics if there is no such backend.
     ///
