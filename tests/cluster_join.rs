@@ -1,5 +1,5 @@
 //! Several nodes as real processes on 127.0.0.1, without Tor: `init`, `join` with the real
-//! token over real UDP and WireGuard, the new member announced to the others, `status` from
+//! token (as an argument, from a file and on standard input) over real UDP and WireGuard, the new member announced to the others, `status` from
 //! every node, and bad input (tampered tokens, a wrong cluster secret, a dead origin, garbage
 //! datagrams) refused with a clear error and nothing changed.
 //!
@@ -106,6 +106,13 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
     ]);
     assert!(init.status.success(), "init: {}", stderr(&init));
     let token = token_from(&stdout(&init));
+    let join_line = stdout(&init);
+    for option in ["rustbalance join", "--token-file", "--endpoint"] {
+        assert!(
+            join_line.contains(option),
+            "the join line lacks {option}:\n{join_line}"
+        );
+    }
     let config_path = a.config_dir().join("config.toml");
     let mut config = fs::read_to_string(&config_path).unwrap();
     config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
@@ -173,8 +180,61 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
         "bad input changed the origin's files"
     );
 
-    // The real token: B joins and gets priority 2 and the cluster's configuration.
-    let output = join_no_start(&b, port_b, &token, "20");
+    // A token file that is missing, or not a token, or a token given twice: one-line errors.
+    let missing = root.path().join("no-such-token");
+    let output = b.run(&[
+        "join",
+        "--token-file",
+        missing.to_str().unwrap(),
+        "--endpoint",
+        &endpoint(port_b),
+    ]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("no-such-token"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    let output = b.run_with_stdin(
+        &["join", "--token-file", "-", "--endpoint", &endpoint(port_b)],
+        "hello\n",
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert_eq!(stderr(&output).lines().count(), 1, "{}", stderr(&output));
+    let output = b.run(&[
+        "join",
+        &token,
+        "--token-file",
+        "-",
+        "--endpoint",
+        &endpoint(port_b),
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "both a token and a token file were taken"
+    );
+    assert!(!b.config_dir().exists());
+
+    // The real token, on standard input: B joins and gets priority 2 and the cluster's
+    // configuration.
+    let b_endpoint = endpoint(port_b);
+    let output = b.run_with_stdin(
+        &[
+            "join",
+            "--token-file",
+            "-",
+            "--endpoint",
+            &b_endpoint,
+            "--listen",
+            &b_endpoint,
+            "--timeout",
+            "20",
+            "--no-start",
+        ],
+        &format!("{token}\n"),
+    );
     assert!(output.status.success(), "join: {}", stderr(&output));
     let out = stdout(&output);
     assert!(out.contains("priority:     2"), "{out}");
@@ -196,11 +256,15 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
     );
     assert_eq!(snapshot(b.config_dir()), b_files);
 
-    // C joins and runs straight away; A tells B about it.
+    // C joins from a token file and runs straight away; A tells B about it. The token is
+    // not on C's command line, so no other user of the machine can read it there.
     let mut c = Balancer::new(root.path(), "c");
+    let token_file = root.path().join("c-token");
+    fs::write(&token_file, format!("{token}\n")).unwrap();
     c.start(&[
         "join",
-        &token,
+        "--token-file",
+        token_file.to_str().unwrap(),
         "--endpoint",
         &endpoint(port_c),
         "--listen",
@@ -209,6 +273,11 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
     let mut c_log = LogWatcher::new(c.log_path());
     c_log.wait_for("priority:     3", "", SETTLE);
     c_log.wait_for("cluster size: 3 nodes", "", SETTLE);
+    let cmdline = fs::read(format!("/proc/{}/cmdline", c.pid())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains("rb1:"),
+        "the token is on the running node's command line"
+    );
 
     let live_peers = |status: &serde_json::Value| {
         status["peers"]
@@ -249,4 +318,139 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
     let gone = a.run(&["status"]);
     assert_eq!(gone.status.code(), Some(3), "{}", stderr(&gone));
     assert!(stderr(&gone).contains("no rustbalance daemon answers"));
+}
+
+/// A holder of the cluster secret (an old token) joins under id `0`, then announces itself with
+/// priority 1 as a publisher that can publish: membership is the source of truth, so its
+/// messages are refused (logged once) and nobody follows it. A second stranger joining under
+/// the same id with another key is not admitted.
+#[test]
+fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
+    use rustbalance::clock::Timestamp;
+    use rustbalance::cluster::election::{Heartbeat, LeaseClaim};
+    use rustbalance::cluster::messages::Message;
+    use rustbalance::cluster::transport::{PeerConfig, Transport};
+    use rustbalance::cluster::wg_keys::{WgPrivateKey, WgPublicKey};
+    use rustbalance::cluster::{NodeId, Priority, Role};
+
+    let root = tempfile::tempdir().unwrap();
+    let port_a = free_udp_port();
+    let endpoint_a = format!("127.0.0.1:{port_a}");
+    let mut a = Balancer::new(root.path(), "a");
+    let init = a.run(&[
+        "init",
+        "--no-start",
+        "--endpoint",
+        &endpoint_a,
+        "--listen",
+        &endpoint_a,
+    ]);
+    assert!(init.status.success(), "init: {}", stderr(&init));
+    let token = JoinToken::decode(&token_from(&stdout(&init))).unwrap();
+    let config_path = a.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
+    config.push_str(NOWHERE_ARTI);
+    fs::write(&config_path, config).unwrap();
+    a.start(&["run"]);
+    let mut a_log = LogWatcher::new(a.log_path());
+    a_log.wait_for("cluster transport listening", "", SETTLE);
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let zero = NodeId::try_from("0".to_owned()).unwrap();
+    let origin = token.origin.node_id.clone();
+    let origin_key = WgPublicKey::from_bytes(token.origin.wg_pubkey);
+    let origin_addr: std::net::SocketAddr = endpoint_a.parse().unwrap();
+    let join_as_zero = |port: u16| {
+        let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let zero = zero.clone();
+        let origin = origin.clone();
+        let secret = &token.cluster_secret;
+        runtime.block_on(async move {
+            let (transport, inbox) =
+                Transport::bind(listen, zero, WgPrivateKey::generate(), Vec::new(), secret)
+                    .await
+                    .unwrap();
+            let accept = transport
+                .join(
+                    origin,
+                    origin_key,
+                    origin_addr,
+                    listen.to_string().parse().unwrap(),
+                    Duration::from_secs(5),
+                )
+                .await;
+            (transport, inbox, accept)
+        })
+    };
+
+    // Admitted under id 0, with the next free priority; then it lies about its priority.
+    let (transport, _inbox, accept) = join_as_zero(free_udp_port());
+    let accept = accept.expect("a holder of the cluster secret is admitted");
+    assert_eq!(accept.assigned_priority, Priority::try_from(2).unwrap());
+    let first = Priority::try_from(1).unwrap();
+    runtime.block_on(async {
+        transport
+            .add_peer(PeerConfig {
+                node_id: origin.clone(),
+                public_key: origin_key,
+                endpoint: Some(origin_addr),
+            })
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            let now = Timestamp::now();
+            let heartbeat = Message::Heartbeat(Heartbeat {
+                from: zero.clone(),
+                timestamp: now,
+                priority: first,
+                role: Role::Publisher,
+                can_publish: true,
+                last_publish: Some(now),
+            });
+            transport.send(&origin, &heartbeat).await.unwrap();
+            let claim = Message::lease_claim(&LeaseClaim {
+                from: zero.clone(),
+                timestamp: now,
+                priority: first,
+            });
+            let _ = transport
+                .send_reliable(&origin, claim, Duration::from_secs(2))
+                .await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    a_log.wait_for(
+        "from 0: 0 claims priority 1",
+        "admitted with priority 2",
+        SETTLE,
+    );
+    let status = a.status().unwrap();
+    assert_eq!(status["publisher"], serde_json::Value::Null, "{status:#}");
+    let log = fs::read_to_string(a.log_path()).unwrap();
+    assert_eq!(
+        log.matches("0 claims priority 1").count(),
+        1,
+        "ten lies, logged once:\n{log}"
+    );
+
+    // Another stranger under the same id, with its own key: not admitted.
+    let (second, _inbox, refused) = join_as_zero(free_udp_port());
+    assert!(
+        refused.is_err(),
+        "a second node was admitted under a member's id"
+    );
+    a_log.wait_for(
+        "refused the join request of 0",
+        "another WireGuard key",
+        SETTLE,
+    );
+    runtime.block_on(async {
+        transport.shutdown().await;
+        second.shutdown().await;
+    });
+    assert!(a.stop_cleanly(), "a did not stop cleanly");
 }

@@ -10,7 +10,13 @@
 //! 3. The old publisher comes back: it stays a standby (no flapping).
 //! 4. The new publisher stops cleanly: it releases the lease and the best remaining node (the
 //!    returned first node, priority 1) takes over at once, without waiting for the grace.
-//! 5. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
+//! 5. The publisher's Tor is cut (every TCP packet it sends dropped) while its cluster traffic
+//!    flows: its next health round reaches no HSDir, it stops announcing that it can publish
+//!    and hands the lease over; the standby's descriptor is on the HSDirs within the detection
+//!    bound (one health interval and one round of HSDir timeouts) plus a few seconds, and the
+//!    client reaches the master. When the path returns there is one publisher, and the cut
+//!    node follows it once its Tor reaches an HSDir again.
+//! 6. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
 //!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
 //!    appears in any log or status report.
 
@@ -24,6 +30,7 @@ use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::firewall::TcpCut;
 use support::master::{fetch_until_seen, Observer};
 use support::secrets::{assert_no_secret, Secret};
 use support::{NetworkOptions, TorNetwork};
@@ -38,6 +45,9 @@ const TAKEOVER_BOUND: Duration =
     Duration::from_secs(PUBLISHER_TIMEOUT_SECS + TAKEOVER_GRACE_SECS + 10);
 /// Generous waits for a busy 2-core CI machine (bootstrap, first health round, upload).
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// A node learns that its own Tor is cut at the end of its next health round: within one
+/// health interval and two rounds of HSDir requests (30 s each) that time out.
+const TOR_CUT_DETECTION: Duration = Duration::from_secs(HEALTH_INTERVAL_SECS + 60);
 
 fn node_args(command: &str, port: u16) -> Vec<String> {
     let endpoint = format!("127.0.0.1:{port}");
@@ -233,7 +243,33 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     );
     a_log.wait_for("published descriptor", "from 2 backend(s)", TAKEOVER_BOUND);
 
-    // 5. The leak audit, over everything the nodes printed and reported.
+    // 5. The publisher's Tor is cut while its heartbeats flow.
+    let c_id = c_status["node_id"].clone();
+    let mut c_log = LogWatcher::from_end(c.log_path());
+    let cut = TcpCut::start(a.pid()).expect("cut the publisher's TCP");
+    let cut_at = Instant::now();
+    let bound = TOR_CUT_DETECTION + Duration::from_secs(TAKEOVER_GRACE_SECS + 10);
+    c_log.wait_for("this node is now the publisher", "", bound);
+    c_log.wait_for("published descriptor", "from 2 backend(s)", bound);
+    eprintln!(
+        "measured: publisher's Tor cut while its heartbeats flow -> the standby's descriptor accepted after {:.1} s (detection bound {} s, grace {TAKEOVER_GRACE_SECS} s)",
+        cut_at.elapsed().as_secs_f64(),
+        TOR_CUT_DETECTION.as_secs()
+    );
+    net.newnym().expect("NEWNYM");
+    assert_eq!(
+        fetch_until_seen(&net, &master_onion, &both),
+        both,
+        "with the publisher's Tor cut the master address should still lead to both backends"
+    );
+    drop(cut);
+    let following_c = |status: &serde_json::Value| {
+        status["role"] == "standby" && status["publisher"] == c_id && status["can_publish"] == true
+    };
+    a.wait_status("the cut node following c", START_TIMEOUT, following_c);
+    assert_eq!(c.status().expect("status of c")["role"], "publisher");
+
+    // 6. The leak audit, over everything the nodes printed and reported.
     let mut texts = Vec::new();
     for (name, node) in [("a", &a), ("c", &c)] {
         for args in [&["status"][..], &["status", "--json"][..]] {

@@ -139,7 +139,11 @@ pub(super) fn print_token(token: &JoinToken) {
     let text = token.encode(&mut rand::rng());
     let rule = "─".repeat(72);
     println!("\nJoin token:\n{rule}\n{text}\n{rule}");
-    println!("On every further node:  rustbalance join '<the token above>'");
+    println!(
+        "On every further node, with the token in a file only root can read:\n  \
+         rustbalance join --token-file /root/rb-token --endpoint <this new node's public IP or name>:51820\n\
+         (or --token-file - to paste it on standard input; --listen ADDR:PORT if it must bind another address)"
+    );
     println!("\nWARNING: {TOKEN_WARNING}");
 }
 

@@ -6,8 +6,11 @@
 //! WireGuard tunnel the member opens to this node's new key; then the node's files are
 //! written (`node_files`, config.toml last) and the daemon starts unless `--no-start`.
 
+use std::io::Read as _;
 use std::path::Path;
 use std::time::Duration;
+
+use zeroize::Zeroizing;
 
 use super::{init, CliError, JoinArgs};
 use crate::cluster::token::JoinToken;
@@ -19,8 +22,21 @@ use crate::keys::KekSource;
 use crate::params;
 use crate::storage::node_files::{self, NewNode, NodeFilesError};
 
+/// Longest token file read: a token is well under a kilobyte; anything longer is not one.
+const MAX_TOKEN_FILE_BYTES: u64 = 16 * 1024;
+
 pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
-    let token = JoinToken::decode(args.token.trim())?;
+    let text = match (&args.token, &args.token_file) {
+        (Some(token), _) => Zeroizing::new(token.clone()),
+        (None, Some(path)) => read_token(path)?,
+        // clap requires one of the two.
+        (None, None) => {
+            return Err(CliError::Argument(
+                "give the join token with --token-file PATH (or - for standard input)".into(),
+            ))
+        }
+    };
+    let token = JoinToken::decode(text.trim())?;
     let endpoint: Endpoint = args
         .endpoint
         .parse()
@@ -137,4 +153,28 @@ fn already_a_member(
         config.node.id, config.node.priority
     );
     Ok(())
+}
+
+/// The token from `path`, or from standard input for `-`; at most [`MAX_TOKEN_FILE_BYTES`].
+fn read_token(path: &Path) -> Result<Zeroizing<String>, CliError> {
+    let shown = path.display();
+    let mut bytes = Zeroizing::new(Vec::new());
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin()
+            .take(MAX_TOKEN_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path)
+            .and_then(|file| file.take(MAX_TOKEN_FILE_BYTES + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|err| CliError::Argument(format!("--token-file {shown}: {err}")))?;
+    if bytes.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(CliError::Argument(format!(
+            "--token-file {shown}: longer than {MAX_TOKEN_FILE_BYTES} bytes, not a join token"
+        )));
+    }
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        CliError::Argument(format!("--token-file {shown}: not text, not a join token"))
+    })?;
+    Ok(Zeroizing::new(text.to_owned()))
 }

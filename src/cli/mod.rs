@@ -63,7 +63,8 @@ pub enum Command {
     /// Add this machine to an existing cluster, then run it.
     ///
     /// TOKEN is the `rb1:...` string printed by `rustbalance init` or `rustbalance token` on
-    /// any member. It carries the master key: handle it like the key itself. Creates this
+    /// any member, given with --token-file (a file, or `-` for standard input) or as an
+    /// argument. It carries the master key: handle it like the key itself. Creates this
     /// node's WireGuard key pair, asks the member named in the token to admit it (a request
     /// authenticated with the cluster secret), receives its priority, the other members and
     /// the cluster's configuration through the new tunnel, writes the node's files and starts
@@ -132,8 +133,13 @@ pub struct InitArgs {
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
-    /// The join token (`rb1:...`).
-    pub token: String,
+    /// The join token (`rb1:...`). Prefer --token-file: a command-line argument is visible to
+    /// every user of the machine (ps, /proc) for as long as the process runs.
+    #[arg(required_unless_present = "token_file", conflicts_with = "token_file")]
+    pub token: Option<String>,
+    /// Read the join token from this file, or from standard input if PATH is `-`.
+    #[arg(long, value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
     /// How the other nodes reach this one over UDP (HOST:PORT).
     #[arg(long, value_name = "HOST:PORT")]
     pub endpoint: String,

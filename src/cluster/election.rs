@@ -34,8 +34,10 @@
 //! | the local wall clock is stepped back | the times this node stored move back with it, so no timer waits the size of the step on top of its own length |
 //!
 //! Peers are learned from the messages themselves as well as from the configuration: the
-//! transport only delivers messages from authenticated cluster members, and a node that just
-//! joined may not be in this node's config yet.
+//! transport only delivers messages from authenticated cluster members, the cluster loop hands
+//! over only those membership vouches for (a member, claiming the priority it was admitted
+//! with: `cluster::membership`), and a node that just joined may not be in this node's config
+//! yet.
 //!
 //! Time is a [`Timestamp`] of the local wall clock (the daemon passes [`Timestamp::now`]). A
 //! peer's liveness is measured on it (when its messages arrive), never on the peer's clock; the
@@ -189,6 +191,15 @@ impl LeaseMessage {
             LeaseMessage::Heartbeat(m) => &m.from,
             LeaseMessage::LeaseClaim(m) => &m.from,
             LeaseMessage::LeaseRelease(m) => &m.from,
+        }
+    }
+
+    /// The priority the sender claims, for the messages that carry one.
+    pub fn priority(&self) -> Option<Priority> {
+        match self {
+            LeaseMessage::Heartbeat(m) => Some(m.priority),
+            LeaseMessage::LeaseClaim(m) => Some(m.priority),
+            LeaseMessage::LeaseRelease(_) => None,
         }
     }
 

@@ -6,11 +6,16 @@
 //!   own; a newcomer the one after the highest held by the members, this node and the joins in
 //!   progress),
 //!   the member list and the shared configuration. Refused when this node has no endpoint to
-//!   tell the newcomer, when the request uses this node's own id, or when a join of that id is
-//!   already in progress. Once the newcomer acknowledged, every other member is told.
-//! - **learning**: a member announced by the node that admitted it replaces what was known of it
-//!   (a new key or endpoint after a re-join); a member list only adds members not yet known.
+//!   tell the newcomer, when the request uses this node's own id or a member's id with another
+//!   WireGuard key, or when a join of that id is already in progress. Once the newcomer acknowledged, every other member is told.
+//! - **learning**: a member announced by the node that admitted it may move (a new endpoint after
+//!   a re-join); a member list only adds members not yet known. Nothing ever replaces a known
+//!   member's WireGuard key or priority, and a new member whose priority another member holds
+//!   is refused: only a node that admitted it assigns a priority, and it assigns a free one.
 //!   Nothing is recorded before the transport accepted the member.
+//! - **vouching**: a lease message counts only if its sender is a member and claims the
+//!   priority recorded for it (a holder of the cluster secret cannot make itself the best
+//!   candidate by announcing priority 1).
 //! - **gossip**: the member list this node repeats now and then, itself included, so a member
 //!   that was down during an announcement catches up.
 
@@ -38,6 +43,51 @@ pub enum JoinRefusal {
     OwnId(NodeId),
     #[error("a join of {0} is already in progress")]
     InProgress(NodeId),
+    #[error("{0} is a member with another WireGuard key")]
+    IdTaken(NodeId),
+}
+
+/// What to do with a member learned from a member's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Learning {
+    /// Record it (once the transport accepted it).
+    News,
+    /// Nothing new.
+    Known,
+    /// Refused: see the reason.
+    Refused(MemberRefusal),
+}
+
+/// Why a member learned from a message is not recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberRefusal {
+    #[error("it would replace the WireGuard key of member {0}")]
+    KeyChange(NodeId),
+    #[error("it would change the priority of member {id} from {recorded} to {claimed}")]
+    PriorityChange {
+        id: NodeId,
+        recorded: Priority,
+        claimed: Priority,
+    },
+    #[error("{id} claims priority {priority}, which {holder} holds")]
+    PriorityTaken {
+        id: NodeId,
+        priority: Priority,
+        holder: NodeId,
+    },
+}
+
+/// Why a lease message does not count.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Impostor {
+    #[error("{0} is not a member of this cluster")]
+    NotAMember(NodeId),
+    #[error("{from} claims priority {claimed}, but it was admitted with priority {recorded}")]
+    WrongPriority {
+        from: NodeId,
+        claimed: Priority,
+        recorded: Priority,
+    },
 }
 
 /// What to answer an admitted newcomer.
@@ -92,16 +142,62 @@ impl Membership {
         self.members.get(id)
     }
 
-    /// Whether `peer`, learned from a member's message, is news to record (after the transport
+    /// What to do with `peer`, learned from a member's message (record it after the transport
     /// accepted it: see [`Membership::adopt`]).
-    pub fn is_news(&self, peer: &PeerInfo, how: Learned) -> bool {
+    pub fn learn(&self, peer: &PeerInfo, how: Learned) -> Learning {
         if peer.node_id == self.my_id {
-            return false;
+            return Learning::Known;
         }
         match self.members.get(&peer.node_id) {
-            None => true,
-            Some(known) => how == Learned::Announced && known != peer,
+            Some(known) if known.public_key != peer.public_key => {
+                Learning::Refused(MemberRefusal::KeyChange(peer.node_id.clone()))
+            }
+            Some(known) if known.priority != peer.priority => {
+                Learning::Refused(MemberRefusal::PriorityChange {
+                    id: peer.node_id.clone(),
+                    recorded: known.priority,
+                    claimed: peer.priority,
+                })
+            }
+            Some(known) if how == Learned::Announced && known != peer => Learning::News,
+            Some(_) => Learning::Known,
+            None => match self.holder_of(peer.priority) {
+                Some(holder) => Learning::Refused(MemberRefusal::PriorityTaken {
+                    id: peer.node_id.clone(),
+                    priority: peer.priority,
+                    holder,
+                }),
+                None => Learning::News,
+            },
         }
+    }
+
+    /// Whether a lease message from `from` claiming `claimed` (if it carries a priority)
+    /// counts: only from a member, with the priority it was admitted with.
+    pub fn vouch(&self, from: &NodeId, claimed: Option<Priority>) -> Result<(), Impostor> {
+        let member = self
+            .members
+            .get(from)
+            .ok_or_else(|| Impostor::NotAMember(from.clone()))?;
+        match claimed {
+            Some(claimed) if claimed != member.priority => Err(Impostor::WrongPriority {
+                from: from.clone(),
+                claimed,
+                recorded: member.priority,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The node holding `priority`: this one or a member.
+    fn holder_of(&self, priority: Priority) -> Option<NodeId> {
+        if priority == self.my_priority {
+            return Some(self.my_id.clone());
+        }
+        self.members
+            .values()
+            .find(|peer| peer.priority == priority)
+            .map(|peer| peer.node_id.clone())
     }
 
     /// Record a member the transport now knows.
@@ -128,6 +224,9 @@ impl Membership {
             return Err(JoinRefusal::InProgress(candidate.node_id.clone()));
         }
         let priority = match self.members.get(&candidate.node_id) {
+            Some(known) if known.public_key != candidate.public_key => {
+                return Err(JoinRefusal::IdTaken(candidate.node_id.clone()));
+            }
             Some(known) => known.priority,
             None => Priority::next_free(
                 self.members
@@ -241,11 +340,35 @@ mod tests {
     }
 
     #[test]
-    fn a_member_joining_again_keeps_its_priority() {
+    fn a_member_joining_again_keeps_its_priority_and_its_id_is_its_alone() {
+        let mut m = membership();
+        let mut again = candidate("c");
+        again.public_key = m.member(&id("c")).unwrap().public_key;
+        assert_eq!(m.admit(&again).unwrap().newcomer.priority, priority(4));
         let mut m = membership();
         assert_eq!(
-            m.admit(&candidate("c")).unwrap().newcomer.priority,
-            priority(4)
+            m.admit(&candidate("c")),
+            Err(JoinRefusal::IdTaken(id("c"))),
+            "the same id with another key"
+        );
+    }
+
+    #[test]
+    fn lease_messages_count_only_from_members_with_their_recorded_priority() {
+        let m = membership();
+        assert_eq!(m.vouch(&id("b"), Some(priority(2))), Ok(()));
+        assert_eq!(m.vouch(&id("b"), None), Ok(()));
+        assert_eq!(
+            m.vouch(&id("b"), Some(priority(1))),
+            Err(Impostor::WrongPriority {
+                from: id("b"),
+                claimed: priority(1),
+                recorded: priority(2)
+            })
+        );
+        assert_eq!(
+            m.vouch(&id("0"), Some(priority(1))),
+            Err(Impostor::NotAMember(id("0")))
         );
     }
 
@@ -274,14 +397,44 @@ mod tests {
     }
 
     #[test]
-    fn announcements_replace_and_lists_only_add() {
+    fn announcements_move_members_and_lists_only_add() {
         let m = membership();
-        let mut moved = peer("b", 2);
+        let mut moved = m.member(&id("b")).unwrap().clone();
         moved.endpoint = "elsewhere.example.net:51820".parse().unwrap();
-        assert!(m.is_news(&moved, Learned::Announced));
-        assert!(!m.is_news(&moved, Learned::Listed));
-        assert!(m.is_news(&peer("z", 9), Learned::Listed));
-        assert!(!m.is_news(&peer("a", 1), Learned::Announced));
+        assert_eq!(m.learn(&moved, Learned::Announced), Learning::News);
+        assert_eq!(m.learn(&moved, Learned::Listed), Learning::Known);
+        assert_eq!(m.learn(&peer("z", 9), Learned::Listed), Learning::News);
+        assert_eq!(m.learn(&peer("a", 1), Learned::Announced), Learning::Known);
+    }
+
+    #[test]
+    fn no_message_replaces_a_members_key_or_takes_a_held_priority() {
+        let m = membership();
+        for how in [Learned::Announced, Learned::Listed] {
+            assert_eq!(
+                m.learn(&peer("b", 2), how),
+                Learning::Refused(MemberRefusal::KeyChange(id("b")))
+            );
+            let mut promoted = m.member(&id("c")).unwrap().clone();
+            promoted.priority = priority(1);
+            assert!(matches!(
+                m.learn(&promoted, how),
+                Learning::Refused(MemberRefusal::PriorityChange { .. })
+            ));
+            // A stranger listed with this node's priority, or a member's.
+            assert_eq!(
+                m.learn(&peer("0", 1), how),
+                Learning::Refused(MemberRefusal::PriorityTaken {
+                    id: id("0"),
+                    priority: priority(1),
+                    holder: id("a")
+                })
+            );
+            assert!(matches!(
+                m.learn(&peer("x", 4), how),
+                Learning::Refused(MemberRefusal::PriorityTaken { .. })
+            ));
+        }
     }
 
     #[test]

@@ -38,8 +38,8 @@ pub struct Config {
     pub config_dir: PathBuf,
     /// Where the daemon keeps state (Arti's cache by default, fetched descriptors, state.json).
     pub state_dir: PathBuf,
-    /// Every table but `[node]` and `[cluster]` as config.toml text: what all members share
-    /// and what a joining node receives (see [`Config::shared_text`]).
+    /// The cluster-wide tables as config.toml text: what all members share and what a joining
+    /// node receives (see [`Config::shared_text`]).
     shared: String,
 }
 
@@ -450,8 +450,9 @@ impl Config {
     }
 
     /// The cluster-wide part of this configuration (`[[backends]]`, `[timing]`, `[health]`,
-    /// `[arti]`) as config.toml text, for a joining node: everything but this node's own
-    /// `[node]` and `[cluster]` tables. Comments are not kept.
+    /// `[arti]`) as config.toml text, for a joining node: everything but what belongs to this
+    /// node (`[node]`, `[cluster]`, `[status]`, and `[arti.storage]`, whose paths are this
+    /// machine's). Comments are not kept.
     pub fn shared_text(&self) -> &str {
         &self.shared
     }
@@ -497,10 +498,22 @@ fn shared_tables(text: &str) -> String {
     let Ok(mut table) = text.parse::<toml::Table>() else {
         return String::new();
     };
-    table.remove("node");
-    table.remove("cluster");
+    for node_local in NODE_LOCAL_TABLES {
+        table.remove(*node_local);
+    }
+    if let Some(toml::Value::Table(arti)) = table.get_mut("arti") {
+        for node_local in NODE_LOCAL_ARTI_TABLES {
+            arti.remove(*node_local);
+        }
+    }
     toml::to_string(&table).unwrap_or_default()
 }
+
+/// Tables that belong to one node: its identity, its socket and endpoint, its metrics
+/// listener. A joining node never receives them.
+const NODE_LOCAL_TABLES: &[&str] = &["node", "cluster", "status"];
+/// Tables of `[arti]` that belong to one node: `storage` names directories of that machine.
+const NODE_LOCAL_ARTI_TABLES: &[&str] = &["storage"];
 
 /// Two backends with one name would share a descriptor file; two with one address would be
 /// counted twice in the merge.
@@ -592,13 +605,32 @@ mod tests {
     }
 
     #[test]
-    fn shared_text_carries_everything_but_node_and_cluster() {
+    fn shared_text_carries_everything_but_what_belongs_to_the_node() {
         let text = format!(
             "[node]\nid = \"node-a\"\npriority = 1\n[cluster]\nlisten = \"127.0.0.1:9\"\n\
              [[backends]]\nname = \"a\"\naddress = \"{A}\"\n[timing]\nheartbeat_interval_secs = 2\n\
-             [health]\ndead_after_failures = 3\n"
+             [health]\ndead_after_failures = 3\n[status]\nmetrics_listen = \"127.0.0.1:9100\"\n\
+             [arti.storage]\ncache_dir = \"/srv/node-a/cache\"\n\
+             [arti.tor_network]\nfallback_caches = []\n"
         );
         let origin = parse(&text).unwrap();
+        let shared = origin.shared_text();
+        for node_local in [
+            "node-a",
+            "127.0.0.1:9",
+            "metrics_listen",
+            "/srv/node-a",
+            "storage",
+        ] {
+            assert!(
+                !shared.contains(node_local),
+                "{node_local} was shared:\n{shared}"
+            );
+        }
+        assert!(
+            shared.contains("tor_network"),
+            "the Tor network is shared:\n{shared}"
+        );
         let joined = parse(&format!(
             "[node]\nid = \"node-b\"\npriority = 2\n{}",
             origin.shared_text()

@@ -13,6 +13,7 @@
 //! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
 //!   the acks), so a standby takes over at once instead of after the grace.
 
+use std::collections::HashSet;
 use std::mem::Discriminant;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,10 +25,12 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::Timestamp;
-use crate::cluster::election::{Action, Warning};
+use crate::cluster::election::{Action, LeaseMessage, Warning};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
-use crate::cluster::membership::{Admission, JoinRefusal, Learned, Membership};
+use crate::cluster::membership::{
+    Admission, Impostor, JoinRefusal, Learned, Learning, MemberRefusal, Membership,
+};
 use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
@@ -88,6 +91,9 @@ struct ClusterNode {
     progress: Arc<AtomicU64>,
     joins_done: mpsc::Sender<JoinDone>,
     warnings: LogLimiter<(Discriminant<Warning>, Option<NodeId>)>,
+    /// Refusals already logged (impostors, bad member records), each kind once per sender:
+    /// only members can send, so this stays small.
+    refusals_logged: HashSet<(NodeId, RefusalKind)>,
     last_publisher: Option<NodeId>,
 }
 
@@ -120,6 +126,7 @@ pub async fn run(
         progress: setup.progress,
         joins_done,
         warnings: LogLimiter::new(WARN_INTERVAL),
+        refusals_logged: HashSet::new(),
         last_publisher: None,
     };
     let mut peer_lists = tokio::time::interval_at(
@@ -189,6 +196,22 @@ pub(super) async fn transport_peer(peer: &PeerInfo) -> PeerConfig {
 }
 
 /// The local wall clock, which peers compare message timestamps with.
+/// A kind of refusal, logged once per sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum RefusalKind {
+    Impostor(Discriminant<Impostor>),
+    Member(Discriminant<MemberRefusal>),
+}
+
+/// What a lease message is called in the log.
+fn message_kind(message: &LeaseMessage) -> &'static str {
+    match message {
+        LeaseMessage::Heartbeat(_) => "heartbeat",
+        LeaseMessage::LeaseClaim(_) => "lease claim",
+        LeaseMessage::LeaseRelease(_) => "lease release",
+    }
+}
+
 fn now() -> Timestamp {
     Timestamp::now()
 }
@@ -276,7 +299,19 @@ impl ClusterNode {
 
     async fn on_message(&mut self, from: NodeId, message: Message) {
         if let Some(message) = message.to_election() {
-            self.step(LeaseInput::Heard(message)).await;
+            match self.membership.vouch(&from, message.priority()) {
+                Ok(()) => {
+                    self.step(LeaseInput::Heard(message)).await;
+                }
+                Err(impostor) => self.refuse_once(
+                    &from,
+                    RefusalKind::Impostor(std::mem::discriminant(&impostor)),
+                    format_args!(
+                        "refused a {} from {from}: {impostor}",
+                        message_kind(&message)
+                    ),
+                ),
+            }
             return;
         }
         match message {
@@ -297,10 +332,29 @@ impl ClusterNode {
         }
     }
 
+    /// Logs `what` about `from` the first time a refusal of this kind concerns it.
+    fn refuse_once(&mut self, from: &NodeId, kind: RefusalKind, what: std::fmt::Arguments<'_>) {
+        if self.refusals_logged.insert((from.clone(), kind)) {
+            tracing::warn!("{what} (logged once)");
+        }
+    }
+
     /// Record a member that `via` told us about, if membership says it is news.
     async fn learn_peer(&mut self, peer: PeerInfo, how: Learned, via: &NodeId) {
-        if !self.membership.is_news(&peer, how) {
-            return;
+        match self.membership.learn(&peer, how) {
+            Learning::News => {}
+            Learning::Known => return,
+            Learning::Refused(refusal) => {
+                self.refuse_once(
+                    via,
+                    RefusalKind::Member(std::mem::discriminant(&refusal)),
+                    format_args!(
+                        "ignored member {} as told by {via}: {refusal}",
+                        peer.node_id
+                    ),
+                );
+                return;
+            }
         }
         if let Err(err) = self.transport.add_peer(transport_peer(&peer).await).await {
             tracing::warn!("ignored peer {} announced by {via}: {err}", peer.node_id);

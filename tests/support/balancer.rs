@@ -98,6 +98,21 @@ impl Balancer {
         self.command(args).output().expect("run rustbalance")
     }
 
+    /// Like [`run`](Self::run), with `input` on standard input.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run rustbalance");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        std::io::Write::write_all(&mut stdin, input.as_bytes()).expect("write stdin");
+        drop(stdin);
+        child.wait_with_output().expect("wait for rustbalance")
+    }
+
     /// `init --no-start` with `args`, listening on a free UDP port of 127.0.0.1, then `append`
     /// added to config.toml. Returns config.toml's text.
     pub fn init_local(&self, args: &[&str], append: &str) -> String {

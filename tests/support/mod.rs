@@ -15,12 +15,15 @@
 //! - [`secrets`]: the leak audit (no secret in any encoding in a log or status report).
 //! - [`master`]: fetches through the master address, and an Arti observer of its descriptor.
 //! - [`balancer`]: RustBalance nodes as processes of the built binary, and a log watcher.
+//! - [`firewall`]: one process's TCP cut off (cgroup v2 and iptables) while its UDP flows.
 //! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
 #![allow(dead_code)]
 
 // Test binaries only: they need the built binary (examples include this directory too).
 #[cfg(test)]
 pub mod balancer;
+#[cfg(test)]
+pub mod firewall;
 pub mod http;
 #[cfg(test)]
 pub mod master;
