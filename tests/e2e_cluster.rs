@@ -30,7 +30,7 @@ use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
-use support::firewall::TcpCut;
+use support::firewall::NodeCgroup;
 use support::master::{fetch_until_seen, Observer};
 use support::secrets::{assert_no_secret, Secret};
 use support::{NetworkOptions, TorNetwork};
@@ -205,7 +205,10 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         "after the failover the master address should still lead to both backends"
     );
 
-    // 3. The old publisher returns and stays a standby.
+    // 3. The old publisher returns and stays a standby. It runs in a cgroup of its own from
+    // now on, so that step 5 can cut its TCP.
+    let a_cgroup = NodeCgroup::create("a").expect("a cgroup for node a");
+    a.set_cgroup(a_cgroup.procs_file());
     let mut a_log = LogWatcher::from_end(a.log_path());
     a.start(&["run"]);
     let following_b = |status: &serde_json::Value| {
@@ -246,7 +249,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     // 5. The publisher's Tor is cut while its heartbeats flow.
     let c_id = c_status["node_id"].clone();
     let mut c_log = LogWatcher::from_end(c.log_path());
-    let cut = TcpCut::start(a.pid()).expect("cut the publisher's TCP");
+    let cut = a_cgroup.cut_tcp().expect("cut the publisher's TCP");
     let cut_at = Instant::now();
     let bound = TOR_CUT_DETECTION + Duration::from_secs(TAKEOVER_GRACE_SECS + 10);
     c_log.wait_for("this node is now the publisher", "", bound);

@@ -38,8 +38,31 @@ pub struct NodeStatus {
     pub backends: Vec<BackendStatus>,
     /// The last upload of each time period this node published (empty on a standby).
     pub publishes: Vec<PublishStatus>,
+    /// What the responsible HSDirs hold of the master descriptor, per time period, as this
+    /// node's last fetch-back saw it (every node reads it back, standbys too).
+    #[serde(default)]
+    pub hsdirs: Vec<HsDirsView>,
     /// Conditions an operator must act on, as logged at error level.
     pub alerts: Vec<String>,
+}
+
+/// The master descriptor on the HSDirs responsible for one time period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HsDirsView {
+    pub time_period: u64,
+    /// HSDirs responsible for storing it.
+    pub responsible: usize,
+    /// Of those, how many answered the fetch-back.
+    pub answered: usize,
+    /// Of those, how many hold a copy that verifies.
+    pub holding: usize,
+    /// The highest revision held, and how many hold that one.
+    pub newest_revision: Option<u64>,
+    pub holding_newest: usize,
+    /// Whether every copy lists only introduction points of backends this node finds healthy.
+    pub only_healthy_backends: bool,
+    /// When it was read (Unix seconds).
+    pub checked_at: u64,
 }
 
 /// The embedded Tor client.
@@ -111,6 +134,7 @@ impl NodeStatus {
             peers: Vec::new(),
             backends: Vec::new(),
             publishes: Vec::new(),
+            hsdirs: Vec::new(),
             alerts: Vec::new(),
         }
     }
@@ -240,6 +264,25 @@ impl NodeStatus {
                 publish.revision_counter
             );
         }
+        let _ = writeln!(out, "\nmaster descriptor on the HSDirs");
+        if self.hsdirs.is_empty() {
+            let _ = writeln!(out, "  (not read back yet)");
+        }
+        for view in &self.hsdirs {
+            let _ = writeln!(
+                out,
+                "  period {:<8} {}/{} responsible HSDirs hold it ({} answered), {} the newest{}{}  checked {}",
+                view.time_period,
+                view.holding,
+                view.responsible,
+                view.answered,
+                view.holding_newest,
+                view.newest_revision
+                    .map_or(String::new(), |r| format!(" (revision {r})")),
+                if view.only_healthy_backends { "" } else { ", lists a backend that is not healthy" },
+                ago(now, Some(view.checked_at))
+            );
+        }
         for alert in &self.alerts {
             let _ = writeln!(out, "\nALERT: {alert}");
         }
@@ -264,8 +307,14 @@ impl NodeStatus {
                 .map(|p| (format!("time_period=\"{}\"", p.time_period), value(p)))
                 .collect::<Vec<_>>()
         };
+        let per_hsdir_period = |value: &dyn Fn(&HsDirsView) -> f64| {
+            self.hsdirs
+                .iter()
+                .map(|v| (format!("time_period=\"{}\"", v.time_period), value(v)))
+                .collect::<Vec<_>>()
+        };
         let live = self.peers.iter().filter(|p| p.live).count();
-        let metrics: [(&str, &str, Samples); 11] = [
+        let metrics: [(&str, &str, Samples); 13] = [
             (
                 "healthy",
                 "1 when the node is healthy (what `rustbalance status` exits 0 for)",
@@ -321,6 +370,16 @@ impl NodeStatus {
                 "upload_hsdirs_accepted",
                 "HSDirs that accepted the last upload for the period",
                 per_period(&|p| p.hsdirs_accepted as f64),
+            ),
+            (
+                "hsdirs_holding",
+                "responsible HSDirs holding the master descriptor for the period (fetch-back)",
+                per_hsdir_period(&|v| v.holding as f64),
+            ),
+            (
+                "hsdirs_responsible",
+                "HSDirs responsible for the master descriptor for the period",
+                per_hsdir_period(&|v| v.responsible as f64),
             ),
             (
                 "alerts",

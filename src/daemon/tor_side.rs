@@ -10,6 +10,7 @@
 //!   its state files, a new one is built in-process, logged, and the loops resume on it;
 //! - a loop fails for good: the daemon stops with an error.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,13 +22,15 @@ use super::{backend_status, unix_millis, DaemonError};
 use crate::clock::Timestamp;
 use crate::cluster::lease::LocalEvent;
 use crate::config::Config;
-use crate::daemon::status::{PublishStatus, StatusBoard};
+use crate::daemon::status::{HsDirsView, PublishStatus, StatusBoard};
 use crate::daemon::systemd;
+use crate::descriptor::signer::intro_point_id;
 use crate::descriptor::signer::MasterSigner;
 use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
-use crate::publish::plan::{PublishPlan, UploadResult};
-use crate::publish::publish_due;
+use crate::keys::onion_address::OnionAddress;
+use crate::publish::plan::{HeldCopy, HsDirCopies, PublishPlan, UploadResult};
+use crate::publish::{publish_due, read_back};
 use crate::storage::state::SavedUpload;
 use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
@@ -87,12 +90,24 @@ impl TorSide {
                 let config = self.configs.borrow_and_update().clone();
                 self.publisher.set_interval(config.timing.publish_interval);
                 let (healthy_tx, healthy_rx) = watch::channel(None);
+                let (copies_tx, copies_rx) = watch::channel(Vec::new());
                 let publishing_rx = self.publishing_rx.clone();
+                let master = self.publisher.master_address();
+                let health = HealthLoop {
+                    tor: &tor,
+                    master,
+                    interval: config.timing.health_interval,
+                    healthy_tx,
+                    copies_tx,
+                    local_tx: &self.local_tx,
+                    board: &self.board,
+                    progress: &progress,
+                };
                 let end = tokio::select! {
-                    _ = health_loop(&tor, &mut monitor, config.timing.health_interval, healthy_tx, &self.local_tx, &self.board, &progress) => {
+                    _ = health.run(&mut monitor) => {
                         End::Failed(DaemonError::LoopStopped("health"))
                     }
-                    _ = publish_loop(&tor, &mut self.publisher, &mut was_publishing, healthy_rx, publishing_rx, &self.local_tx, &self.board, &self.uploads_tx, &progress) => {
+                    _ = publish_loop(&tor, &mut self.publisher, &mut was_publishing, healthy_rx, copies_rx, publishing_rx, &self.local_tx, &self.board, &self.uploads_tx, &progress) => {
                         End::Failed(DaemonError::LoopStopped("publish"))
                     }
                     result = consensus_watcher(&tor, consensus.valid_after, &self.board) => {
@@ -219,33 +234,84 @@ async fn consensus_watcher(
     Err(TorError::Shutdown)
 }
 
-/// Check the backends at start and every `interval`; hand the healthy set to the publish loop
-/// and the round's outcome to the cluster loop after each round.
-async fn health_loop(
-    tor: &EmbeddedTor,
-    monitor: &mut HealthMonitor,
+/// The health loop: check the backends at start and every `interval`, and read the master
+/// descriptor back from the HSDirs; hand the healthy set and the copies to the publish loop,
+/// the round's outcome to the cluster loop and everything to status.
+struct HealthLoop<'a> {
+    tor: &'a EmbeddedTor,
+    master: OnionAddress,
     interval: Duration,
     healthy_tx: watch::Sender<Option<HealthyBackends>>,
-    local_tx: &mpsc::Sender<LocalEvent>,
-    board: &StatusBoard,
-    progress: &AtomicU64,
-) {
-    loop {
-        let healthy = monitor.run_round(tor).await;
-        let backends = monitor.report().into_iter().map(backend_status).collect();
-        board.update(|status| status.backends = backends);
-        let reached = monitor.reached_last_round();
-        if reached > 0 {
-            progress.store(unix_millis(), Ordering::Relaxed);
+    copies_tx: watch::Sender<Vec<HsDirCopies>>,
+    local_tx: &'a mpsc::Sender<LocalEvent>,
+    board: &'a StatusBoard,
+    progress: &'a AtomicU64,
+}
+
+impl HealthLoop<'_> {
+    async fn run(self, monitor: &mut HealthMonitor) {
+        loop {
+            let healthy = monitor.run_round(self.tor).await;
+            let backends = monitor.report().into_iter().map(backend_status).collect();
+            self.board.update(|status| status.backends = backends);
+            let _ = self.healthy_tx.send(Some(healthy.clone()));
+
+            let copies = read_back(self.tor, &self.master, Timestamp::now()).await;
+            let copies_answered = copies.iter().any(|c| !c.answered.is_empty());
+            let views = hsdir_views(&copies, &healthy);
+            self.board.update(|status| status.hsdirs = views);
+            let _ = self.copies_tx.send(copies);
+
+            let reached = monitor.reached_last_round();
+            if reached > 0 || copies_answered {
+                self.progress.store(unix_millis(), Ordering::Relaxed);
+            }
+            // An HSDir answering the read-back shows the client at work as well as a backend
+            // fetch does.
+            let reached = reached + usize::from(copies_answered);
+            let checked = monitor.checked_last_round() + usize::from(!copies_answered);
+            // No receiver left means the daemon is stopping.
+            let _ = self
+                .local_tx
+                .send(LocalEvent::HealthRound { checked, reached })
+                .await;
+            tokio::time::sleep(self.interval).await;
         }
-        let checked = monitor.checked_last_round();
-        // No receiver left means the daemon is stopping.
-        let _ = local_tx
-            .send(LocalEvent::HealthRound { checked, reached })
-            .await;
-        let _ = healthy_tx.send(Some(healthy));
-        tokio::time::sleep(interval).await;
     }
+}
+
+/// What status shows of the read-back copies.
+fn hsdir_views(copies: &[HsDirCopies], healthy: &HealthyBackends) -> Vec<HsDirsView> {
+    let healthy_ids: BTreeSet<String> = healthy
+        .iter()
+        .flat_map(|(_, ips)| ips.iter().map(intro_point_id))
+        .collect();
+    copies
+        .iter()
+        .map(|period| {
+            let held: Vec<&HeldCopy> = period
+                .answered
+                .iter()
+                .filter_map(|(_, c)| c.as_ref())
+                .collect();
+            let newest = held.iter().map(|c| c.revision_counter).max();
+            HsDirsView {
+                time_period: period.period,
+                responsible: period.answered.len() + period.unreachable,
+                answered: period.answered.len(),
+                holding: held.len(),
+                newest_revision: newest,
+                holding_newest: held
+                    .iter()
+                    .filter(|c| Some(c.revision_counter) == newest)
+                    .count(),
+                only_healthy_backends: held
+                    .iter()
+                    .all(|c| c.intro_points.iter().all(|ip| healthy_ids.contains(ip))),
+                checked_at: period.read_at.as_unix_secs(),
+            }
+        })
+        .collect()
 }
 
 /// While this node holds the lease: publish once the first health round is done, then
@@ -257,6 +323,7 @@ async fn publish_loop(
     publisher: &mut PublishPlan<MasterSigner>,
     was_publishing: &mut bool,
     mut healthy_rx: watch::Receiver<Option<HealthyBackends>>,
+    mut copies_rx: watch::Receiver<Vec<HsDirCopies>>,
     mut publishing_rx: watch::Receiver<bool>,
     local_tx: &mpsc::Sender<LocalEvent>,
     board: &StatusBoard,
@@ -267,6 +334,13 @@ async fn publish_loop(
         return;
     };
     loop {
+        // What the HSDirs hold: standbys too keep the floor of the revision counter, so that a
+        // takeover publishes above the last publisher's revision.
+        if copies_rx.has_changed().unwrap_or(false) {
+            for period in copies_rx.borrow_and_update().iter() {
+                publisher.observe_copies(period);
+            }
+        }
         let publishing = *publishing_rx.borrow_and_update();
         if publishing && !*was_publishing {
             publisher.on_lease_gained();
@@ -277,6 +351,7 @@ async fn publish_loop(
             tokio::select! {
                 changed = publishing_rx.changed() => if changed.is_err() { return },
                 changed = healthy_rx.changed() => if changed.is_err() { return },
+                changed = copies_rx.changed() => if changed.is_err() { return },
             }
             continue;
         };
@@ -336,6 +411,7 @@ async fn publish_loop(
             _ = tokio::time::sleep(sleep) => {}
             changed = healthy_rx.changed() => if changed.is_err() { return },
             changed = publishing_rx.changed() => if changed.is_err() { return },
+            changed = copies_rx.changed() => if changed.is_err() { return },
             _ = consensus_updates.next() => {}
         }
     }

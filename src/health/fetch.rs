@@ -4,8 +4,8 @@
 //! *that* address, whose layers decrypt under its subcredential and which is valid now. A
 //! descriptor signed for any other key fails that check and is never merged.
 //!
-//! Used for the backends (every health round) and for the master descriptor (to read back
-//! what the HSDirs serve).
+//! Used for the backends (every health round) and for the master descriptor: every node reads
+//! back, each health round, what every responsible HSDir holds of it ([`fetch_copies`]).
 
 use std::time::SystemTime;
 
@@ -158,6 +158,53 @@ pub async fn fetch_for_period<T: TorNetwork>(
         answered,
         last,
     })
+}
+
+/// What one responsible HSDir holds of a service's descriptor for a period.
+#[derive(Debug)]
+pub struct HsDirCopy {
+    pub hsdir: HsDirId,
+    /// The verified copy, or why there is none usable.
+    pub copy: Result<VerifiedDescriptor, HsDirFailure>,
+}
+
+impl HsDirCopy {
+    /// The HSDir answered (with a copy, a 404, or something that does not verify).
+    pub fn answered(&self) -> bool {
+        self.copy
+            .as_ref()
+            .err()
+            .is_none_or(HsDirFailure::hsdir_answered)
+    }
+}
+
+/// Fetch `address`'s descriptor for `period` from every HSDir a service stores it on, all at
+/// once, to see what each holds (the master descriptor, read back after uploads).
+pub async fn fetch_copies<T: TorNetwork>(
+    tor: &T,
+    address: &OnionAddress,
+    period: &PeriodInfo,
+) -> Result<Vec<HsDirCopy>, FetchError> {
+    let time_period = period.time_period;
+    let (blind_id, subcredential) = blinded_id_and_subcredential(address, time_period)
+        .ok_or(FetchError::Blinding(time_period.interval_num()))?;
+    let hsdirs = tor.hsdirs(&blind_id, time_period, HsDirSet::Store).await?;
+    let copies = join_all(hsdirs.iter().map(|hsdir| async {
+        HsDirCopy {
+            hsdir: hsdir.clone(),
+            copy: download_verified(
+                tor,
+                hsdir,
+                address,
+                time_period.interval_num(),
+                blind_id,
+                &subcredential,
+            )
+            .await,
+        }
+    }))
+    .await;
+    Ok(copies)
 }
 
 /// Download a descriptor from one HSDir and verify it for the blinded key: signatures,

@@ -2,7 +2,9 @@
 //! points, which revision, when), [`upload`] posts a descriptor to every responsible HSDir, and
 //! [`publish_due`] is the thin shell between them and the Tor seam: it asks the seam for the
 //! periods and HSDirs, hands them to the plan, runs the uploads the plan returns and reports
-//! their outcome back. If no backend is healthy, nothing is uploaded (an empty descriptor
+//! their outcome back. [`read_back`] reads what every responsible HSDir holds of the master
+//! descriptor (every node does, each health round: the plan repairs what is missing and keeps
+//! its revisions above what it sees; status shows it). If no backend is healthy, nothing is uploaded (an empty descriptor
 //! cannot exist, and an old one pointing at dead backends is no better than the HSDir copies
 //! already out there) and an alert is logged once, until a backend comes back.
 
@@ -11,9 +13,11 @@ pub mod schedule;
 pub mod upload;
 
 use crate::clock::Timestamp;
-use crate::descriptor::signer::DescriptorSigner;
+use crate::descriptor::signer::{intro_point_id, DescriptorSigner};
+use crate::health::fetch::fetch_copies;
+use crate::keys::onion_address::OnionAddress;
 use crate::tor::{HsDirSet, TorNetwork};
-use plan::{PeriodTarget, PublishPlan, UploadResult, RETRY_AFTER_FAILURE};
+use plan::{HeldCopy, HsDirCopies, PeriodTarget, PublishPlan, UploadResult, RETRY_AFTER_FAILURE};
 use upload::upload_to_all;
 
 /// What one call of [`publish_due`] did.
@@ -80,4 +84,50 @@ pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
         round.wake_at = Some(round.wake_at.map_or(due, |w| w.min(due)));
     }
     round
+}
+
+/// What every HSDir responsible for `master` holds of its descriptor, for every period a
+/// service publishes for now, read at `read_at`. Periods whose HSDirs cannot be found are left
+/// out (this node's Tor is in trouble; the health round says so).
+pub async fn read_back<T: TorNetwork>(
+    tor: &T,
+    master: &OnionAddress,
+    read_at: Timestamp,
+) -> Vec<HsDirCopies> {
+    let periods = match tor.publish_periods().await {
+        Ok(periods) => periods,
+        Err(err) => {
+            tracing::debug!("cannot read the master descriptor back: {err}");
+            return Vec::new();
+        }
+    };
+    let mut all = Vec::with_capacity(periods.len());
+    for period in &periods {
+        let copies = match fetch_copies(tor, master, period).await {
+            Ok(copies) => copies,
+            Err(err) => {
+                tracing::debug!("cannot read the master descriptor back: {err}");
+                continue;
+            }
+        };
+        let unreachable = copies.iter().filter(|c| !c.answered()).count();
+        let answered = copies
+            .into_iter()
+            .filter(|c| c.answered())
+            .map(|c| {
+                let held = c.copy.ok().map(|descriptor| HeldCopy {
+                    revision_counter: descriptor.revision_counter,
+                    intro_points: descriptor.intro_points.iter().map(intro_point_id).collect(),
+                });
+                (c.hsdir, held)
+            })
+            .collect();
+        all.push(HsDirCopies {
+            period: period.time_period.interval_num(),
+            read_at,
+            answered,
+            unreachable,
+        });
+    }
+    all
 }

@@ -15,7 +15,11 @@
 //!   accepted upload, or a new lease, ends the backoff;
 //! - the revision counter follows the clock (seconds since the period's SRV start, through the
 //!   master key's order-preserving encryption) and must be strictly above the last one
-//!   uploaded: within the same second the upload waits for the next.
+//!   uploaded: within the same second the upload waits for the next. It is also kept above the
+//!   highest revision the fetch-back saw on the HSDirs ([`PublishPlan::observe_copies`]): a
+//!   publisher whose clock is behind its predecessor's still gets its uploads accepted;
+//! - the fetch-back also says which responsible HSDirs lack the last upload (no copy, an older
+//!   one, another publisher's): the period is uploaded again at once.
 //!
 //! The daemon's shell ([`publish_due`](super::publish_due)) asks the Tor seam for periods and
 //! HSDirs, runs the uploads the plan returns, and reports their outcome; the whole-cluster
@@ -28,12 +32,13 @@ use std::time::Duration;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
-use super::schedule::{next_due, publish_reason, PublishReason, PublishRecord};
+use super::schedule::{next_due, publish_reason, same_set, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
 use crate::clock::Timestamp;
 use crate::descriptor::build::{BuildError, DescriptorParams};
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::descriptor::signer::DescriptorSigner;
+use crate::keys::onion_address::OnionAddress;
 use crate::params::MAX_INTRO_POINTS;
 use crate::storage::state::SavedUpload;
 use crate::tor::{HsDirError, HsDirId, PeriodInfo};
@@ -53,6 +58,27 @@ const CLOCK_STEP_BACK_TOLERANCE: Duration = Duration::from_secs(5);
 pub struct PeriodTarget {
     pub info: PeriodInfo,
     pub hsdirs: Vec<HsDirId>,
+}
+
+/// What the responsible HSDirs held of the master descriptor for one period, as this node's
+/// fetch-back saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HsDirCopies {
+    pub period: u64,
+    /// When the fetch-back started: copies read before an upload say nothing about it.
+    pub read_at: Timestamp,
+    /// Every HSDir that answered, with its copy (`None`: it holds none).
+    pub answered: Vec<(HsDirId, Option<HeldCopy>)>,
+    /// HSDirs that did not answer.
+    pub unreachable: usize,
+}
+
+/// One HSDir's copy of the master descriptor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldCopy {
+    pub revision_counter: u64,
+    /// Identities of its introduction points.
+    pub intro_points: Vec<String>,
 }
 
 /// A descriptor to upload now.
@@ -119,6 +145,10 @@ pub struct PublishPlan<S: DescriptorSigner> {
     /// Periods whose last uploads no HSDir accepted: how many in a row, and not before when
     /// to try again.
     backoff: BTreeMap<u64, Backoff>,
+    /// The highest revision the fetch-back saw on the HSDirs, per period.
+    revision_floor: BTreeMap<u64, u64>,
+    /// Periods where the fetch-back found an HSDir lacking the last upload.
+    lacking: BTreeSet<u64>,
 }
 
 /// Failed uploads of one period in a row, and the earliest moment for the next.
@@ -138,6 +168,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             all_dead_alerted: false,
             restored: false,
             backoff: BTreeMap::new(),
+            revision_floor: BTreeMap::new(),
+            lacking: BTreeSet::new(),
         }
     }
 
@@ -179,6 +211,9 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             .collect();
         self.records.retain(|period, _| periods.contains(period));
         self.backoff.retain(|period, _| periods.contains(period));
+        self.revision_floor
+            .retain(|period, _| periods.contains(period));
+        self.lacking.retain(|period| periods.contains(period));
         self.signer.retain_periods(&periods);
 
         let mut decision = Decision::default();
@@ -213,7 +248,11 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             );
             return (None, retry);
         };
-        let revision_counter = self.signer.revision_counter(srv_offset);
+        let revision_counter = self.signer.revision_counter(srv_offset).max(
+            self.revision_floor
+                .get(&period)
+                .map_or(0, |floor| floor.saturating_add(1)),
+        );
         let base = DescriptorParams {
             intro_points: &[],
             revision_counter,
@@ -262,8 +301,13 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let hsdir_names: Vec<String> = target.hsdirs.iter().map(ToString::to_string).collect();
 
         let last = self.records.get(&period);
-        let Some(reason) = publish_reason(last, now, self.interval, &intro_ids, &hsdir_names)
-        else {
+        let reason =
+            publish_reason(last, now, self.interval, &intro_ids, &hsdir_names).or_else(|| {
+                self.lacking
+                    .contains(&period)
+                    .then_some(PublishReason::HsDirsLackIt)
+            });
+        let Some(reason) = reason else {
             return (None, last.map_or(now, |l| next_due(l, self.interval)));
         };
         if let Some(last) = last.filter(|last| revision_counter <= last.revision_counter) {
@@ -358,6 +402,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             return (result, not_before);
         }
         self.backoff.remove(&upload.period);
+        self.lacking.remove(&upload.period);
         let record = PublishRecord {
             published_at: upload.decided_at,
             intro_points: upload.intro_points,
@@ -369,6 +414,43 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let due = next_due(&record, self.interval);
         self.records.insert(upload.period, record);
         (UploadResult::Accepted, due)
+    }
+
+    /// What the fetch-back saw on the HSDirs for one period: the revisions raise the floor of
+    /// the next revision counter, and an HSDir that lacks the last upload (holds no copy, an
+    /// older one, or one with other introduction points) makes the period due again. Returns
+    /// whether it did.
+    pub fn observe_copies(&mut self, copies: &HsDirCopies) -> bool {
+        let held = copies.answered.iter().filter_map(|(_, copy)| copy.as_ref());
+        if let Some(highest) = held.map(|copy| copy.revision_counter).max() {
+            let floor = self.revision_floor.entry(copies.period).or_insert(0);
+            *floor = (*floor).max(highest);
+        }
+        let Some(last) = self
+            .records
+            .get(&copies.period)
+            .filter(|last| copies.read_at >= last.published_at)
+        else {
+            return false;
+        };
+        let ours = |copy: &HeldCopy| {
+            copy.revision_counter == last.revision_counter
+                && same_set(&copy.intro_points, &last.intro_points)
+        };
+        let lacking = copies
+            .answered
+            .iter()
+            .filter(|(hsdir, _)| last.hsdirs.contains(&hsdir.to_string()))
+            .any(|(_, copy)| !copy.as_ref().is_some_and(ours));
+        if lacking {
+            self.lacking.insert(copies.period);
+        }
+        lacking
+    }
+
+    /// The master address, to read its descriptor back.
+    pub fn master_address(&self) -> OnionAddress {
+        self.signer.address()
     }
 
     /// This node has just gained the lease. What it uploaded before may have been replaced by
@@ -726,5 +808,97 @@ mod tests {
             publish(&mut restarted, at(120), &targets, &backends),
             [(10, PublishReason::FirstPublish, 120)]
         );
+    }
+
+    /// An HSDir's name and its copy: revision and introduction points, or none.
+    type Held<'a> = (&'a str, Option<(u64, &'a [&'a str])>);
+
+    fn copies(period: u64, held: &[Held<'_>]) -> HsDirCopies {
+        HsDirCopies {
+            period,
+            read_at: at(1_000_000),
+            answered: held
+                .iter()
+                .map(|(hsdir, copy)| {
+                    let copy = copy.map(|(revision_counter, ips)| HeldCopy {
+                        revision_counter,
+                        intro_points: ips.iter().map(|s| s.to_string()).collect(),
+                    });
+                    (HsDirId::new(hsdir.to_string()), copy)
+                })
+                .collect(),
+            unreachable: 0,
+        }
+    }
+
+    #[test]
+    fn an_hsdir_lacking_the_last_upload_gets_it_again_at_once() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1", "h2"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(&mut plan, at(100), &targets, &backends);
+        // Both hold it: nothing to do.
+        let both = copies(
+            10,
+            &[("h1", Some((100, &["a1"]))), ("h2", Some((100, &["a1"])))],
+        );
+        assert!(!plan.observe_copies(&both));
+        assert!(plan.decide(at(110), &targets, &backends).uploads.is_empty());
+        // h2 lost it (or never got it): the period is due again.
+        let lost = copies(10, &[("h1", Some((100, &["a1"]))), ("h2", None)]);
+        assert!(plan.observe_copies(&lost));
+        assert_eq!(
+            publish(&mut plan, at(120), &targets, &backends),
+            [(10, PublishReason::HsDirsLackIt, 120)]
+        );
+        assert!(
+            plan.decide(at(130), &targets, &backends).uploads.is_empty(),
+            "repaired once"
+        );
+    }
+
+    #[test]
+    fn the_revision_stays_above_what_the_hsdirs_hold() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        // A predecessor whose clock ran a minute ahead uploaded revision 160.
+        plan.observe_copies(&copies(10, &[("h1", Some((160, &["a1"])))]));
+        assert_eq!(
+            publish(&mut plan, at(100), &targets, &backends),
+            [(10, PublishReason::FirstPublish, 161)]
+        );
+        // Its own upload read back raises the floor too: the next one goes above it again.
+        plan.observe_copies(&copies(10, &[("h1", Some((161, &["a1"])))]));
+        let changed = healthy(&[("a", &["a1", "a2"])]);
+        assert_eq!(
+            publish(&mut plan, at(101), &targets, &changed),
+            [(10, PublishReason::IntroPointsChanged, 162)]
+        );
+    }
+
+    #[test]
+    fn another_publishers_copy_counts_as_lacking_ours() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(&mut plan, at(100), &targets, &backends);
+        assert!(plan.observe_copies(&copies(10, &[("h1", Some((150, &["x9"])))])));
+        assert_eq!(
+            publish(&mut plan, at(101), &targets, &backends),
+            [(10, PublishReason::HsDirsLackIt, 151)]
+        );
+    }
+
+    #[test]
+    fn copies_read_before_the_last_upload_say_nothing_about_it() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(&mut plan, at(100), &targets, &backends);
+        let mut old = copies(10, &[("h1", None)]);
+        old.read_at = at(99);
+        assert!(!plan.observe_copies(&old));
+        assert!(plan.decide(at(110), &targets, &backends).uploads.is_empty());
     }
 }

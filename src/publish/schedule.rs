@@ -33,6 +33,9 @@ pub enum PublishReason {
     IntervalElapsed,
     IntroPointsChanged,
     HsDirsChanged,
+    /// A responsible HSDir holds no copy of the last upload, an older one, or another
+    /// publisher's (read back by the fetch-back).
+    HsDirsLackIt,
 }
 
 impl std::fmt::Display for PublishReason {
@@ -42,6 +45,7 @@ impl std::fmt::Display for PublishReason {
             PublishReason::IntervalElapsed => "publish interval elapsed",
             PublishReason::IntroPointsChanged => "introduction points changed",
             PublishReason::HsDirsChanged => "responsible HSDirs changed",
+            PublishReason::HsDirsLackIt => "an HSDir lacks the last upload",
         })
     }
 }
@@ -73,7 +77,8 @@ pub fn next_due(last: &PublishRecord, interval: Duration) -> Timestamp {
     last.published_at + interval
 }
 
-fn same_set(a: &[String], b: &[String]) -> bool {
+/// Whether the two lists hold the same items, in any order.
+pub fn same_set(a: &[String], b: &[String]) -> bool {
     let mut a = a.to_vec();
     let mut b = b.to_vec();
     a.sort();

@@ -33,6 +33,8 @@ pub struct Balancer {
     process: Option<ProcessGuard>,
     /// Extra environment for every command of this node.
     env: Vec<(String, String)>,
+    /// A cgroup's `cgroup.procs` the daemon enters before it starts (see `support::firewall`).
+    cgroup_procs: Option<PathBuf>,
 }
 
 impl Balancer {
@@ -47,6 +49,7 @@ impl Balancer {
             log_path: dir.join("node.log"),
             process: None,
             env: Vec::new(),
+            cgroup_procs: None,
         }
     }
 
@@ -168,9 +171,18 @@ impl Balancer {
             .append(true)
             .open(&self.log_path)
             .unwrap();
-        let mut command = self.command(args);
+        let mut command = match &self.cgroup_procs {
+            None => self.command(args),
+            Some(procs) => in_cgroup(procs, &self.command(args)),
+        };
         command.stdout(log.try_clone().unwrap()).stderr(log);
         self.process = Some(ProcessGuard::spawn(self.name.clone(), &mut command).unwrap());
+    }
+
+    /// Start the daemon (from the next [`start`](Self::start) on) inside the cgroup whose
+    /// `cgroup.procs` is `procs`, so that every socket it opens belongs to that cgroup.
+    pub fn set_cgroup(&mut self, procs: PathBuf) {
+        self.cgroup_procs = Some(procs);
     }
 
     pub fn pid(&self) -> u32 {
@@ -280,4 +292,24 @@ impl LogWatcher {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// `command` run by a shell that first moves itself into the cgroup of `procs`, then becomes
+/// the command (same PID, so the process guard stops the node itself).
+fn in_cgroup(procs: &Path, command: &Command) -> Command {
+    let mut wrapped = Command::new("sh");
+    wrapped
+        .arg("-c")
+        .arg("echo 0 > \"$0\" && exec \"$@\"")
+        .arg(procs)
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped.stdin(Stdio::null());
+    wrapped
 }

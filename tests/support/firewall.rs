@@ -1,11 +1,14 @@
 //! Cutting one process off the Tor network while everything else keeps working.
 //!
 //! The private Tor network and the cluster both live on 127.0.0.1, so an address rule cannot
-//! single out one node. [`TcpCut`] moves the node's process into a cgroup (v2) of its own and
-//! drops every TCP packet it sends (`iptables -m cgroup --path`): its Tor client's connections
-//! to the relays stall, as behind a broken firewall, while its cluster traffic (UDP) flows on.
-//! The rule lives in the test's own network namespace (the suite runs under `unshare -n`),
-//! and dropping the guard removes it and the cgroup, also on panic.
+//! single out one node. A node started inside a [`NodeCgroup`] (cgroup v2) of its own can be
+//! cut with [`NodeCgroup::cut_tcp`]: every TCP packet its sockets send is dropped (`iptables -m
+//! cgroup --path`), so its Tor client's connections to the relays stall as behind a broken
+//! firewall, while its cluster traffic (UDP) flows on. A socket belongs to the cgroup of the
+//! process that created it, which is why the node must start inside the cgroup: moving a running
+//! process would leave its open connections untouched. The rules live in the test's own network
+//! namespace (the suite runs under `unshare -n`), and the guards remove them and the cgroup when
+//! dropped, also on panic.
 
 use std::fs;
 use std::path::PathBuf;
@@ -13,47 +16,72 @@ use std::process::Command;
 
 use super::HarnessError;
 
-/// One process's TCP cut off; restored when dropped.
+/// A cgroup for one node, to start it in.
+pub struct NodeCgroup {
+    dir: PathBuf,
+    /// Its path relative to the cgroup v2 root, as iptables names it.
+    name: String,
+}
+
+impl NodeCgroup {
+    /// A new, empty cgroup named after `node` and this test process. Needs root and cgroup v2.
+    pub fn create(node: &str) -> Result<NodeCgroup, HarnessError> {
+        let name = format!("rb-test-{}-{node}", std::process::id());
+        let dir = cgroup2_root()?.join(&name);
+        fs::create_dir_all(&dir).map_err(|e| {
+            HarnessError::new(format!("cannot create cgroup {}: {e}", dir.display()))
+        })?;
+        Ok(NodeCgroup { dir, name })
+    }
+
+    /// The file a process writes `0` to in order to enter the cgroup.
+    pub fn procs_file(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+
+    /// Drops every TCP packet sent from sockets created in the cgroup, until the returned
+    /// guard is dropped. Needs iptables with its `cgroup` match.
+    pub fn cut_tcp(&self) -> Result<TcpCut, HarnessError> {
+        let rule = TcpCut {
+            name: self.name.clone(),
+        };
+        iptables(&rule.args("-I"))?;
+        Ok(rule)
+    }
+}
+
+impl Drop for NodeCgroup {
+    fn drop(&mut self) {
+        // A process still inside goes back to the parent, so the cgroup can be removed.
+        if let (Ok(procs), Some(parent)) =
+            (fs::read_to_string(self.procs_file()), self.dir.parent())
+        {
+            for pid in procs.lines() {
+                let _ = fs::write(parent.join("cgroup.procs"), pid);
+            }
+        }
+        let _ = fs::remove_dir(&self.dir);
+    }
+}
+
+/// One cgroup's TCP cut off; restored when dropped.
 pub struct TcpCut {
-    pid: u32,
-    cgroup: PathBuf,
     name: String,
 }
 
 impl TcpCut {
-    /// Cuts every TCP packet process `pid` sends. Needs root, cgroup v2 and iptables'
-    /// `cgroup` match; says which is missing otherwise.
-    pub fn start(pid: u32) -> Result<TcpCut, HarnessError> {
-        let root = cgroup2_root()?;
-        let name = format!("rb-tcp-cut-{pid}");
-        let cgroup = root.join(&name);
-        fs::create_dir_all(&cgroup).map_err(|e| {
-            HarnessError::new(format!("cannot create cgroup {}: {e}", cgroup.display()))
-        })?;
-        let cut = TcpCut { pid, cgroup, name };
-        fs::write(cut.cgroup.join("cgroup.procs"), pid.to_string()).map_err(|e| {
-            HarnessError::new(format!("cannot move process {pid} into {}: {e}", cut.name))
-        })?;
-        iptables(&[
-            "-I", "OUTPUT", "-p", "tcp", "-m", "cgroup", "--path", &cut.name, "-j", "DROP",
-        ])?;
-        Ok(cut)
+    fn args<'a>(&'a self, action: &'a str) -> [&'a str; 10] {
+        [
+            action, "OUTPUT", "-p", "tcp", "-m", "cgroup", "--path", &self.name, "-j", "DROP",
+        ]
     }
 }
 
 impl Drop for TcpCut {
     fn drop(&mut self) {
-        let rule = [
-            "-D", "OUTPUT", "-p", "tcp", "-m", "cgroup", "--path", &self.name, "-j", "DROP",
-        ];
-        if let Err(err) = iptables(&rule) {
+        if let Err(err) = iptables(&self.args("-D")) {
             eprintln!("firewall: {err}");
         }
-        // Back to the root cgroup, so the empty one can be removed (the process may be gone).
-        if let Some(root) = self.cgroup.parent() {
-            let _ = fs::write(root.join("cgroup.procs"), self.pid.to_string());
-        }
-        let _ = fs::remove_dir(&self.cgroup);
     }
 }
 
