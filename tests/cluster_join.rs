@@ -86,6 +86,32 @@ fn join_no_start(node: &Balancer, port: u16, token: &str, timeout: &str) -> std:
     ])
 }
 
+/// `init` of the first node at `endpoint` (with `extra` arguments), its config given short
+/// timers and no reachable Tor, then started. Returns what `init` printed and a watcher of
+/// its log, once its cluster transport listens.
+fn start_first_node(a: &mut Balancer, endpoint: &str, extra: &[&str]) -> (String, LogWatcher) {
+    let mut args = vec![
+        "init",
+        "--no-start",
+        "--endpoint",
+        endpoint,
+        "--listen",
+        endpoint,
+    ];
+    args.extend_from_slice(extra);
+    let init = a.run(&args);
+    assert!(init.status.success(), "init: {}", stderr(&init));
+    let config_path = a.config_dir().join("config.toml");
+    let mut config = fs::read_to_string(&config_path).unwrap();
+    config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
+    config.push_str(NOWHERE_ARTI);
+    fs::write(&config_path, config).unwrap();
+    a.start(&["run"]);
+    let mut log = LogWatcher::new(a.log_path());
+    log.wait_for("cluster transport listening", "", SETTLE);
+    (stdout(&init), log)
+}
+
 #[test]
 fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
     let root = tempfile::tempdir().unwrap();
@@ -94,33 +120,16 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
 
     // The first node.
     let mut a = Balancer::new(root.path(), "a");
-    let init = a.run(&[
-        "init",
-        "--no-start",
-        "--endpoint",
-        &endpoint(port_a),
-        "--listen",
-        &endpoint(port_a),
-        "--backend",
-        &format!("web1={BACKEND}"),
-    ]);
-    assert!(init.status.success(), "init: {}", stderr(&init));
-    let token = token_from(&stdout(&init));
-    let join_line = stdout(&init);
+    let backend = format!("web1={BACKEND}");
+    let (printed, mut a_log) =
+        start_first_node(&mut a, &endpoint(port_a), &["--backend", &backend]);
+    let token = token_from(&printed);
     for option in ["rustbalance join", "--token-file", "--endpoint"] {
         assert!(
-            join_line.contains(option),
-            "the join line lacks {option}:\n{join_line}"
+            printed.contains(option),
+            "the join line lacks {option}:\n{printed}"
         );
     }
-    let config_path = a.config_dir().join("config.toml");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
-    config.push_str(NOWHERE_ARTI);
-    fs::write(&config_path, config).unwrap();
-    a.start(&["run"]);
-    let mut a_log = LogWatcher::new(a.log_path());
-    a_log.wait_for("cluster transport listening", "", SETTLE);
 
     // Bad tokens: refused at once, exit 2, nothing written.
     let mut b = Balancer::new(root.path(), "b");
@@ -337,24 +346,8 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
     let port_a = free_udp_port();
     let endpoint_a = format!("127.0.0.1:{port_a}");
     let mut a = Balancer::new(root.path(), "a");
-    let init = a.run(&[
-        "init",
-        "--no-start",
-        "--endpoint",
-        &endpoint_a,
-        "--listen",
-        &endpoint_a,
-    ]);
-    assert!(init.status.success(), "init: {}", stderr(&init));
-    let token = JoinToken::decode(&token_from(&stdout(&init))).unwrap();
-    let config_path = a.config_dir().join("config.toml");
-    let mut config = fs::read_to_string(&config_path).unwrap();
-    config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
-    config.push_str(NOWHERE_ARTI);
-    fs::write(&config_path, config).unwrap();
-    a.start(&["run"]);
-    let mut a_log = LogWatcher::new(a.log_path());
-    a_log.wait_for("cluster transport listening", "", SETTLE);
+    let (printed, mut a_log) = start_first_node(&mut a, &endpoint_a, &[]);
+    let token = JoinToken::decode(&token_from(&printed)).unwrap();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -30,6 +30,10 @@
 //! 4. The master descriptor the responsible HSDirs serve for the current period lists only
 //!    backends alive within [`health_bound`] of now, whenever a backend has been alive all
 //!    that time (with no backend alive, nothing better can be published).
+//! 5. Once settled as in 1, with no partition (partitioned groups each publish, and may race
+//!    each other at the HSDirs), the HSDirs do not refuse the lease holder's uploads: after a
+//!    failover from a node whose clock ran ahead, the new publisher's revisions must still be
+//!    the highest (it reads back what the HSDirs hold).
 //!
 //! # Running it
 //!
@@ -66,7 +70,7 @@ use rustbalance::health::state::{HealthPolicy, Observation};
 use rustbalance::health::{Check, HealthMonitor, HealthyBackends};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
-use rustbalance::publish::plan::{PublishPlan, UploadResult};
+use rustbalance::publish::plan::{HeldCopy, HsDirCopies, PublishPlan, UploadResult};
 use rustbalance::publish::publish_due;
 use rustbalance::storage::state::SavedState;
 use rustbalance::tor::{
@@ -271,6 +275,20 @@ const SCENARIOS: &[Scenario] = &[
         random: false,
     },
     Scenario {
+        name: "publisher_clock_ahead_then_crash",
+        nodes: 3,
+        backends: 2,
+        duration: 5 * MINUTE,
+        script: &[
+            // Node 0 (the best priority) runs a minute ahead and takes the lease when node 1
+            // crashes; then it crashes too, and node 2, with a correct clock, takes over.
+            (SECOND, Fault::RestartWithClock(0, 60)),
+            (60 * SECOND, Fault::Crash(1)),
+            (150 * SECOND, Fault::Crash(0)),
+        ],
+        random: false,
+    },
+    Scenario {
         name: "tor_fails_while_heartbeats_go_on",
         nodes: 3,
         backends: 2,
@@ -456,6 +474,8 @@ struct NodeCore {
     healthy: Option<HealthyBackends<String>>,
     publish_due_at: Option<Millis>,
     publish_now: bool,
+    /// The outcome of its last upload attempt (invariant 5).
+    last_upload: UploadResult,
 }
 
 struct SimNode {
@@ -658,6 +678,13 @@ impl TorNetwork for SimTor<'_> {
             .filter(|stored| now < stored.stored_at + DESCRIPTOR_LIFETIME)
             .map(|stored| stored.revision);
         if holds.is_some_and(|revision| parsed.revision <= revision) {
+            let node = self.node;
+            world.trace(|| {
+                format!(
+                    "HSDir {hsdir} refuses revision {} of node {node} for period {}: it holds {:?}",
+                    parsed.revision, parsed.period, holds
+                )
+            });
             return Err(HsDirError::RevisionRefused);
         }
         if let Some(&last) = world.accepted.get(&key) {
@@ -885,6 +912,7 @@ fn start_node(world: &RefCell<World>, node: usize) {
         healthy: None,
         publish_due_at: None,
         publish_now: false,
+        last_upload: UploadResult::NothingDue,
     };
     w.nodes[node].core = Some(core);
     w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
@@ -1098,7 +1126,40 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
                 })
             })
             .collect();
+        // The fetch-back of the master descriptor: what every responsible HSDir holds.
+        let copies: Vec<HsDirCopies> = if reaches {
+            w.periods()
+                .into_iter()
+                .map(|period| HsDirCopies {
+                    period,
+                    read_at: Timestamp::from_unix_millis(clock),
+                    answered: w
+                        .ring(period)
+                        .into_iter()
+                        .map(|hsdir| {
+                            let held = w
+                                .hsdirs
+                                .get(&(hsdir, period))
+                                .filter(|stored| now < stored.stored_at + DESCRIPTOR_LIFETIME)
+                                .map(|stored| HeldCopy {
+                                    revision_counter: stored.revision,
+                                    intro_points: stored.intro_points.clone(),
+                                });
+                            (HsDirId::new(format!("${hsdir}")), held)
+                        })
+                        .collect(),
+                    unreachable: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let core = w.nodes[node].core.as_mut().unwrap();
+        for period in &copies {
+            if core.plan.observe_copies(period) {
+                core.publish_now = true;
+            }
+        }
         core.next_health = clock + HEALTH_INTERVAL;
         let at = Timestamp::from_unix_millis(clock);
         let healthy = core.health.apply_round(checks, at);
@@ -1148,6 +1209,9 @@ fn publish_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         let core = w.nodes[node].core.as_mut().unwrap();
         core.plan = plan;
         core.publish_due_at = round.wake_at.map(Timestamp::as_unix_millis);
+        if round.uploads != UploadResult::NothingDue {
+            core.last_upload = round.uploads;
+        }
         if matches!(
             round.uploads,
             UploadResult::Accepted | UploadResult::Refused
@@ -1259,6 +1323,17 @@ fn check_one_lease_per_group(w: &mut World) {
                 names(&group),
                 holders.len(),
                 names(&holders)
+            );
+            w.violate(what);
+        } else if w.partition.is_none()
+            && w.nodes[holders[0]]
+                .core
+                .as_ref()
+                .is_some_and(|core| core.last_upload == UploadResult::Refused)
+        {
+            let what = format!(
+                "invariant 5: the HSDirs refuse the uploads of the lease holder {}",
+                w.nodes[holders[0]].id
             );
             w.violate(what);
         } else if !w.nodes[holders[0]].tor_reaches_network {

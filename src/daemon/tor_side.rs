@@ -255,26 +255,26 @@ impl HealthLoop<'_> {
             let backends = monitor.report().into_iter().map(backend_status).collect();
             self.board.update(|status| status.backends = backends);
             let _ = self.healthy_tx.send(Some(healthy.clone()));
-
-            let copies = read_back(self.tor, &self.master, Timestamp::now()).await;
-            let copies_answered = copies.iter().any(|c| !c.answered.is_empty());
-            let views = hsdir_views(&copies, &healthy);
-            self.board.update(|status| status.hsdirs = views);
-            let _ = self.copies_tx.send(copies);
-
             let reached = monitor.reached_last_round();
-            if reached > 0 || copies_answered {
+            if reached > 0 {
                 self.progress.store(unix_millis(), Ordering::Relaxed);
             }
-            // An HSDir answering the read-back shows the client at work as well as a backend
-            // fetch does.
-            let reached = reached + usize::from(copies_answered);
-            let checked = monitor.checked_last_round() + usize::from(!copies_answered);
+            // The cluster hears first, before the read-back adds its own HSDir timeouts: a
+            // node whose Tor is cut must stop announcing that it can publish within one round.
+            let checked = monitor.checked_last_round();
             // No receiver left means the daemon is stopping.
             let _ = self
                 .local_tx
                 .send(LocalEvent::HealthRound { checked, reached })
                 .await;
+
+            let copies = read_back(self.tor, &self.master, Timestamp::now()).await;
+            if copies.iter().any(|c| !c.answered.is_empty()) {
+                self.progress.store(unix_millis(), Ordering::Relaxed);
+            }
+            let views = hsdir_views(&copies, &healthy);
+            self.board.update(|status| status.hsdirs = views);
+            let _ = self.copies_tx.send(copies);
             tokio::time::sleep(self.interval).await;
         }
     }

@@ -12,6 +12,8 @@ pub mod plan;
 pub mod schedule;
 pub mod upload;
 
+use futures::future::join_all;
+
 use crate::clock::Timestamp;
 use crate::descriptor::signer::{intro_point_id, DescriptorSigner};
 use crate::health::fetch::fetch_copies;
@@ -101,9 +103,16 @@ pub async fn read_back<T: TorNetwork>(
             return Vec::new();
         }
     };
+    // Every period at once: each HSDir request may take its whole timeout.
+    let fetched = join_all(
+        periods
+            .iter()
+            .map(|period| fetch_copies(tor, master, period)),
+    )
+    .await;
     let mut all = Vec::with_capacity(periods.len());
-    for period in &periods {
-        let copies = match fetch_copies(tor, master, period).await {
+    for (period, fetched) in periods.iter().zip(fetched) {
+        let copies = match fetched {
             Ok(copies) => copies,
             Err(err) => {
                 tracing::debug!("cannot read the master descriptor back: {err}");

@@ -417,9 +417,11 @@ impl<S: DescriptorSigner> PublishPlan<S> {
     }
 
     /// What the fetch-back saw on the HSDirs for one period: the revisions raise the floor of
-    /// the next revision counter, and an HSDir that lacks the last upload (holds no copy, an
-    /// older one, or one with other introduction points) makes the period due again. Returns
-    /// whether it did.
+    /// the next revision counter, and an HSDir that lacks the last upload (holds no copy, or
+    /// an older one) makes the period due again. Returns whether it did. A newer copy is
+    /// another publisher's (a partition, or a takeover this node has not heard of yet): it
+    /// only raises the floor, since overwriting it at every round would start an upload war
+    /// the election, not the HSDirs, must settle.
     pub fn observe_copies(&mut self, copies: &HsDirCopies) -> bool {
         let held = copies.answered.iter().filter_map(|(_, copy)| copy.as_ref());
         if let Some(highest) = held.map(|copy| copy.revision_counter).max() {
@@ -433,15 +435,16 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         else {
             return false;
         };
-        let ours = |copy: &HeldCopy| {
-            copy.revision_counter == last.revision_counter
-                && same_set(&copy.intro_points, &last.intro_points)
+        let has_ours_or_newer = |copy: &HeldCopy| {
+            copy.revision_counter > last.revision_counter
+                || (copy.revision_counter == last.revision_counter
+                    && same_set(&copy.intro_points, &last.intro_points))
         };
         let lacking = copies
             .answered
             .iter()
             .filter(|(hsdir, _)| last.hsdirs.contains(&hsdir.to_string()))
-            .any(|(_, copy)| !copy.as_ref().is_some_and(ours));
+            .any(|(_, copy)| !copy.as_ref().is_some_and(has_ours_or_newer));
         if lacking {
             self.lacking.insert(copies.period);
         }
@@ -878,15 +881,20 @@ mod tests {
     }
 
     #[test]
-    fn another_publishers_copy_counts_as_lacking_ours() {
+    fn another_publishers_newer_copy_only_raises_the_floor() {
         let mut plan = plan();
         let targets = [target(10, &["h1"])];
         let backends = healthy(&[("a", &["a1"])]);
         publish(&mut plan, at(100), &targets, &backends);
-        assert!(plan.observe_copies(&copies(10, &[("h1", Some((150, &["x9"])))])));
+        assert!(!plan.observe_copies(&copies(10, &[("h1", Some((150, &["x9"])))])));
+        assert!(
+            plan.decide(at(101), &targets, &backends).uploads.is_empty(),
+            "no upload war"
+        );
+        let changed = healthy(&[("a", &["a1", "a2"])]);
         assert_eq!(
-            publish(&mut plan, at(101), &targets, &backends),
-            [(10, PublishReason::HsDirsLackIt, 151)]
+            publish(&mut plan, at(102), &targets, &changed),
+            [(10, PublishReason::IntroPointsChanged, 151)]
         );
     }
 

@@ -21,7 +21,10 @@ use super::network::TorError;
 use super::ArtiSettings;
 
 /// A bootstrapped embedded Tor client.
-/// How long [`EmbeddedTor::shut_down`] waits for a dropped client's background tasks to end.
+/// How long [`EmbeddedTor::shut_down`] waits for a dropped client's background tasks to end
+/// and release the lock on the state files. Arti 0.47 may keep them for much longer (measured:
+/// more than 75 s; vendor-notes/arti.md); the new client then starts read-only, which costs the
+/// saving of guard and timeout state, not the ability to publish.
 const STOP_WAIT: Duration = Duration::from_secs(30);
 
 pub struct EmbeddedTor {
@@ -102,11 +105,17 @@ impl EmbeddedTor {
     pub async fn shut_down(self) {
         let stopped = self.client.wait_for_stop();
         drop(self);
-        if tokio::time::timeout(STOP_WAIT, stopped).await.is_err() {
-            tracing::warn!(
-                "the old Tor client did not stop within {} s; the new one may run with read-only state",
+        let started = std::time::Instant::now();
+        tracing::info!("waiting for the old Tor client to release its state files");
+        match tokio::time::timeout(STOP_WAIT, stopped).await {
+            Ok(()) => tracing::info!(
+                "the old Tor client stopped after {:.1} s",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(_) => tracing::warn!(
+                "the old Tor client did not stop within {} s; the new one starts read-only and takes its state files over once they are released",
                 STOP_WAIT.as_secs()
-            );
+            ),
         }
     }
 
