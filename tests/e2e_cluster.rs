@@ -16,13 +16,16 @@
 //!    bound (one health interval and one round of HSDir timeouts) plus a few seconds, and the
 //!    client reaches the master. When the path returns there is one publisher, and the cut
 //!    node follows it once its Tor reaches an HSDir again.
-//! 6. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
+//! 6. A partition (the publisher's cluster port cut both ways, Tor intact): each side
+//!    publishes; healed, one publisher within a few heartbeats and the HSDirs hold the newest
+//!    revision.
+//! 7. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
 //!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
 //!    appears in any log or status report.
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::time::{Duration, Instant};
 
@@ -30,7 +33,7 @@ use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
-use support::firewall::NodeCgroup;
+use support::firewall::{NodeCgroup, UdpPortCut};
 use support::master::{fetch_until_seen, Observer};
 use support::secrets::{assert_no_secret, Secret};
 use support::{NetworkOptions, TorNetwork};
@@ -272,7 +275,58 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     a.wait_status("the cut node following c", START_TIMEOUT, following_c);
     assert_eq!(c.status().expect("status of c")["role"], "publisher");
 
-    // 6. The leak audit, over everything the nodes printed and reported.
+    // 6. A partition: the publisher c's cluster port is cut both ways while both keep their
+    // Tor. Each side has a publisher (a claims after timeout + grace); healed, the better one
+    // (a, priority 1) keeps the lease within a few heartbeats, c follows it, and the HSDirs
+    // hold a revision at least as new as either side uploaded.
+    let partition = UdpPortCut::start(ports[2]).expect("partition c");
+    let mut a_log = LogWatcher::from_end(a.log_path());
+    a_log.wait_for("this node is now the publisher", "", bound);
+    a_log.wait_for("published descriptor", "", bound);
+    let partitioned = Instant::now();
+    drop(partition);
+    let a_id_now = a.status().expect("status of a")["node_id"].clone();
+    let following_a_again =
+        |status: &serde_json::Value| status["role"] == "standby" && status["publisher"] == a_id_now;
+    c.wait_status(
+        "c following a after the heal",
+        START_TIMEOUT,
+        following_a_again,
+    );
+    eprintln!(
+        "measured: partition healed -> one publisher after {:.1} s (heartbeat {HEARTBEAT_INTERVAL_SECS} s)",
+        partitioned.elapsed().as_secs_f64()
+    );
+    let a_status = a.status().expect("status of a");
+    assert_eq!(a_status["role"], "publisher", "{a_status:#}");
+    let uploaded_max = [&a_status, &c.status().expect("status of c")]
+        .iter()
+        .flat_map(|status| status["publishes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|upload| {
+            Some((
+                upload["time_period"].as_u64()?,
+                upload["revision_counter"].as_u64()?,
+            ))
+        })
+        .fold(
+            BTreeMap::new(),
+            |mut max: BTreeMap<u64, u64>, (period, revision)| {
+                let entry = max.entry(period).or_default();
+                *entry = (*entry).max(revision);
+                max
+            },
+        );
+    let held = observer.master_revisions(&master);
+    for (period, revision) in &uploaded_max {
+        if let Some(on_hsdirs) = held.get(period) {
+            assert!(
+                on_hsdirs >= revision,
+                "period {period}: the HSDirs hold revision {on_hsdirs}, older than {revision} uploaded"
+            );
+        }
+    }
+
+    // 7. The leak audit, over everything the nodes printed and reported.
     let mut texts = Vec::new();
     for (name, node) in [("a", &a), ("c", &c)] {
         for args in [&["status"][..], &["status", "--json"][..]] {

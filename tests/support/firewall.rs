@@ -9,6 +9,9 @@
 //! process would leave its open connections untouched. The rules live in the test's own network
 //! namespace (the suite runs under `unshare -n`), and the guards remove them and the cgroup when
 //! dropped, also on panic.
+//!
+//! [`UdpPortCut`] does the opposite for a partition: every UDP datagram to or from one node's
+//! cluster port is dropped, while its Tor (TCP) keeps working.
 
 use std::fs;
 use std::path::PathBuf;
@@ -81,6 +84,41 @@ impl Drop for TcpCut {
     fn drop(&mut self) {
         if let Err(err) = iptables(&self.args("-D")) {
             eprintln!("firewall: {err}");
+        }
+    }
+}
+
+/// One node's cluster port cut off from every other: a partition of the cluster, Tor intact.
+/// Restored when dropped.
+pub struct UdpPortCut {
+    port: String,
+}
+
+impl UdpPortCut {
+    /// Drops every UDP datagram to or from `port` on 127.0.0.1.
+    pub fn start(port: u16) -> Result<UdpPortCut, HarnessError> {
+        let cut = UdpPortCut {
+            port: port.to_string(),
+        };
+        for direction in ["--dport", "--sport"] {
+            iptables(&cut.args("-I", direction))?;
+        }
+        Ok(cut)
+    }
+
+    fn args<'a>(&'a self, action: &'a str, direction: &'a str) -> [&'a str; 8] {
+        [
+            action, "INPUT", "-p", "udp", direction, &self.port, "-j", "DROP",
+        ]
+    }
+}
+
+impl Drop for UdpPortCut {
+    fn drop(&mut self) {
+        for direction in ["--dport", "--sport"] {
+            if let Err(err) = iptables(&self.args("-D", direction)) {
+                eprintln!("firewall: {err}");
+            }
         }
     }
 }

@@ -20,6 +20,8 @@ const REACH_ROUNDS: usize = 3;
 const FETCHES_PER_ROUND: usize = 8;
 /// One fetch through the C-tor client, rendezvous included, on a busy 2-core machine.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// The wait before a failed fetch is tried again: two consensus intervals of the test network.
+const FETCH_RETRY_AFTER: Duration = Duration::from_secs(40);
 
 /// Fetch through the master address over fresh circuits until every page in `expected` has
 /// been seen: up to [`REACH_ROUNDS`] rounds of [`FETCHES_PER_ROUND`] fetches, as a new client
@@ -62,12 +64,21 @@ pub fn fetch_pages(
 ) -> BTreeSet<String> {
     (0..count)
         .map(|i| {
-            net.fetch(
-                &format!("http://{master_onion}/"),
-                &format!("{tag}-{i}"),
-                FETCH_TIMEOUT,
-            )
-            .unwrap_or_else(|err| panic!("fetch {i} through the master address: {err}"))
+            let url = format!("http://{master_onion}/");
+            let isolation = format!("{tag}-{i}");
+            net.fetch(&url, &isolation, FETCH_TIMEOUT)
+                .or_else(|first| {
+                    // Right after a new consensus the C-tor client may ask HSDirs that the
+                    // publisher, a consensus behind, has not uploaded to yet (its next round
+                    // does): a person would try again, and so does this client, once.
+                    eprintln!(
+                        "fetch {i} through the master address failed, retrying in {} s: {first}",
+                        FETCH_RETRY_AFTER.as_secs()
+                    );
+                    std::thread::sleep(FETCH_RETRY_AFTER);
+                    net.fetch(&url, &format!("{isolation}-again"), FETCH_TIMEOUT)
+                })
+                .unwrap_or_else(|err| panic!("fetch {i} through the master address: {err}"))
         })
         .collect()
 }
