@@ -1123,6 +1123,8 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
                 Some(Check {
                     observation,
                     intro_points,
+                    // With its Tor working, an HSDir answers (with the descriptor or a 404).
+                    reached_hsdirs: reaches,
                 })
             })
             .collect();

@@ -46,6 +46,9 @@ pub struct Check<I> {
     pub observation: Observation,
     /// The introduction points of its descriptor, if one verified.
     pub intro_points: Option<Vec<I>>,
+    /// Some HSDir answered (with or without a descriptor): this node's Tor reaches the HSDirs,
+    /// even if the rest of the check could not be made.
+    pub reached_hsdirs: bool,
 }
 
 /// One backend as `rustbalance status` shows it.
@@ -166,13 +169,14 @@ impl<I: Clone> HealthMonitor<I> {
         self.reached_last_round = results
             .iter()
             .flatten()
-            .filter(|check| check.observation.reached_the_network())
+            .filter(|check| check.reached_hsdirs)
             .count();
         let mut not_checked = Vec::new();
         for (backend, result) in self.backends.iter_mut().zip(results) {
             let Some(Check {
                 observation,
                 intro_points,
+                ..
             }) = result
             else {
                 continue;
@@ -264,6 +268,7 @@ async fn check_backend<T: TorNetwork>(
             let check = Check {
                 observation,
                 intro_points: None,
+                reached_hsdirs: err.reached_hsdirs(),
             };
             return (check, None);
         }
@@ -302,6 +307,7 @@ async fn check_backend<T: TorNetwork>(
             revision_counter: descriptor.revision_counter,
         }),
         intro_points: None,
+        reached_hsdirs: true,
     };
     (check, Some(descriptor))
 }
@@ -318,5 +324,94 @@ fn save_descriptor(
     });
     if let Err(err) = result {
         tracing::warn!(backend = %backend.name, "cannot save descriptor to {}: {err}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::BackendName;
+
+    const POLICY: HealthPolicy = HealthPolicy {
+        descriptor_max_age: Duration::from_secs(3 * 3600),
+        dead_after_failures: 2,
+    };
+
+    fn at(secs: u64) -> Timestamp {
+        Timestamp::from_unix_secs(1_800_000_000 + secs)
+    }
+
+    fn monitor() -> HealthMonitor<String> {
+        let backend = BackendConfig {
+            name: BackendName::try_from("web1".to_owned()).unwrap(),
+            address: "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
+                .parse()
+                .unwrap(),
+            exclude: false,
+        };
+        HealthMonitor::with_backends(&[backend], POLICY, None, PathBuf::from("/nonexistent"))
+    }
+
+    fn check(
+        observation: Observation,
+        ips: Option<&[&str]>,
+        reached_hsdirs: bool,
+    ) -> Check<String> {
+        Check {
+            observation,
+            intro_points: ips.map(|ips| ips.iter().map(|s| s.to_string()).collect()),
+            reached_hsdirs,
+        }
+    }
+
+    fn descriptor(revision_counter: u64) -> Observation {
+        Observation::Descriptor {
+            time_period: 20_000,
+            revision_counter,
+        }
+    }
+
+    #[test]
+    fn a_check_this_node_could_not_make_keeps_the_backend_and_its_intro_points() {
+        let mut monitor = monitor();
+        monitor.apply_round(
+            vec![Some(check(descriptor(5), Some(&["a", "b"]), true))],
+            at(0),
+        );
+        let not_checked = Observation::NotChecked {
+            reason: "rendezvous: this node's Tor could not try".into(),
+        };
+        // The descriptor fetch reached an HSDir, the rendezvous could not be tried.
+        let healthy =
+            monitor.apply_round(vec![Some(check(not_checked.clone(), None, true))], at(60));
+        assert_eq!(
+            healthy.as_slice(),
+            [("web1".to_owned(), vec!["a".to_owned(), "b".to_owned()])]
+        );
+        assert_eq!(monitor.reached_last_round(), 1, "an HSDir answered");
+        // No circuit at all: still healthy, and this round reached nothing.
+        let healthy = monitor.apply_round(vec![Some(check(not_checked, None, false))], at(120));
+        assert_eq!(healthy.len(), 1);
+        assert_eq!(monitor.reached_last_round(), 0);
+        assert_eq!(monitor.checked_last_round(), 1);
+    }
+
+    #[test]
+    fn an_older_descriptor_does_not_bring_back_old_intro_points() {
+        let mut monitor = monitor();
+        monitor.apply_round(
+            vec![Some(check(descriptor(7), Some(&["new"]), true))],
+            at(0),
+        );
+        let healthy = monitor.apply_round(
+            vec![Some(check(descriptor(6), Some(&["old"]), true))],
+            at(60),
+        );
+        assert_eq!(
+            healthy.as_slice(),
+            [("web1".to_owned(), vec!["new".to_owned()])]
+        );
     }
 }

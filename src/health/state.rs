@@ -78,14 +78,6 @@ pub enum Observation {
     NotChecked { reason: String },
 }
 
-impl Observation {
-    /// Whether the check reached what it checks (an HSDir answered, or the backend did), so
-    /// that it shows this node's Tor at work.
-    pub fn reached_the_network(&self) -> bool {
-        !matches!(self, Observation::NotChecked { .. })
-    }
-}
-
 /// A descriptor's place in time: its period, then its revision counter within the period.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct DescriptorVersion {
