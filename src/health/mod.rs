@@ -329,19 +329,9 @@ fn save_descriptor(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
+    use super::state::tests::{at, descriptor, POLICY};
     use super::*;
     use crate::config::BackendName;
-
-    const POLICY: HealthPolicy = HealthPolicy {
-        descriptor_max_age: Duration::from_secs(3 * 3600),
-        dead_after_failures: 2,
-    };
-
-    fn at(secs: u64) -> Timestamp {
-        Timestamp::from_unix_secs(1_800_000_000 + secs)
-    }
 
     fn monitor() -> HealthMonitor<String> {
         let backend = BackendConfig {
@@ -363,13 +353,6 @@ mod tests {
             observation,
             intro_points: ips.map(|ips| ips.iter().map(|s| s.to_string()).collect()),
             reached_hsdirs,
-        }
-    }
-
-    fn descriptor(revision_counter: u64) -> Observation {
-        Observation::Descriptor {
-            time_period: 20_000,
-            revision_counter,
         }
     }
 

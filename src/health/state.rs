@@ -235,21 +235,21 @@ impl BackendHealth {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    const POLICY: HealthPolicy = HealthPolicy {
+    pub(in crate::health) const POLICY: HealthPolicy = HealthPolicy {
         descriptor_max_age: Duration::from_secs(3 * 3600),
         dead_after_failures: 2,
     };
 
-    fn at(secs: u64) -> Timestamp {
+    pub(in crate::health) fn at(secs: u64) -> Timestamp {
         Timestamp::from_unix_secs(1_800_000_000 + secs)
     }
 
     const PERIOD: u64 = 20_000;
 
-    fn descriptor(revision_counter: u64) -> Observation {
+    pub(in crate::health) fn descriptor(revision_counter: u64) -> Observation {
         Observation::Descriptor {
             time_period: PERIOD,
             revision_counter,
