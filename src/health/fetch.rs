@@ -12,6 +12,7 @@ use std::time::SystemTime;
 use futures::future::join_all;
 use tor_checkable::Timebound;
 use tor_hscrypto::pk::HsBlindId;
+use tor_hscrypto::time::TimePeriod;
 use tor_hscrypto::Subcredential;
 use tor_netdoc::doc::hsdesc::{HsDesc, IntroPointDesc};
 
@@ -99,10 +100,8 @@ pub async fn fetch_for_period<T: TorNetwork>(
     address: &OnionAddress,
     period: &PeriodInfo,
 ) -> Result<VerifiedDescriptor, FetchError> {
-    let time_period = period.time_period;
-    let (blind_id, subcredential) = blinded_id_and_subcredential(address, time_period)
-        .ok_or(FetchError::Blinding(time_period.interval_num()))?;
-    let hsdirs = tor.hsdirs(&blind_id, time_period, HsDirSet::Fetch).await?;
+    let service = BlindedService::new(address, period)?;
+    let hsdirs = service.hsdirs(tor, HsDirSet::Fetch).await?;
 
     // HSDirs receive a service's new descriptor one by one, so right after it changed its
     // introduction points some still serve the old copy. Asking two at a time and keeping the
@@ -115,17 +114,7 @@ pub async fn fetch_for_period<T: TorNetwork>(
         .take(FETCH_ATTEMPTS / HSDIRS_ASKED_TOGETHER)
     {
         tried += pair.len();
-        let answers = join_all(pair.iter().map(|hsdir| {
-            download_verified(
-                tor,
-                hsdir,
-                address,
-                time_period.interval_num(),
-                blind_id,
-                &subcredential,
-            )
-        }))
-        .await;
+        let answers = join_all(pair.iter().map(|hsdir| service.download(tor, hsdir))).await;
         let mut newest: Option<VerifiedDescriptor> = None;
         for answer in answers {
             match answer {
@@ -185,59 +174,79 @@ pub async fn fetch_copies<T: TorNetwork>(
     address: &OnionAddress,
     period: &PeriodInfo,
 ) -> Result<Vec<HsDirCopy>, FetchError> {
-    let time_period = period.time_period;
-    let (blind_id, subcredential) = blinded_id_and_subcredential(address, time_period)
-        .ok_or(FetchError::Blinding(time_period.interval_num()))?;
-    let hsdirs = tor.hsdirs(&blind_id, time_period, HsDirSet::Store).await?;
+    let service = BlindedService::new(address, period)?;
+    let hsdirs = service.hsdirs(tor, HsDirSet::Store).await?;
     let copies = join_all(hsdirs.iter().map(|hsdir| async {
         HsDirCopy {
             hsdir: hsdir.clone(),
-            copy: download_verified(
-                tor,
-                hsdir,
-                address,
-                time_period.interval_num(),
-                blind_id,
-                &subcredential,
-            )
-            .await,
+            copy: service.download(tor, hsdir).await,
         }
     }))
     .await;
     Ok(copies)
 }
 
-/// Download a descriptor from one HSDir and verify it for the blinded key: signatures,
-/// decryption under the subcredential, validity now.
-async fn download_verified<T: TorNetwork>(
-    tor: &T,
-    hsdir: &HsDirId,
-    address: &OnionAddress,
-    time_period: u64,
+/// A service's address with its keys for one time period: what every download checks against.
+struct BlindedService<'a> {
+    address: &'a OnionAddress,
+    time_period: TimePeriod,
     blind_id: HsBlindId,
-    subcredential: &Subcredential,
-) -> Result<VerifiedDescriptor, HsDirFailure> {
-    let text = tor
-        .fetch_descriptor(hsdir, &blind_id)
-        .await
-        .inspect_err(|err| {
-            tracing::debug!(%address, %hsdir, "descriptor fetch failed: {err}");
-        })?;
-    let descriptor = HsDesc::parse_decrypt_validate(&text, &blind_id, subcredential, None)
-        .map_err(|err| HsDirFailure::DoesNotVerify(err.to_string()))
-        .and_then(|bound| {
-            bound
-                .if_valid_at(&SystemTime::now())
-                .map_err(|err| HsDirFailure::NotValidNow(err.to_string()))
+    subcredential: Subcredential,
+}
+
+impl<'a> BlindedService<'a> {
+    fn new(address: &'a OnionAddress, period: &PeriodInfo) -> Result<Self, FetchError> {
+        let time_period = period.time_period;
+        let (blind_id, subcredential) = blinded_id_and_subcredential(address, time_period)
+            .ok_or(FetchError::Blinding(time_period.interval_num()))?;
+        Ok(BlindedService {
+            address,
+            time_period,
+            blind_id,
+            subcredential,
         })
-        .inspect_err(|failure| {
-            tracing::warn!(%address, %hsdir, "rejected descriptor: {failure}");
-        })?;
-    Ok(VerifiedDescriptor {
-        time_period,
-        revision_counter: u64::from(descriptor.revision()),
-        intro_points: descriptor.intro_points().to_vec(),
-        hsdir: hsdir.clone(),
-        text,
-    })
+    }
+
+    /// The HSDirs of `set` for the blinded key.
+    async fn hsdirs<T: TorNetwork>(
+        &self,
+        tor: &T,
+        set: HsDirSet,
+    ) -> Result<Vec<HsDirId>, FetchError> {
+        Ok(tor.hsdirs(&self.blind_id, self.time_period, set).await?)
+    }
+
+    /// Download a descriptor from one HSDir and verify it for the blinded key: signatures,
+    /// decryption under the subcredential, validity now.
+    async fn download<T: TorNetwork>(
+        &self,
+        tor: &T,
+        hsdir: &HsDirId,
+    ) -> Result<VerifiedDescriptor, HsDirFailure> {
+        let address = self.address;
+        let text = tor
+            .fetch_descriptor(hsdir, &self.blind_id)
+            .await
+            .inspect_err(|err| {
+                tracing::debug!(%address, %hsdir, "descriptor fetch failed: {err}");
+            })?;
+        let descriptor =
+            HsDesc::parse_decrypt_validate(&text, &self.blind_id, &self.subcredential, None)
+                .map_err(|err| HsDirFailure::DoesNotVerify(err.to_string()))
+                .and_then(|bound| {
+                    bound
+                        .if_valid_at(&SystemTime::now())
+                        .map_err(|err| HsDirFailure::NotValidNow(err.to_string()))
+                })
+                .inspect_err(|failure| {
+                    tracing::warn!(%address, %hsdir, "rejected descriptor: {failure}");
+                })?;
+        Ok(VerifiedDescriptor {
+            time_period: self.time_period.interval_num(),
+            revision_counter: u64::from(descriptor.revision()),
+            intro_points: descriptor.intro_points().to_vec(),
+            hsdir: hsdir.clone(),
+            text,
+        })
+    }
 }
