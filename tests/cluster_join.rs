@@ -403,6 +403,7 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
                 role: Role::Publisher,
                 can_publish: true,
                 last_publish: Some(now),
+                config_version: None,
             });
             transport.send(&origin, &heartbeat).await.unwrap();
             let claim = Message::lease_claim(&LeaseClaim {
@@ -446,4 +447,175 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
         second.shutdown().await;
     });
     assert!(a.stop_cleanly(), "a did not stop cleanly");
+}
+
+/// The shared configuration and the membership are changed on any member, and every member
+/// follows: `backend add` on a standby reaches the others (one of them stopped during the
+/// change catches up when it returns), a hand edit plus SIGHUP is a new version too, an edit
+/// that cannot be made is refused where it was made, and `remove` takes a member out
+/// everywhere; the removed node is told, stops and refuses to start again.
+#[test]
+fn shared_configuration_and_membership_change_from_any_member() {
+    const SECOND_BACKEND: &str = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion";
+    let root = tempfile::tempdir().unwrap();
+    let (port_a, port_b, port_c) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let endpoint = |port: u16| format!("127.0.0.1:{port}");
+    let mut a = Balancer::new(root.path(), "a");
+    let backend = format!("web1={BACKEND}");
+    let (printed, _a_log) = start_first_node(&mut a, &endpoint(port_a), &["--backend", &backend]);
+    let token = token_from(&printed);
+    let mut b = Balancer::new(root.path(), "b");
+    let mut c = Balancer::new(root.path(), "c");
+    for (node, port) in [(&mut b, port_b), (&mut c, port_c)] {
+        let joined = join_no_start(node, port, &token, "10");
+        assert!(joined.status.success(), "join: {}", stderr(&joined));
+        node.start(&["run"]);
+    }
+    let version_of = |status: &serde_json::Value| status["config_version"].clone();
+    let a_version = version_of(&a.wait_status("a up", SETTLE, |s| {
+        s["peers"].as_array().is_some_and(|p| p.len() == 2)
+    }));
+    let all_live = |s: &serde_json::Value| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["live"] == true))
+    };
+    for node in [&b, &c] {
+        let status = node.wait_status("every member live", SETTLE, all_live);
+        assert_eq!(
+            version_of(&status),
+            a_version,
+            "a joined node runs the cluster's version"
+        );
+    }
+    let c_id = c.status().unwrap()["node_id"].as_str().unwrap().to_owned();
+
+    // c is down while a standby adds a backend.
+    assert!(c.stop_cleanly(), "c did not stop cleanly");
+    let added = b.run(&["backend", "add", "web2", SECOND_BACKEND]);
+    assert!(added.status.success(), "backend add: {}", stderr(&added));
+    assert!(
+        stdout(&added).contains("sent to 2 member(s)"),
+        "{}",
+        stdout(&added)
+    );
+    let new_version = version_of(&b.status().unwrap());
+    assert_ne!(new_version, a_version);
+    assert_eq!(new_version["by"], b.status().unwrap()["node_id"]);
+    let has_web2 = |s: &serde_json::Value| {
+        s["backends"]
+            .as_array()
+            .is_some_and(|list| list.iter().any(|backend| backend["name"] == "web2"))
+    };
+    let a_status = a.wait_status("a on b's version", SETTLE, |s| {
+        version_of(s) == new_version && has_web2(s)
+    });
+    assert_eq!(a_status["node_id"], serde_json::json!(a_status["node_id"]));
+    let a_config = fs::read_to_string(a.config_dir().join("config.toml")).unwrap();
+    assert!(a_config.contains(SECOND_BACKEND), "{a_config}");
+    assert!(
+        a_config.contains(&format!("listen = \"{}\"", endpoint(port_a))),
+        "a keeps its own [cluster] table:\n{a_config}"
+    );
+
+    // c returns and catches up from its peers' heartbeats.
+    c.start(&["run"]);
+    c.wait_status("c caught up", SETTLE, |s| {
+        version_of(s) == new_version && has_web2(s)
+    });
+    let c_config = fs::read_to_string(c.config_dir().join("config.toml")).unwrap();
+    assert!(c_config.contains(SECOND_BACKEND), "{c_config}");
+    assert!(c_config.contains(&format!("id = \"{c_id}\"")), "{c_config}");
+
+    // An edit that cannot be made is refused on the node where it was made, and goes nowhere.
+    for (args, error) in [
+        (
+            vec![
+                "backend",
+                "add",
+                "web2",
+                "75w6bo2hfqkeyltppkrnaxrmo542ty5evcuuxkideukynzfqa32mu6ad.onion",
+            ],
+            "exists already",
+        ),
+        (
+            vec!["backend", "add", "web3", SECOND_BACKEND],
+            "already configured",
+        ),
+        (vec!["backend", "remove", "nosuch"], "no backend is named"),
+        (
+            vec!["backend", "add", "bad/name", BACKEND],
+            "not a valid backend name",
+        ),
+    ] {
+        let refused = a.run(&args);
+        assert!(!refused.status.success(), "{args:?} was accepted");
+        assert!(
+            stderr(&refused).contains(error),
+            "{args:?}: {}",
+            stderr(&refused)
+        );
+        assert_eq!(stderr(&refused).lines().count(), 1, "{}", stderr(&refused));
+    }
+    assert_eq!(version_of(&a.status().unwrap()), new_version);
+
+    // A hand edit and SIGHUP on a: a new version, which b writes into its config.toml.
+    let a_config_path = a.config_dir().join("config.toml");
+    let mut edited = fs::read_to_string(&a_config_path).unwrap();
+    edited.push_str("\n[health]\ndead_after_failures = 5\n");
+    fs::write(&a_config_path, edited).unwrap();
+    nix_kill(a.pid(), "HUP");
+    let hup_version =
+        version_of(&a.wait_status("a's new version", SETTLE, |s| version_of(s) != new_version));
+    b.wait_status("b on a's version", SETTLE, |s| version_of(s) == hup_version);
+    let b_config = fs::read_to_string(b.config_dir().join("config.toml")).unwrap();
+    assert!(b_config.contains("dead_after_failures = 5"), "{b_config}");
+
+    // c is removed (on a): every member forgets it, c is told, stops, and will not start again.
+    let removed = a.run(&["remove", &c_id]);
+    assert!(removed.status.success(), "remove: {}", stderr(&removed));
+    let exit = c
+        .wait_exit(SETTLE)
+        .expect("the removed node stops on its own");
+    assert!(!exit.success(), "a removed node exits with an error");
+    for node in [&a, &b] {
+        node.wait_status("c forgotten", SETTLE, |s| {
+            s["peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().all(|p| p["node_id"] != c_id.as_str()))
+        });
+        let removed_dir = node.config_dir().join("removed");
+        assert!(removed_dir.join(format!("{c_id}.toml")).exists());
+        assert!(!node
+            .config_dir()
+            .join("peers")
+            .join(format!("{c_id}.toml"))
+            .exists());
+    }
+    let again = c.run(&["run"]);
+    assert!(!again.status.success());
+    assert!(
+        stderr(&again).contains("removed from the cluster"),
+        "{}",
+        stderr(&again)
+    );
+    let refused = a.run(&["remove", &c_id]);
+    assert!(
+        stderr(&refused).contains("not a member"),
+        "{}",
+        stderr(&refused)
+    );
+
+    for node in [&mut b, &mut a] {
+        assert!(node.stop_cleanly(), "a node did not stop cleanly");
+    }
+}
+
+/// Send signal `name` (e.g. `HUP`) to `pid`.
+fn nix_kill(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid}");
 }

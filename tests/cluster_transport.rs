@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use rand::Rng as _;
 use rustbalance::clock::Timestamp;
+use rustbalance::cluster::config_sync::{ConfigVersion, SharedConfig};
 use rustbalance::cluster::election::{Heartbeat, LeaseClaim};
 use rustbalance::cluster::messages::{JoinAccept, JoinRequest, Message, MsgId, PeerInfo, Role};
 use rustbalance::cluster::secret::ClusterSecret;
@@ -117,6 +118,7 @@ impl Node {
             priority: Priority::try_from(2).unwrap(),
             last_publish: None,
             can_publish: true,
+            config_version: None,
         })
     }
 
@@ -622,7 +624,13 @@ fn join_accept(origin: &Node) -> JoinAccept {
             public_key: origin.key(),
             priority: Priority::try_from(1).unwrap(),
         }],
-        config: "[[backends]]\nname = \"backend-one\"\n".into(),
+        config: SharedConfig {
+            version: ConfigVersion {
+                number: 1,
+                by: origin.id.clone(),
+            },
+            text: "[[backends]]\nname = \"backend-one\"\n".into(),
+        },
         publisher: None,
         msg_id: MsgId::random(),
     }

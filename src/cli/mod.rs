@@ -18,6 +18,7 @@ use crate::keys::RandomnessError;
 use crate::storage::node_files::NodeFilesError;
 use crate::tor::ArtiSettings;
 
+mod control;
 mod init;
 mod join;
 mod keygen;
@@ -85,6 +86,25 @@ pub enum Command {
     /// Tor not bootstrapped, no healthy backend, or an alert); 3 when no daemon answers.
     Status(StatusArgs),
 
+    /// Change the backends of the whole cluster, through the running node.
+    ///
+    /// The change becomes a new version of the cluster's shared configuration: this node
+    /// checks it, writes config.toml and applies it, then every member does the same (a member
+    /// that is down catches up when it returns). A change that does not validate is refused
+    /// here with its error and goes nowhere. `rustbalance status` shows each member's version.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+
+    /// Remove a member from the cluster, on every member this node reaches.
+    ///
+    /// Its WireGuard key is refused from then on, also if it joins again with an old token
+    /// (rotate the cluster secret to make old tokens useless). A removed node that is still
+    /// running is told, stops publishing and refuses to start again.
+    Remove {
+        /// The member's node id, as `rustbalance status` lists it.
+        node_id: String,
+    },
+
     /// Print a fresh join token for this node's cluster.
     ///
     /// The token carries the master key and the cluster secret: handle it like the key itself.
@@ -101,6 +121,23 @@ pub enum Command {
     /// extra character takes 32 times longer (5 characters: seconds; 7: about an hour on
     /// two cores). Ctrl-C stops the search and writes nothing.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackendCommand {
+    /// Add a backend onion service.
+    Add {
+        /// A short name for logs and status (A-Z a-z 0-9 - _ .).
+        name: String,
+        /// Its onion address (56 characters and .onion).
+        address: String,
+    },
+    /// Forget a backend.
+    Remove { name: String },
+    /// Keep a backend out of the descriptor (maintenance) without forgetting it.
+    Exclude { name: String },
+    /// Let an excluded backend back into the descriptor.
+    Include { name: String },
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +261,9 @@ enum CliError {
     },
     #[error("installing the systemd unit: {0} (the node's files are written; run `rustbalance run`, or fix this and run `systemctl enable --now rustbalance`)")]
     Install(#[from] crate::daemon::systemd::InstallError),
+    /// The daemon refused a control request.
+    #[error("refused: {0}")]
+    Refused(String),
     /// `status` found the node unhealthy; the table already said why.
     #[error("the node is unhealthy: {0}")]
     Unhealthy(String),
@@ -245,7 +285,10 @@ impl CliError {
             CliError::VanityPrefix(_) | CliError::Argument(_) | CliError::Token(_) => {
                 ExitCode::from(2)
             }
-            CliError::Join(_) | CliError::Unhealthy(_) | CliError::Install(_) => ExitCode::from(1),
+            CliError::Join(_)
+            | CliError::Unhealthy(_)
+            | CliError::Install(_)
+            | CliError::Refused(_) => ExitCode::from(1),
             CliError::NoDaemon { .. } => ExitCode::from(3),
             // What a shell reports for a program stopped by SIGINT.
             CliError::Interrupted(_) => ExitCode::from(130),
@@ -274,6 +317,8 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
         Command::Status(args) => status(args, &cli.state_dir),
         Command::Keygen(args) => keygen::run(args),
+        Command::Backend(command) => control::backend(command, &cli.state_dir),
+        Command::Remove { node_id } => control::remove(&node_id, &cli.state_dir),
     }
 }
 

@@ -57,6 +57,7 @@ use std::time::Duration;
 pub use super::Role;
 use serde::{Deserialize, Serialize};
 
+use super::config_sync::ConfigVersion;
 use super::{NodeId, Priority};
 use crate::clock::Timestamp;
 use crate::config::TimingConfig;
@@ -116,6 +117,12 @@ pub struct Heartbeat {
     /// When the sender last uploaded the descriptor successfully (shown by `status`).
     #[serde(rename = "last_publish_ts", with = "optional_whole_secs")]
     pub last_publish: Option<Timestamp>,
+    /// The sender's version of the cluster's shared configuration (`config_sync`): the
+    /// cluster loop sets it on every heartbeat it sends and reads it from every one it
+    /// receives, so a member that runs an older version is sent the newer one. The election
+    /// ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_version: Option<ConfigVersion>,
 }
 
 /// "I am the publisher from now on", sent when taking the lease and to answer a weaker rival.
@@ -225,6 +232,9 @@ pub enum Event {
     LocalHealth { can_publish: bool },
     /// An upload of the master descriptor succeeded (reported in heartbeats).
     UploadSucceeded,
+    /// A member was removed from the cluster (`rustbalance remove`): it no longer counts,
+    /// and a lease it held is vacant.
+    MemberRemoved(NodeId),
     /// The daemon is stopping cleanly. The election does nothing after this.
     Shutdown,
 }
@@ -432,6 +442,9 @@ impl Election {
                 self.can_publish = can_publish;
             }
             Event::UploadSucceeded => self.last_publish = Some(now),
+            Event::MemberRemoved(member) => {
+                self.peers.remove(&member);
+            }
             Event::Shutdown => {
                 self.shut_down = true;
                 if self.role == Role::Publisher {
@@ -719,6 +732,7 @@ impl Election {
             role: self.role,
             can_publish: self.can_publish,
             last_publish: self.last_publish,
+            config_version: None,
         }
     }
 
@@ -789,6 +803,7 @@ mod tests {
             role,
             can_publish: true,
             last_publish: None,
+            config_version: None,
         }))
     }
 
@@ -875,6 +890,18 @@ mod tests {
         assert!(claims(&ready));
         assert_eq!(election.role(), Role::Publisher);
         assert_eq!(election.publisher(at(3)), Some(&id("solo")));
+    }
+
+    #[test]
+    fn a_removed_publisher_no_longer_counts_and_its_lease_is_vacant_at_once() {
+        let mut b = node("b", 2);
+        b.handle(heartbeat("a", 1, Role::Publisher, 100), at(100));
+        b.handle(heartbeat("c", 3, Role::Standby, 100), at(100));
+        assert_eq!(b.publisher(at(100)), Some(&id("a")));
+        let removed = b.handle(Event::MemberRemoved(id("a")), at(101));
+        assert!(claims(&removed), "{removed:?}");
+        assert_eq!(b.publisher(at(101)), Some(&id("b")));
+        assert!(b.peers(at(101)).all(|view| view.node_id != &id("a")));
     }
 
     #[test]
@@ -1144,6 +1171,7 @@ mod tests {
             role: Role::Publisher,
             can_publish: true,
             last_publish: Some(at(8)),
+            config_version: None,
         };
         b.handle(Event::Heard(LeaseMessage::Heartbeat(uploaded)), at(10));
         let a_view = |secs| {

@@ -44,6 +44,8 @@ pub enum LeaseInput {
     Heard(LeaseMessage),
     /// The Tor side's news.
     Local(LocalEvent),
+    /// A member was removed from the cluster.
+    MemberRemoved(crate::cluster::NodeId),
     /// Clean shutdown: release the lease.
     Shutdown,
 }
@@ -66,6 +68,9 @@ impl LeaseCore {
             LeaseInput::Tick => self.election.handle(Event::Tick, now),
             LeaseInput::Heard(message) => self.election.handle(Event::Heard(message), now),
             LeaseInput::Shutdown => return self.election.handle(Event::Shutdown, now),
+            LeaseInput::MemberRemoved(member) => {
+                self.election.handle(Event::MemberRemoved(member), now)
+            }
             LeaseInput::Local(event) => self.local(event, now),
         };
         actions.extend(self.update_ability(now));

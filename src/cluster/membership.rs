@@ -18,11 +18,17 @@
 //!   candidate by announcing priority 1).
 //! - **gossip**: the member list this node repeats now and then, itself included, so a member
 //!   that was down during an announcement catches up.
+//! - **removal** (`rustbalance remove`): a removed member is never a member again, by its id or
+//!   by its WireGuard key: not learned from a list, not admitted when it joins again, its
+//!   messages not counted. Removal is told by any member (the operator may run the command on
+//!   any of them) and kept as a record, so a member that missed it is told when its list
+//!   still names the removed one.
 
 use std::collections::BTreeMap;
 
 use super::messages::PeerInfo;
 use super::transport::JoinCandidate;
+use super::wg_keys::WgPublicKey;
 use super::{NodeId, Priority};
 
 /// How a peer became known.
@@ -45,6 +51,27 @@ pub enum JoinRefusal {
     InProgress(NodeId),
     #[error("{0} is a member with another WireGuard key")]
     IdTaken(NodeId),
+    #[error("{0} was removed from the cluster (by its id or its WireGuard key)")]
+    Removed(NodeId),
+}
+
+/// Why a member cannot be removed on this node.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemovalRefusal {
+    #[error("{0} is this node: run the command on another member")]
+    OwnId(NodeId),
+    #[error("{0} is not a member of this cluster (see `rustbalance status`)")]
+    NotAMember(NodeId),
+}
+
+/// What a removal told by a member changes here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removal {
+    /// The member is removed now: forget it (its `peers/` file, the election, the transport's
+    /// use of it) and keep the record.
+    News(PeerInfo),
+    /// Already removed here.
+    Known,
 }
 
 /// What to do with a member learned from a member's message.
@@ -75,6 +102,8 @@ pub enum MemberRefusal {
         priority: Priority,
         holder: NodeId,
     },
+    #[error("{0} was removed from the cluster")]
+    Removed(NodeId),
 }
 
 /// Why a lease message does not count.
@@ -107,25 +136,34 @@ pub struct Membership {
     my_id: NodeId,
     my_priority: Priority,
     members: BTreeMap<NodeId, PeerInfo>,
+    /// Members removed from the cluster, as they were recorded.
+    removed: BTreeMap<NodeId, PeerInfo>,
     /// Newcomers being admitted, with the priority they were offered.
     pending_joins: BTreeMap<NodeId, Priority>,
 }
 
 impl Membership {
-    /// `me`: this node's own record, if it has an endpoint; `members`: the other members.
+    /// `me`: this node's own record, if it has an endpoint; `members`: the other members;
+    /// `removed`: the members removed from the cluster.
     pub fn new(
         my_id: NodeId,
         my_priority: Priority,
         me: Option<PeerInfo>,
         members: impl IntoIterator<Item = PeerInfo>,
+        removed: impl IntoIterator<Item = PeerInfo>,
     ) -> Self {
+        let removed: BTreeMap<NodeId, PeerInfo> = removed
+            .into_iter()
+            .map(|peer| (peer.node_id.clone(), peer))
+            .collect();
         Membership {
             me,
             members: members
                 .into_iter()
-                .filter(|peer| peer.node_id != my_id)
+                .filter(|peer| peer.node_id != my_id && !removed.contains_key(&peer.node_id))
                 .map(|peer| (peer.node_id.clone(), peer))
                 .collect(),
+            removed,
             my_id,
             my_priority,
             pending_joins: BTreeMap::new(),
@@ -147,6 +185,9 @@ impl Membership {
     pub fn learn(&self, peer: &PeerInfo, how: Learned) -> Learning {
         if peer.node_id == self.my_id {
             return Learning::Known;
+        }
+        if self.is_removed(&peer.node_id, &peer.public_key) {
+            return Learning::Refused(MemberRefusal::Removed(peer.node_id.clone()));
         }
         match self.members.get(&peer.node_id) {
             Some(known) if known.public_key != peer.public_key => {
@@ -200,6 +241,48 @@ impl Membership {
             .map(|peer| peer.node_id.clone())
     }
 
+    /// Whether the node with this id or this WireGuard key was removed.
+    pub fn is_removed(&self, id: &NodeId, key: &WgPublicKey) -> bool {
+        self.removed.contains_key(id)
+            || self
+                .removed
+                .values()
+                .any(|removed| removed.public_key == *key)
+    }
+
+    /// The record of removed member `id`.
+    pub fn removed(&self, id: &NodeId) -> Option<&PeerInfo> {
+        self.removed.get(id)
+    }
+
+    /// The operator removes member `id` on this node: its record, to keep and to tell every
+    /// member.
+    pub fn remove(&mut self, id: &NodeId) -> Result<PeerInfo, RemovalRefusal> {
+        if *id == self.my_id {
+            return Err(RemovalRefusal::OwnId(id.clone()));
+        }
+        let record = self
+            .members
+            .remove(id)
+            .ok_or_else(|| RemovalRefusal::NotAMember(id.clone()))?;
+        self.removed.insert(id.clone(), record.clone());
+        Ok(record)
+    }
+
+    /// A member says `record` was removed (never this node: the caller stops first). The
+    /// record kept is the one this node knew, if it knew the member.
+    pub fn removed_by_member(&mut self, record: &PeerInfo) -> Removal {
+        if self.removed.contains_key(&record.node_id) {
+            return Removal::Known;
+        }
+        let record = self
+            .members
+            .remove(&record.node_id)
+            .unwrap_or_else(|| record.clone());
+        self.removed.insert(record.node_id.clone(), record.clone());
+        Removal::News(record)
+    }
+
     /// Record a member the transport now knows.
     pub fn adopt(&mut self, peer: PeerInfo) {
         self.members.insert(peer.node_id.clone(), peer);
@@ -222,6 +305,9 @@ impl Membership {
         }
         if self.pending_joins.contains_key(&candidate.node_id) {
             return Err(JoinRefusal::InProgress(candidate.node_id.clone()));
+        }
+        if self.is_removed(&candidate.node_id, &candidate.public_key) {
+            return Err(JoinRefusal::Removed(candidate.node_id.clone()));
         }
         let priority = match self.members.get(&candidate.node_id) {
             Some(known) if known.public_key != candidate.public_key => {
@@ -313,7 +399,57 @@ mod tests {
             priority(1),
             Some(peer("a", 1)),
             [peer("b", 2), peer("c", 4)],
+            [],
         )
+    }
+
+    #[test]
+    fn a_removed_member_is_never_a_member_again_by_id_or_by_key() {
+        let mut m = membership();
+        assert_eq!(m.remove(&id("a")), Err(RemovalRefusal::OwnId(id("a"))));
+        assert_eq!(m.remove(&id("z")), Err(RemovalRefusal::NotAMember(id("z"))));
+        let record = m.remove(&id("c")).unwrap();
+        assert!(m.member(&id("c")).is_none());
+        assert_eq!(m.removed(&id("c")), Some(&record));
+        assert_eq!(m.vouch(&id("c"), None), Err(Impostor::NotAMember(id("c"))));
+        assert_eq!(
+            m.learn(&record, Learned::Listed),
+            Learning::Refused(MemberRefusal::Removed(id("c")))
+        );
+        // Its old key under a fresh id, or its id with a fresh key: refused either way.
+        let mut same_key = candidate("c2");
+        same_key.public_key = record.public_key;
+        assert_eq!(m.admit(&same_key), Err(JoinRefusal::Removed(id("c2"))));
+        assert_eq!(m.admit(&candidate("c")), Err(JoinRefusal::Removed(id("c"))));
+        assert!(!m.gossip().iter().any(|p| p.node_id == id("c")));
+    }
+
+    #[test]
+    fn a_removal_told_by_a_member_is_news_once_and_survives_a_restart() {
+        let mut m = membership();
+        let b = m.member(&id("b")).unwrap().clone();
+        let told = PeerInfo {
+            public_key: generate_keypair().1,
+            ..b.clone()
+        };
+        // The record kept is the one this node knew (its real key), not the message's.
+        assert_eq!(m.removed_by_member(&told), Removal::News(b.clone()));
+        assert_eq!(m.removed_by_member(&told), Removal::Known);
+        // A member nobody here knew is recorded too, so it is never learned later.
+        let unknown = peer("x", 9);
+        assert_eq!(
+            m.removed_by_member(&unknown),
+            Removal::News(unknown.clone())
+        );
+        let restarted = Membership::new(
+            id("a"),
+            priority(1),
+            Some(peer("a", 1)),
+            [b.clone(), peer("c", 4)],
+            [b.clone(), unknown],
+        );
+        assert!(restarted.member(&id("b")).is_none(), "a stale peers/ file");
+        assert!(restarted.is_removed(&id("b"), &b.public_key));
     }
 
     #[test]
@@ -374,7 +510,7 @@ mod tests {
 
     #[test]
     fn joins_are_refused_without_an_endpoint_or_under_this_nodes_id() {
-        let mut without = Membership::new(id("a"), priority(1), None, []);
+        let mut without = Membership::new(id("a"), priority(1), None, [], []);
         assert_eq!(without.admit(&candidate("d")), Err(JoinRefusal::NoEndpoint));
         assert_eq!(
             membership().admit(&candidate("a")),

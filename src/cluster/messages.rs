@@ -24,6 +24,7 @@ use base64::Engine as _;
 use rand::Rng as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::config_sync::SharedConfig;
 use super::election::{Heartbeat, LeaseClaim, LeaseMessage, LeaseRelease};
 use super::secret::ClusterSecret;
 use super::wg_keys::WgPublicKey;
@@ -79,6 +80,8 @@ pub enum Message {
     PeerAnnounce(PeerAnnounce),
     PeerList(PeerList),
     JoinAccept(JoinAccept),
+    SharedConfigUpdate(SharedConfigUpdate),
+    MemberRemoved(MemberRemoved),
     Ack(Ack),
 }
 
@@ -118,11 +121,31 @@ pub struct JoinAccept {
     /// The members the newcomer should open tunnels to (the accepting node included).
     pub peers: Vec<PeerInfo>,
     /// The cluster's shared configuration (backends, timing, health, Tor settings) as
-    /// config.toml text. Opaque here: the config module owns its shape and validates it, so
-    /// the protocol need not change when the configuration grows.
-    pub config: String,
+    /// config.toml text, with its version. The text is opaque here: the config module owns its
+    /// shape and validates it, so the protocol need not change when the configuration grows.
+    pub config: SharedConfig,
     /// The publisher as the accepting node knows it, for the newcomer to show.
     pub publisher: Option<NodeId>,
+    pub msg_id: MsgId,
+}
+
+/// "This is the cluster's shared configuration now": sent by the member where it was made to
+/// every other member, and by any member to one whose heartbeat shows an older version
+/// (`config_sync`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedConfigUpdate {
+    pub config: SharedConfig,
+    pub msg_id: MsgId,
+}
+
+/// "This member is removed from the cluster": sent by the member where the operator removed
+/// it to every other member, by any member to one whose list still names it, and to the
+/// removed node itself, which stops.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemberRemoved {
+    pub member: PeerInfo,
     pub msg_id: MsgId,
 }
 
@@ -172,6 +195,8 @@ impl Message {
             Message::PeerAnnounce(m) => Some(m.msg_id),
             Message::PeerList(m) => Some(m.msg_id),
             Message::JoinAccept(m) => Some(m.msg_id),
+            Message::SharedConfigUpdate(m) => Some(m.msg_id),
+            Message::MemberRemoved(m) => Some(m.msg_id),
             Message::Heartbeat(_) | Message::Ack(_) => None,
         }
     }
@@ -187,6 +212,8 @@ impl Message {
             Message::PeerAnnounce(_)
             | Message::PeerList(_)
             | Message::JoinAccept(_)
+            | Message::SharedConfigUpdate(_)
+            | Message::MemberRemoved(_)
             | Message::Ack(_) => None,
         }
     }
@@ -200,6 +227,8 @@ impl Message {
             Message::PeerAnnounce(_) => "PeerAnnounce",
             Message::PeerList(_) => "PeerList",
             Message::JoinAccept(_) => "JoinAccept",
+            Message::SharedConfigUpdate(_) => "SharedConfigUpdate",
+            Message::MemberRemoved(_) => "MemberRemoved",
             Message::Ack(_) => "Ack",
         }
     }
@@ -215,6 +244,8 @@ impl Message {
             Message::PeerAnnounce(_)
             | Message::PeerList(_)
             | Message::JoinAccept(_)
+            | Message::SharedConfigUpdate(_)
+            | Message::MemberRemoved(_)
             | Message::Ack(_) => return None,
         })
     }
@@ -225,6 +256,14 @@ impl Message {
             claim: claim.clone(),
             msg_id: MsgId::random(),
         }
+    }
+
+    /// A shared configuration to send, with a fresh message id.
+    pub fn shared_config_update(config: &SharedConfig) -> Message {
+        Message::SharedConfigUpdate(SharedConfigUpdate {
+            config: config.clone(),
+            msg_id: MsgId::random(),
+        })
     }
 
     /// A lease release to send, with a fresh message id.
@@ -345,6 +384,7 @@ impl<'de> Deserialize<'de> for JoinMac {
 mod tests {
     use super::*;
     use crate::clock::Timestamp;
+    use crate::cluster::config_sync::ConfigVersion;
     use crate::cluster::wg_keys::generate_keypair;
 
     fn node(id: &str) -> NodeId {
@@ -373,6 +413,10 @@ mod tests {
                 priority: priority(1),
                 last_publish: Some(Timestamp::from_unix_secs(1_699_999_990)),
                 can_publish: true,
+                config_version: Some(ConfigVersion {
+                    number: 3,
+                    by: node("beta"),
+                }),
             }),
             Message::lease_claim(&LeaseClaim {
                 from: node("alpha"),
@@ -394,8 +438,28 @@ mod tests {
             Message::JoinAccept(JoinAccept {
                 assigned_priority: priority(3),
                 peers: vec![peer_info("alpha")],
-                config: "[timing]\nheartbeat_interval_secs = 10\n".into(),
+                config: SharedConfig {
+                    version: ConfigVersion {
+                        number: 2,
+                        by: node("alpha"),
+                    },
+                    text: "[timing]\nheartbeat_interval_secs = 10\n".into(),
+                },
                 publisher: Some(node("alpha")),
+                msg_id: MsgId::random(),
+            }),
+            Message::SharedConfigUpdate(SharedConfigUpdate {
+                config: SharedConfig {
+                    version: ConfigVersion {
+                        number: 4,
+                        by: node("beta"),
+                    },
+                    text: "[health]\ndead_after_failures = 2\n".into(),
+                },
+                msg_id: MsgId::random(),
+            }),
+            Message::MemberRemoved(MemberRemoved {
+                member: peer_info("gamma"),
                 msg_id: MsgId::random(),
             }),
             Message::Ack(Ack {
@@ -426,6 +490,7 @@ mod tests {
                 "priority": 1,
                 "last_publish_ts": 1_699_999_990u64,
                 "can_publish": true,
+                "config_version": { "number": 3, "by": "beta" },
             })
         );
     }
@@ -444,7 +509,9 @@ mod tests {
                 "LeaseRelease",
                 "PeerAnnounce",
                 "PeerList",
-                "JoinAccept"
+                "JoinAccept",
+                "SharedConfigUpdate",
+                "MemberRemoved"
             ]
         );
     }

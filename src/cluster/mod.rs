@@ -5,6 +5,7 @@
 //! once, at the edge (config file, join token, wire), and trusted everywhere after that.
 
 pub mod ability;
+pub mod config_sync;
 pub mod election;
 pub mod lease;
 pub(crate) mod log_limit;

@@ -14,11 +14,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::keys::onion_address::OnionAddress;
 use crate::params;
+
+pub mod shared;
 
 /// A complete, validated configuration.
 #[derive(Debug, Clone)]
@@ -152,7 +154,7 @@ fn default_probe_timeout() -> Seconds {
 }
 
 /// A backend's short name: used in logs, status and as a file name under the state directory.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String")]
 pub struct BackendName(String);
 

@@ -10,6 +10,11 @@
 //!   shared configuration through the new tunnel; once the newcomer acknowledged, every other
 //!   member hears a `PeerAnnounce`. Each node also repeats its member list now and then, so a
 //!   member that was down during an announcement catches up.
+//! - **removal**: `rustbalance remove` on any member removes a member everywhere (membership
+//!   decides; this loop keeps `removed/`, tells the members and the removed node). A removed
+//!   node that is told stops, and refuses to start again.
+//! - **shared configuration**: edits, SIGHUP and members' newer versions go through the
+//!   [`ConfigKeeper`]; heartbeats carry each member's version so one behind is sent the newer.
 //! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
 //!   the acks), so a standby takes over at once instead of after the grace.
 
@@ -25,16 +30,21 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::clock::Timestamp;
+use crate::cluster::config_sync::{ConfigVersion, SharedConfig};
 use crate::cluster::election::{Action, LeaseMessage, Warning};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::membership::{
-    Admission, Impostor, JoinRefusal, Learned, Learning, MemberRefusal, Membership,
+    Admission, Impostor, JoinRefusal, Learned, Learning, MemberRefusal, Membership, Removal,
 };
-use crate::cluster::messages::{JoinAccept, Message, MsgId, PeerAnnounce, PeerInfo, PeerList};
+use crate::cluster::messages::{
+    JoinAccept, MemberRemoved, Message, MsgId, PeerAnnounce, PeerInfo, PeerList,
+};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
 use crate::config::Config;
+use crate::daemon::control::{ControlReply, ControlRequest, OperatorCommand};
+use crate::daemon::shared_config::ConfigKeeper;
 use crate::daemon::status::{PeerStatus, StatusBoard};
 use crate::storage::node_files;
 
@@ -49,6 +59,11 @@ const RELEASE_WAIT: Duration = Duration::from_secs(2);
 /// The loop goes round at least this often even when the election has nothing due, so its
 /// progress (what systemd's watchdog hears about) is fresh.
 const MAX_IDLE: Duration = Duration::from_secs(1);
+/// How long a new shared configuration is resent to a member that does not acknowledge it
+/// (one that is down gets it from its peers' heartbeats when it returns).
+const CONFIG_SEND_WAIT: Duration = Duration::from_secs(60);
+/// How often a removed node that still speaks is told again that it is removed.
+const REMOVED_TELL_INTERVAL: Duration = Duration::from_secs(30);
 /// At most one election warning about the same peer in this interval.
 const WARN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -59,9 +74,12 @@ pub struct ClusterSetup {
     /// How peers reach this node; without it, this node cannot admit newcomers.
     pub endpoint: Option<Endpoint>,
     pub config_dir: PathBuf,
-    /// The shared tables of config.toml, handed to joining nodes.
-    pub shared_config: String,
+    /// The cluster's shared configuration, handed to joining nodes and kept the same on
+    /// every member.
+    pub shared_config: ConfigKeeper,
     pub members: Vec<PeerInfo>,
+    /// Members removed from the cluster (`removed/`).
+    pub removed: Vec<PeerInfo>,
     pub lease: LeaseCore,
     /// How long a lease claim or release is resent: after a publisher timeout it is moot.
     pub claim_wait: Duration,
@@ -81,7 +99,7 @@ struct JoinDone {
 struct ClusterNode {
     priority: Priority,
     config_dir: PathBuf,
-    shared_config: String,
+    shared_config: ConfigKeeper,
     membership: Membership,
     lease: LeaseCore,
     claim_wait: Duration,
@@ -95,17 +113,33 @@ struct ClusterNode {
     /// only members can send, so this stays small.
     refusals_logged: HashSet<(NodeId, RefusalKind)>,
     last_publisher: Option<NodeId>,
+    /// When a removed node that still speaks was last told so.
+    removed_told: LogLimiter<NodeId>,
+    /// Set when a member told this node that it was removed.
+    removed_by: Option<NodeId>,
+}
+
+/// Why the cluster loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterExit {
+    /// The daemon asked it to (the lease was released).
+    Shutdown,
+    /// The transport's socket task ended (an internal error, logged).
+    TransportStopped,
+    /// A member said this node was removed from the cluster.
+    Removed { by: NodeId },
 }
 
 /// Run the cluster loop until `shutdown` turns true (then release the lease and close the
-/// transport) or the transport stops.
+/// transport), the transport stops, or this node learns that it was removed.
 pub async fn run(
     setup: ClusterSetup,
     mut inbox: Inbox,
     mut local: mpsc::Receiver<LocalEvent>,
     mut configs: watch::Receiver<Arc<Config>>,
+    mut commands: mpsc::Receiver<OperatorCommand>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> ClusterExit {
     let (joins_done, mut joins) = mpsc::channel(16);
     let my_record = setup.endpoint.map(|endpoint| PeerInfo {
         node_id: setup.me.clone(),
@@ -114,7 +148,13 @@ pub async fn run(
         priority: setup.priority,
     });
     let mut node = ClusterNode {
-        membership: Membership::new(setup.me, setup.priority, my_record, setup.members),
+        membership: Membership::new(
+            setup.me,
+            setup.priority,
+            my_record,
+            setup.members,
+            setup.removed,
+        ),
         priority: setup.priority,
         config_dir: setup.config_dir,
         shared_config: setup.shared_config,
@@ -128,6 +168,8 @@ pub async fn run(
         warnings: LogLimiter::new(WARN_INTERVAL),
         refusals_logged: HashSet::new(),
         last_publisher: None,
+        removed_told: LogLimiter::new(REMOVED_TELL_INTERVAL),
+        removed_by: None,
     };
     let mut peer_lists = tokio::time::interval_at(
         tokio::time::Instant::now() + PEER_LIST_INTERVAL,
@@ -153,13 +195,14 @@ pub async fn run(
                 Some(Incoming::JoinRequest(candidate)) => node.on_join_request(candidate),
                 None => {
                     tracing::error!("the cluster transport stopped");
-                    return;
+                    return ClusterExit::TransportStopped;
                 }
             },
             Some(event) = local.recv() => {
                 node.step(LeaseInput::Local(event)).await;
             }
             Some(done) = joins.recv() => node.on_join_done(done).await,
+            Some(command) = commands.recv() => node.on_command(command).await,
             _ = peer_lists.tick() => node.send_peer_list().await,
             Ok(()) = configs.changed() => {
                 let config = configs.borrow_and_update().clone();
@@ -167,8 +210,13 @@ pub async fn run(
             }
             _ = shutdown.changed() => {
                 node.shut_down().await;
-                return;
+                return ClusterExit::Shutdown;
             }
+        }
+        if let Some(by) = node.removed_by.take() {
+            node.step(LeaseInput::Shutdown).await;
+            node.transport.shutdown().await;
+            return ClusterExit::Removed { by };
         }
         node.refresh();
     }
@@ -228,7 +276,8 @@ impl ClusterNode {
         let mut resends = Vec::new();
         for action in actions {
             match action {
-                Action::BroadcastHeartbeat(heartbeat) => {
+                Action::BroadcastHeartbeat(mut heartbeat) => {
+                    heartbeat.config_version = Some(self.shared_config.version().clone());
                     let message = Message::Heartbeat(heartbeat);
                     if let Err(err) = self.transport.broadcast(&message).await {
                         tracing::warn!("cannot send the heartbeat: {err}");
@@ -298,17 +347,24 @@ impl ClusterNode {
     }
 
     async fn on_message(&mut self, from: NodeId, message: Message) {
-        if let Some(message) = message.to_election() {
-            match self.membership.vouch(&from, message.priority()) {
+        if self.membership.removed(&from).is_some() {
+            self.tell_removed(&from);
+            return;
+        }
+        if let Some(lease_message) = message.to_election() {
+            match self.membership.vouch(&from, lease_message.priority()) {
                 Ok(()) => {
-                    self.step(LeaseInput::Heard(message)).await;
+                    if let Message::Heartbeat(heartbeat) = message {
+                        self.heard_config_version(&from, heartbeat.config_version);
+                    }
+                    self.step(LeaseInput::Heard(lease_message)).await;
                 }
                 Err(impostor) => self.refuse_once(
                     &from,
                     RefusalKind::Impostor(std::mem::discriminant(&impostor)),
                     format_args!(
                         "refused a {} from {from}: {impostor}",
-                        message_kind(&message)
+                        message_kind(&lease_message)
                     ),
                 ),
             }
@@ -321,8 +377,20 @@ impl ClusterNode {
             }
             Message::PeerList(list) => {
                 for peer in list.peers {
+                    if let Some(record) = self.membership.removed(&peer.node_id) {
+                        // `from` missed the removal: tell it.
+                        let record = record.clone();
+                        self.send_removal(&from, &record);
+                        continue;
+                    }
                     self.learn_peer(peer, Learned::Listed, &from).await;
                 }
+            }
+            Message::MemberRemoved(removal) if self.membership.member(&from).is_some() => {
+                self.on_removal(&removal.member, &from).await;
+            }
+            Message::SharedConfigUpdate(update) if self.membership.member(&from).is_some() => {
+                self.receive_shared_config(&update.config, &from);
             }
             Message::JoinAccept(_) => {
                 tracing::debug!("ignored a JoinAccept from {from}: this node is not joining");
@@ -404,7 +472,7 @@ impl ClusterNode {
         let accept = JoinAccept {
             assigned_priority: newcomer.priority,
             peers: members,
-            config: self.shared_config.clone(),
+            config: self.shared_config.current(),
             publisher: self.lease.election().publisher(now()).cloned(),
             msg_id: MsgId::random(),
         };
@@ -464,7 +532,196 @@ impl ClusterNode {
             config.timing.upload_failure_release,
         );
         self.claim_wait = config.timing.publisher_timeout;
-        self.shared_config = config.shared_text().to_owned();
+    }
+
+    /// A member said `member` is removed from the cluster.
+    async fn on_removal(&mut self, member: &PeerInfo, by: &NodeId) {
+        if member.node_id == *self.lease.election().me() {
+            tracing::error!(
+                "{by} says this node was removed from the cluster: it stops publishing and exits, and will refuse to start again"
+            );
+            if let Err(err) = node_files::save_this_node_removed(&self.config_dir, by) {
+                tracing::error!("cannot record the removal: {err}");
+            }
+            self.removed_by = Some(by.clone());
+            return;
+        }
+        if let Removal::News(record) = self.membership.removed_by_member(member) {
+            tracing::warn!("{} was removed from the cluster by {by}", record.node_id);
+            self.forget_member(&record).await;
+        }
+    }
+
+    /// Forget a removed member here: its files, the election, what it runs.
+    async fn forget_member(&mut self, record: &PeerInfo) {
+        if let Err(err) = node_files::save_removed(&self.config_dir, record) {
+            tracing::error!(
+                "{} is removed but the removal is not saved: {err}",
+                record.node_id
+            );
+        }
+        self.shared_config.forget(&record.node_id);
+        self.step(LeaseInput::MemberRemoved(record.node_id.clone()))
+            .await;
+    }
+
+    /// `to` should know that `record` was removed.
+    fn send_removal(&self, to: &NodeId, record: &PeerInfo) {
+        let message = Message::MemberRemoved(MemberRemoved {
+            member: record.clone(),
+            msg_id: MsgId::random(),
+        });
+        let (transport, to) = (self.transport.clone(), to.clone());
+        tokio::spawn(async move {
+            if let Err(err) = transport.send_reliable(&to, message, ANNOUNCE_WAIT).await {
+                tracing::debug!("the removal was not delivered to {to}: {err}");
+            }
+        });
+    }
+
+    /// A removed node still speaks: tell it (now and then) that it is removed, so it stops.
+    fn tell_removed(&mut self, removed: &NodeId) {
+        if self.removed_told.allow(removed.clone(), now()).is_none() {
+            return;
+        }
+        if let Some(record) = self.membership.removed(removed).cloned() {
+            tracing::info!("{removed}, removed from the cluster, still speaks: telling it");
+            self.send_removal(removed, &record);
+        }
+    }
+
+    /// A command from the operator: SIGHUP, or a request on the control socket.
+    async fn on_command(&mut self, command: OperatorCommand) {
+        match command {
+            OperatorCommand::Reload => match self.shared_config.reload() {
+                Ok(Some(shared)) => {
+                    tracing::info!(
+                        "SIGHUP: configuration reloaded; its shared tables are version {}, sent to every member",
+                        shared.version
+                    );
+                    self.send_shared_config();
+                }
+                Ok(None) => tracing::info!("SIGHUP: configuration reloaded"),
+                Err(err) => tracing::error!(
+                    "SIGHUP: configuration not reloaded: {err}; the running configuration stays in force"
+                ),
+            },
+            OperatorCommand::Control { request, reply } => {
+                let answer = self.on_control(&request).await;
+                let _ = reply.send(answer);
+            }
+        }
+    }
+
+    /// Carry out an operator's request from the control socket.
+    async fn on_control(&mut self, request: &ControlRequest) -> ControlReply {
+        if let ControlRequest::RemoveMember { node_id } = request {
+            return match self.membership.remove(node_id) {
+                Ok(record) => {
+                    tracing::warn!("{node_id} removed from the cluster by the operator");
+                    self.forget_member(&record).await;
+                    let members: Vec<NodeId> = self
+                        .membership
+                        .members()
+                        .map(|m| m.node_id.clone())
+                        .collect();
+                    for member in members.iter().chain([node_id]) {
+                        self.send_removal(member, &record);
+                    }
+                    ControlReply::Done {
+                        message: format!(
+                            "{node_id} is removed: its key is refused from now on; {} member(s) and {node_id} itself are being told",
+                            members.len()
+                        ),
+                    }
+                }
+                Err(refusal) => ControlReply::Refused {
+                    error: refusal.to_string(),
+                },
+            };
+        }
+        if let Some(edit) = request.backend_edit() {
+            return match self.shared_config.edit(&edit) {
+                Ok(Some(shared)) => {
+                    tracing::info!(
+                        "shared configuration version {} made here ({request:?}), sent to every member",
+                        shared.version
+                    );
+                    let members = self.send_shared_config();
+                    ControlReply::Done {
+                        message: format!(
+                            "shared configuration version {} is running here and was sent to {members} member(s)",
+                            shared.version
+                        ),
+                    }
+                }
+                Ok(None) => ControlReply::Done {
+                    message: format!(
+                        "nothing to change: the shared configuration stays at version {}",
+                        self.shared_config.version()
+                    ),
+                },
+                Err(err) => ControlReply::Refused {
+                    error: err.to_string(),
+                },
+            };
+        }
+        ControlReply::Refused {
+            error: format!("{request:?} is not supported by this node"),
+        }
+    }
+
+    /// Send the running shared configuration to every member (after a change made here).
+    /// Returns to how many.
+    fn send_shared_config(&mut self) -> usize {
+        let now = now();
+        let members: Vec<NodeId> = self
+            .membership
+            .members()
+            .map(|m| m.node_id.clone())
+            .collect();
+        for member in &members {
+            self.shared_config.sent(member, now);
+        }
+        let config = self.shared_config.current();
+        self.send_to_members(CONFIG_SEND_WAIT, || Message::shared_config_update(&config));
+        members.len()
+    }
+
+    /// A member's heartbeat said which shared configuration it runs: one behind is sent ours.
+    fn heard_config_version(&mut self, from: &NodeId, running: Option<ConfigVersion>) {
+        if !self.shared_config.heard(from, running, now()) {
+            return;
+        }
+        let (transport, to, message) = (
+            self.transport.clone(),
+            from.clone(),
+            Message::shared_config_update(&self.shared_config.current()),
+        );
+        tokio::spawn(async move {
+            if let Err(err) = transport
+                .send_reliable(&to, message, CONFIG_SEND_WAIT)
+                .await
+            {
+                tracing::debug!("shared configuration to {to} not delivered: {err}");
+            }
+        });
+    }
+
+    /// A member sent a shared configuration: apply it if it is newer.
+    fn receive_shared_config(&mut self, config: &SharedConfig, from: &NodeId) {
+        match self.shared_config.receive(config) {
+            Ok(true) => tracing::info!(
+                "shared configuration version {} from {from} applied and written to config.toml",
+                config.version
+            ),
+            Ok(false) => {}
+            Err(err) => tracing::error!(
+                "refused shared configuration version {} from {from}: {err}; this node keeps version {}",
+                config.version,
+                self.shared_config.version()
+            ),
+        }
     }
 
     /// Update `status` and log a change of publisher.
@@ -496,6 +753,7 @@ impl ClusterNode {
                     .member(view.node_id)
                     .map(|peer| peer.endpoint.to_string()),
                 clock_offset_ms: view.clock_offset_ms,
+                config_version: self.shared_config.member_version(view.node_id).cloned(),
             })
             .collect();
         // Members the election has not heard from since start.
@@ -511,6 +769,7 @@ impl ClusterNode {
                     last_publish: None,
                     endpoint: Some(member.endpoint.to_string()),
                     clock_offset_ms: None,
+                    config_version: None,
                 });
             }
         }

@@ -14,15 +14,20 @@
 //!     changes, or a new consensus arrives; it reports every upload's outcome to the cluster
 //!     loop;
 //!   - a **consensus watcher**, and a stall detector that rebuilds a wedged client in-process;
-//! - the **status socket** ([`status_server`]) answers `rustbalance status`;
+//! - the **status socket** ([`status_server`]) answers `rustbalance status`; the **control
+//!   socket** ([`control`]) takes the commands that change the cluster (`rustbalance backend
+//!   ...`) to the cluster loop, which keeps the shared configuration ([`shared_config`]);
 //! - the **state writer** ([`state_writer`]) keeps `state.json` current, atomically.
 //!
-//! SIGHUP reloads config.toml: new backends and timing apply at once; a config that does not
-//! load is refused with its error and the running one stays in force. SIGTERM (what systemd
+//! SIGHUP reloads config.toml: new backends and timing apply at once, and changed shared
+//! tables become a new version every member applies; a config that does not load is refused
+//! with its error and the running one stays in force. SIGTERM (what systemd
 //! sends) and SIGINT (Ctrl-C) stop the node cleanly with exit status 0; the lease is released
 //! first, so a standby takes over at once.
 
 mod cluster;
+pub mod control;
+mod shared_config;
 mod state_writer;
 pub mod status;
 mod status_server;
@@ -57,7 +62,9 @@ use crate::storage::fsutil;
 use crate::storage::node_files::{self, NodeFilesError};
 use crate::storage::state;
 use crate::tor::{ArtiSettings, TorError};
-use cluster::ClusterSetup;
+use cluster::{ClusterExit, ClusterSetup};
+use control::{ControlServer, OperatorCommand};
+use shared_config::ConfigKeeper;
 use status_server::{MetricsServer, StatusServer};
 use tor_side::TorSide;
 
@@ -87,6 +94,15 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot serve the control socket on {path}: {source}")]
+    ControlSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{by} removed this node from the cluster: it stopped, and will refuse to start again (to make this machine a member again, move the config directory aside and run `rustbalance join` with a fresh token)")]
+    Removed { by: crate::cluster::NodeId },
+    #[error("the shared configuration: {0}")]
+    SharedConfig(#[from] shared_config::ConfigChangeError),
     #[error("cannot serve metrics on {addr} ([status] metrics_listen): {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -108,16 +124,23 @@ struct NodeKeys {
     cluster_secret: ClusterSecret,
     wg_private_key: WgPrivateKey,
     peers: Vec<PeerInfo>,
+    removed: Vec<PeerInfo>,
 }
 
 /// Run the node in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
-    let keys = NodeKeys {
+    node_files::ensure_not_removed(&config.config_dir)?;
+    let mut keys = NodeKeys {
         master: load_master_identity(&config)?,
         cluster_secret: node_files::load_cluster_secret(&config.config_dir)?,
         wg_private_key: node_files::load_wg_private_key(&config.config_dir)?,
         peers: node_files::load_peers(&config.config_dir)?,
+        removed: node_files::load_removed(&config.config_dir)?,
     };
+    // A peer file left by a crash during a removal.
+    let removed = &keys.removed;
+    keys.peers
+        .retain(|peer| !removed.iter().any(|r| r.node_id == peer.node_id));
     fsutil::create_private_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.clone(),
         source,
@@ -158,6 +181,7 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
     ));
     show_unchecked_backends(&board, &config);
     let status_server = StatusServer::bind(&config.state_dir)?;
+    let control_server = ControlServer::bind(&config.state_dir)?;
     let metrics_server = match config.status.metrics_listen {
         Some(addr) => Some(MetricsServer::bind(addr).await?),
         None => None,
@@ -172,7 +196,8 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
     let (transport, inbox) = bind_transport(
         &config,
         keys.wg_private_key,
-        &keys.peers,
+        // Removed members too: the transport must still reach one that speaks, to tell it.
+        &[keys.peers.as_slice(), keys.removed.as_slice()].concat(),
         &keys.cluster_secret,
     )
     .await?;
@@ -195,33 +220,43 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         (&config.timing).into(),
         Timestamp::now(),
     );
+    let state_dir = config.state_dir.clone();
+    let (me, priority, endpoint, config_dir, claim_wait, upload_failure_release) = (
+        config.node.id.clone(),
+        config.node.priority,
+        config.cluster.endpoint.clone(),
+        config.config_dir.clone(),
+        config.timing.publisher_timeout,
+        config.timing.upload_failure_release,
+    );
+    let (configs_tx, configs) = watch::channel(Arc::new(config));
+    let shared_config = ConfigKeeper::start(configs_tx, board.clone())?;
+    let (commands_tx, commands_rx) = mpsc::channel(16);
     let setup = ClusterSetup {
-        me: config.node.id.clone(),
-        priority: config.node.priority,
-        endpoint: config.cluster.endpoint.clone(),
-        config_dir: config.config_dir.clone(),
-        shared_config: config.shared_text().to_owned(),
+        me,
+        priority,
+        endpoint,
+        config_dir,
+        shared_config,
         members: keys.peers,
-        lease: LeaseCore::new(
-            election,
-            PublishAbility::new(config.timing.upload_failure_release),
-        ),
-        claim_wait: config.timing.publisher_timeout,
+        removed: keys.removed,
+        lease: LeaseCore::new(election, PublishAbility::new(upload_failure_release)),
+        claim_wait,
         transport,
         publishing: publishing_tx,
         board: board.clone(),
         progress: progress.clone(),
     };
-    let state_dir = config.state_dir.clone();
-    let (configs_tx, configs) = watch::channel(Arc::new(config));
     let mut cluster_task = tokio::spawn(cluster::run(
         setup,
         inbox,
         local_rx,
         configs.clone(),
+        commands_rx,
         shutdown_rx,
     ));
     let status_task = tokio::spawn(status_server.serve(board.clone()));
+    let control_task = tokio::spawn(control_server.serve(commands_tx.clone()));
     let metrics_task = metrics_server.map(|server| tokio::spawn(server.serve(board.clone())));
     let state_task = tokio::spawn(state_writer::run(
         state_dir.clone(),
@@ -246,11 +281,16 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
     let outcome = loop {
         tokio::select! {
             result = &mut tor_side => break result,
-            _ = &mut cluster_task => {
+            exit = &mut cluster_task => {
                 cluster_stopped = true;
-                break Err(DaemonError::LoopStopped("cluster"));
+                break Err(match exit {
+                    Ok(ClusterExit::Removed { by }) => DaemonError::Removed { by },
+                    _ => DaemonError::LoopStopped("cluster"),
+                });
             }
-            _ = sighup.recv() => reload(&configs_tx, &board),
+            _ = sighup.recv() => {
+                let _ = commands_tx.send(OperatorCommand::Reload).await;
+            }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM received, shutting down");
                 break Ok(());
@@ -284,6 +324,7 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
     });
     state_writer::save_now(&state_dir, &board, &uploads_rx);
     status_task.abort();
+    control_task.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }
@@ -337,42 +378,6 @@ fn resume_uploads(config: &Config, has_peers: bool, publisher: &mut PublishPlan<
     }
 }
 
-/// SIGHUP: load config.toml again and hand it to the loops, or keep the running one.
-fn reload(configs: &watch::Sender<Arc<Config>>, board: &StatusBoard) {
-    let current = configs.borrow().clone();
-    let new = match Config::load(&current.config_dir, &current.state_dir) {
-        Ok(new) => new,
-        Err(err) => {
-            tracing::error!(
-                "SIGHUP: configuration not reloaded: {err}; the running configuration stays in force"
-            );
-            return;
-        }
-    };
-    // `[arti]` only takes effect at a restart, but a table Arti refuses would stop that
-    // restart: refuse it now, like any other error.
-    if let Err(err) = ArtiSettings::from_config(&new) {
-        tracing::error!(
-            "SIGHUP: configuration not reloaded: {err}; the running configuration stays in force"
-        );
-        return;
-    }
-    let (applied, needs_restart) = current.reloaded(new);
-    if !needs_restart.is_empty() {
-        tracing::warn!(
-            "SIGHUP: changes to {} take effect at the next restart",
-            needs_restart.join(", ")
-        );
-    }
-    tracing::info!(
-        backends = applied.backends.len(),
-        "SIGHUP: configuration reloaded (backends, timing, health checks)"
-    );
-    // The health loop starts over with the new list.
-    show_unchecked_backends(board, &applied);
-    configs.send_replace(Arc::new(applied));
-}
-
 /// Tell systemd's watchdog the node is alive while the cluster loop makes progress (it goes
 /// round at least every second); a hung loop stops the keep-alives and systemd restarts the
 /// node.
@@ -399,7 +404,7 @@ fn unix_millis() -> u64 {
 }
 
 /// Every configured backend as unchecked: the status until the health loop's first round.
-fn show_unchecked_backends(board: &StatusBoard, config: &Config) {
+pub(crate) fn show_unchecked_backends(board: &StatusBoard, config: &Config) {
     let unchecked = HealthMonitor::new(config).report();
     board.update(|status| status.backends = unchecked.into_iter().map(backend_status).collect());
 }

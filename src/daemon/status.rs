@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::cluster::config_sync::ConfigVersion;
 use crate::cluster::{NodeId, Priority, Role};
 
 /// File name of the status socket inside the state directory.
@@ -34,6 +35,9 @@ pub struct NodeStatus {
     /// The publisher as this node knows it (itself included); `None` while the lease is vacant.
     pub publisher: Option<NodeId>,
     pub tor: TorStatus,
+    /// The version of the cluster's shared configuration this node runs.
+    #[serde(default)]
+    pub config_version: Option<ConfigVersion>,
     pub peers: Vec<PeerStatus>,
     pub backends: Vec<BackendStatus>,
     /// The last upload of each time period this node published (empty on a standby).
@@ -93,6 +97,9 @@ pub struct PeerStatus {
     /// milliseconds, transit included.
     #[serde(default)]
     pub clock_offset_ms: Option<i64>,
+    /// The version of the shared configuration its last heartbeat said it runs.
+    #[serde(default)]
+    pub config_version: Option<ConfigVersion>,
 }
 
 /// One backend onion service.
@@ -131,6 +138,7 @@ impl NodeStatus {
             can_publish: false,
             publisher: None,
             tor: TorStatus::default(),
+            config_version: None,
             peers: Vec::new(),
             backends: Vec::new(),
             publishes: Vec::new(),
@@ -206,6 +214,9 @@ impl NodeStatus {
         if let Some(error) = &self.tor.last_error {
             let _ = writeln!(out, "           last error: {error}");
         }
+        if let Some(version) = &self.config_version {
+            let _ = writeln!(out, "config     shared configuration version {version}");
+        }
         let _ = writeln!(out, "health     {health}");
 
         let _ = writeln!(out, "\npeers");
@@ -215,7 +226,7 @@ impl NodeStatus {
         for peer in &self.peers {
             let _ = writeln!(
                 out,
-                "  {:<28} priority {:<3} {:<10} {:<14} last heard {:<10} {}{}",
+                "  {:<28} priority {:<3} {:<10} {:<14} last heard {:<10} {}{}{}",
                 peer.node_id.as_str(),
                 peer.priority,
                 peer.role.to_string(),
@@ -228,7 +239,8 @@ impl NodeStatus {
                 },
                 ago(now, peer.last_heard),
                 peer.endpoint.as_deref().unwrap_or(""),
-                clock_note(peer.clock_offset_ms)
+                clock_note(peer.clock_offset_ms),
+                config_note(self.config_version.as_ref(), peer.config_version.as_ref())
             );
         }
 
@@ -458,6 +470,14 @@ fn clock_note(offset_ms: Option<i64>) -> String {
     }
 }
 
+/// A member that runs another version of the shared configuration than this node.
+fn config_note(mine: Option<&ConfigVersion>, theirs: Option<&ConfigVersion>) -> String {
+    match theirs {
+        Some(theirs) if Some(theirs) != mine => format!("  config version {theirs}"),
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -484,6 +504,7 @@ mod tests {
             last_publish: None,
             endpoint: Some("127.0.0.1:5000".into()),
             clock_offset_ms: Some(-61_500),
+            config_version: None,
         });
         status.backends.push(BackendStatus {
             name: "web1".into(),

@@ -9,6 +9,11 @@
 //!   cluster.key            0600  the 32-byte cluster secret every member shares, base64
 //!   peers/                 0700  <node-id>.toml per known peer: endpoint, WireGuard public
 //!                                key, priority (written by join and by peer announcements)
+//!   removed/               0700  <node-id>.toml per member removed from the cluster (its
+//!                                last record: its id and key stay refused)
+//!   removed-from-cluster.toml     written when this node is removed: `run` refuses to start
+//!   config-version.toml    0600  which version of the cluster's shared configuration
+//!                                config.toml holds (`storage::config_version`)
 //! <state-dir>/             0700
 //!   arti/                        Arti's state and cache
 //!   descriptors/                 the last verified descriptor of each backend
@@ -26,6 +31,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use zeroize::Zeroizing;
 
+use crate::cluster::config_sync::{ConfigVersion, SharedConfig};
 use crate::cluster::messages::PeerInfo;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::wg_keys::WgPrivateKey;
@@ -35,6 +41,7 @@ use crate::keys::files::{write_sealed_master_key, KeyFileError};
 use crate::keys::onion_address::OnionAddress;
 use crate::keys::{ensure_kek, KekError, KekSource, MasterKey};
 use crate::params;
+use crate::storage::config_version::{self, ConfigVersionError};
 use crate::storage::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE};
 
 /// File names inside the config directory.
@@ -42,6 +49,9 @@ pub const MASTER_KEY_FILE: &str = params::DEFAULT_MASTER_KEY_FILE;
 pub const WG_PRIVATE_KEY_FILE: &str = "wg_private.key";
 pub const CLUSTER_SECRET_FILE: &str = "cluster.key";
 pub const PEERS_DIR: &str = "peers";
+pub const REMOVED_DIR: &str = "removed";
+/// Written when this node learns that it was removed from the cluster.
+pub const THIS_NODE_REMOVED_FILE: &str = "removed-from-cluster.toml";
 
 /// Everything `init` decided for a new node.
 pub struct NewNode<'a> {
@@ -53,9 +63,9 @@ pub struct NewNode<'a> {
     pub listen: SocketAddr,
     pub endpoint: Option<&'a Endpoint>,
     pub backends: &'a [(BackendName, OnionAddress)],
-    /// The cluster's shared tables (config.toml text) received when joining; `None` for the
-    /// first node of a cluster.
-    pub shared_config: Option<&'a str>,
+    /// The cluster's shared tables (config.toml text) and their version, received when
+    /// joining; `None` for the first node of a cluster (its tables are version 1).
+    pub shared_config: Option<&'a SharedConfig>,
     /// The other members, for a node that joins.
     pub peers: &'a [PeerInfo],
 }
@@ -85,6 +95,10 @@ pub enum NodeFilesError {
     MasterKey(#[from] KeyFileError),
     #[error(transparent)]
     Kek(#[from] KekError),
+    #[error(transparent)]
+    ConfigVersion(#[from] ConfigVersionError),
+    #[error("this node was removed from the cluster by {by} ({path}): it must not run as a member again; to make this machine a member again, move the config directory aside and run `rustbalance join` with a fresh token from a member")]
+    RemovedFromCluster { path: PathBuf, by: String },
     /// The generated config.toml does not load: a defect of this program.
     #[error("internal error: the generated config.toml is invalid ({0}); nothing was written")]
     GeneratedConfig(String),
@@ -104,8 +118,15 @@ pub fn create_node(
     let config_path = config_dir.join(params::CONFIG_FILE_NAME);
     let config_text = render_config(node);
     // Check the text before anything is written: a config init wrote must always load.
-    Config::parse(&config_text, &config_path, config_dir, state_dir)
+    let config = Config::parse(&config_text, &config_path, config_dir, state_dir)
         .map_err(|err| NodeFilesError::GeneratedConfig(err.to_string()))?;
+    let version = node.shared_config.map_or_else(
+        || ConfigVersion {
+            number: 1,
+            by: node.node_id.clone(),
+        },
+        |shared| shared.version.clone(),
+    );
     let kek = ensure_kek(kek_source)?;
 
     for dir in [
@@ -127,6 +148,7 @@ pub fn create_node(
     for peer in node.peers {
         save_peer(config_dir, peer)?;
     }
+    config_version::save(config_dir, &version, config.shared_text())?;
     write_atomic(&config_path, config_text.as_bytes(), PRIVATE_FILE_MODE).map_err(|source| {
         NodeFilesError::Write {
             path: config_path,
@@ -153,7 +175,17 @@ pub fn ensure_no_node(config_dir: &Path) -> Result<(), NodeFilesError> {
 /// Every peer recorded under `<config-dir>/peers/`, in node-id order. A missing directory
 /// means no peers (a node set up by hand).
 pub fn load_peers(config_dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
-    let dir = config_dir.join(PEERS_DIR);
+    load_records(&config_dir.join(PEERS_DIR))
+}
+
+/// Every member recorded as removed under `<config-dir>/removed/`, in node-id order.
+pub fn load_removed(config_dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
+    load_records(&config_dir.join(REMOVED_DIR))
+}
+
+/// The member records in `dir`, one `<node-id>.toml` each.
+fn load_records(dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
+    let dir = dir.to_owned();
     let entries = match std::fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -196,7 +228,54 @@ pub fn load_peers(config_dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
 
 /// Record `peer` as `<config-dir>/peers/<node-id>.toml` (atomically, replacing what was known).
 pub fn save_peer(config_dir: &Path, peer: &PeerInfo) -> Result<(), NodeFilesError> {
-    let dir = config_dir.join(PEERS_DIR);
+    save_record(&config_dir.join(PEERS_DIR), peer)
+}
+
+/// Record `peer` as removed (`<config-dir>/removed/<node-id>.toml`), then forget it as a peer.
+/// In that order: a crash in between leaves it removed, and the stale peer file is ignored.
+pub fn save_removed(config_dir: &Path, peer: &PeerInfo) -> Result<(), NodeFilesError> {
+    save_record(&config_dir.join(REMOVED_DIR), peer)?;
+    let path = config_dir
+        .join(PEERS_DIR)
+        .join(format!("{}.toml", peer.node_id));
+    match std::fs::remove_file(&path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+            Err(NodeFilesError::Write { path, source: err })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Remember that this node was removed from the cluster by `by`: `run` refuses to start from
+/// now on.
+pub fn save_this_node_removed(config_dir: &Path, by: &NodeId) -> Result<(), NodeFilesError> {
+    let path = config_dir.join(THIS_NODE_REMOVED_FILE);
+    let text = format!(
+        "# This node was removed from the cluster; it must not run as a member again.\nby = \"{by}\"\n"
+    );
+    write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE)
+        .map_err(|source| NodeFilesError::Write { path, source })
+}
+
+/// Refuses if this node was removed from its cluster.
+pub fn ensure_not_removed(config_dir: &Path) -> Result<(), NodeFilesError> {
+    let path = config_dir.join(THIS_NODE_REMOVED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let by = text
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|table| table.get("by")?.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "a member".to_owned());
+            Err(NodeFilesError::RemovedFromCluster { path, by })
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(NodeFilesError::Read { path, source }),
+    }
+}
+
+fn save_record(dir: &Path, peer: &PeerInfo) -> Result<(), NodeFilesError> {
+    let dir = dir.to_owned();
     let path = dir.join(format!("{}.toml", peer.node_id));
     let text = toml::to_string(peer).map_err(|err| NodeFilesError::Damaged {
         path: path.clone(),
@@ -288,7 +367,8 @@ fn render_config(node: &NewNode<'_>) -> String {
     if let Some(shared) = node.shared_config {
         let _ = writeln!(
             text,
-            "\n# Shared by every node of the cluster (received when this node joined); keep it\n# the same on every node.\n{shared}"
+            "\n# Shared by every node of the cluster (received when this node joined): change it on\n# any one member (`rustbalance backend ...`, or edit and reload) and the others follow.\n{}",
+            shared.text
         );
         return text;
     }

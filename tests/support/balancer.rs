@@ -204,6 +204,20 @@ impl Balancer {
         status.is_some_and(|s| s.success())
     }
 
+    /// Wait for the node to exit on its own; its exit status, or `None` if it still runs
+    /// after `timeout` (then it is left running).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let status = self
+            .process
+            .as_mut()
+            .expect("node running")
+            .wait_exit(timeout);
+        if status.is_some() {
+            self.process = None;
+        }
+        status
+    }
+
     /// `status --json`, parsed; `None` while the daemon does not answer.
     pub fn status(&self) -> Option<serde_json::Value> {
         let output = self.run(&["status", "--json"]);

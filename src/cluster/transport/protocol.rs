@@ -824,6 +824,7 @@ fn decode(packet: &[u8]) -> Result<Message, PlaintextError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::config_sync::{ConfigVersion, SharedConfig};
     use crate::cluster::messages::PeerList;
     use crate::cluster::Priority;
 
@@ -1063,7 +1064,13 @@ mod tests {
         let accept = JoinAccept {
             assigned_priority: Priority::try_from(2).unwrap(),
             peers: Vec::new(),
-            config: "shared settings".to_owned(),
+            config: SharedConfig {
+                version: ConfigVersion {
+                    number: 1,
+                    by: network.nodes[0].id.clone(),
+                },
+                text: "shared settings".to_owned(),
+            },
             publisher: None,
             msg_id: MsgId::random(),
         };
