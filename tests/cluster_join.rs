@@ -17,6 +17,7 @@ use std::time::Duration;
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::cluster::token::JoinToken;
 use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
+use support::impostor::Impostor;
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -335,88 +336,19 @@ fn nodes_join_with_the_token_learn_each_other_and_refuse_bad_input() {
 /// the same id with another key is not admitted.
 #[test]
 fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
-    use rustbalance::clock::Timestamp;
-    use rustbalance::cluster::election::{Heartbeat, LeaseClaim};
-    use rustbalance::cluster::messages::Message;
-    use rustbalance::cluster::transport::{PeerConfig, Transport};
-    use rustbalance::cluster::wg_keys::{WgPrivateKey, WgPublicKey};
-    use rustbalance::cluster::{NodeId, Priority, Role};
-
     let root = tempfile::tempdir().unwrap();
     let port_a = free_udp_port();
     let endpoint_a = format!("127.0.0.1:{port_a}");
     let mut a = Balancer::new(root.path(), "a");
     let (printed, mut a_log) = start_first_node(&mut a, &endpoint_a, &[]);
     let token = JoinToken::decode(&token_from(&printed)).unwrap();
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let zero = NodeId::try_from("0".to_owned()).unwrap();
-    let origin = token.origin.node_id.clone();
-    let origin_key = WgPublicKey::from_bytes(token.origin.wg_pubkey);
-    let origin_addr: std::net::SocketAddr = endpoint_a.parse().unwrap();
-    let join_as_zero = |port: u16| {
-        let listen: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let zero = zero.clone();
-        let origin = origin.clone();
-        let secret = &token.cluster_secret;
-        runtime.block_on(async move {
-            let (transport, inbox) =
-                Transport::bind(listen, zero, WgPrivateKey::generate(), Vec::new(), secret)
-                    .await
-                    .unwrap();
-            let accept = transport
-                .join(
-                    origin,
-                    origin_key,
-                    origin_addr,
-                    listen.to_string().parse().unwrap(),
-                    Duration::from_secs(5),
-                )
-                .await;
-            (transport, inbox, accept)
-        })
-    };
+    let origin_addr = endpoint_a.parse().unwrap();
 
     // Admitted under id 0, with the next free priority; then it lies about its priority.
-    let (transport, _inbox, accept) = join_as_zero(free_udp_port());
+    let (impostor, accept) = Impostor::join("0", &token, origin_addr);
     let accept = accept.expect("a holder of the cluster secret is admitted");
-    assert_eq!(accept.assigned_priority, Priority::try_from(2).unwrap());
-    let first = Priority::try_from(1).unwrap();
-    runtime.block_on(async {
-        transport
-            .add_peer(PeerConfig {
-                node_id: origin.clone(),
-                public_key: origin_key,
-                endpoint: Some(origin_addr),
-            })
-            .await
-            .unwrap();
-        for _ in 0..5 {
-            let now = Timestamp::now();
-            let heartbeat = Message::Heartbeat(Heartbeat {
-                from: zero.clone(),
-                timestamp: now,
-                priority: first,
-                role: Role::Publisher,
-                can_publish: true,
-                last_publish: Some(now),
-                config_version: None,
-            });
-            transport.send(&origin, &heartbeat).await.unwrap();
-            let claim = Message::lease_claim(&LeaseClaim {
-                from: zero.clone(),
-                timestamp: now,
-                priority: first,
-            });
-            let _ = transport
-                .send_reliable(&origin, claim, Duration::from_secs(2))
-                .await;
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    });
+    assert_eq!(accept.assigned_priority.to_string(), "2");
+    impostor.claim_first_priority(5);
     a_log.wait_for(
         "from 0: 0 claims priority 1",
         "admitted with priority 2",
@@ -432,7 +364,7 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
     );
 
     // Another stranger under the same id, with its own key: not admitted.
-    let (second, _inbox, refused) = join_as_zero(free_udp_port());
+    let (_second, refused) = Impostor::join("0", &token, origin_addr);
     assert!(
         refused.is_err(),
         "a second node was admitted under a member's id"
@@ -442,10 +374,7 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
         "another WireGuard key",
         SETTLE,
     );
-    runtime.block_on(async {
-        transport.shutdown().await;
-        second.shutdown().await;
-    });
+    drop(impostor);
     assert!(a.stop_cleanly(), "a did not stop cleanly");
 }
 

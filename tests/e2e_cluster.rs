@@ -2,12 +2,19 @@
 //! `init`, two `join`s with the real token, WireGuard over UDP on 127.0.0.1) in front of two
 //! C-tor backends.
 //!
-//! 1. The first node publishes; the others join as standbys.
+//! 1. The first node publishes; the others join as standbys (one with the token as an
+//!    argument, one with `--token-file`). An impostor that holds the cluster secret joins
+//!    as `0` and claims priority 1: refused by every member, the publisher stays, and
+//!    `rustbalance remove 0` takes it out.
 //! 2. The publisher is killed with SIGKILL: the best standby takes over within
 //!    `publisher_timeout + takeover_grace` and a few seconds, its descriptor is on the HSDirs
 //!    (read back through Arti: a newer revision listing both backends), and the C-tor client
 //!    still reaches both backends through the master address.
-//! 3. The old publisher comes back: it stays a standby (no flapping).
+//!    While the old publisher is down, `rustbalance backend add` on a standby: every member
+//!    runs the new version within a few heartbeats and the publisher's next upload lists the
+//!    new backend; `backend exclude` on the publisher takes it out again.
+//! 3. The old publisher comes back: it stays a standby (no flapping), and it caught up with
+//!    the shared configuration changed while it was down.
 //! 4. The new publisher stops cleanly: it releases the lease and the best remaining node (the
 //!    returned first node, priority 1) takes over at once, without waiting for the grace.
 //! 5. The publisher's Tor is cut (every TCP packet it sends dropped) while its cluster traffic
@@ -19,7 +26,9 @@
 //! 6. A partition (the publisher's cluster port cut both ways, Tor intact): each side
 //!    publishes; healed, one publisher within a few heartbeats and the HSDirs hold the newest
 //!    revision.
-//! 7. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
+//! 7. `rustbalance remove` of a member that is down: when it returns it is told, stops, and
+//!    refuses to start again.
+//! 8. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
 //!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
 //!    appears in any log or status report.
 
@@ -29,11 +38,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::time::{Duration, Instant};
 
+use rustbalance::cluster::token::JoinToken;
 use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
 use support::balancer::{free_udp_port, Balancer, LogWatcher};
 use support::firewall::{NodeCgroup, UdpPortCut};
+use support::impostor::Impostor;
 use support::master::{fetch_until_seen, Observer};
 use support::secrets::{assert_no_secret, Secret};
 use support::{NetworkOptions, TorNetwork};
@@ -99,6 +110,9 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         .expect("backend alpha");
     net.add_backend("beta", Some(&master_onion))
         .expect("backend beta");
+    // Added to the cluster later, with `rustbalance backend add`.
+    net.add_backend("gamma", Some(&master_onion))
+        .expect("backend gamma");
     let config_path = a.config_dir().join("config.toml");
     let mut config = fs::read_to_string(&config_path).unwrap();
     config.push_str(&format!(
@@ -131,10 +145,17 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     let mut b = Balancer::new(&root, "b");
     let mut c = Balancer::new(&root, "c");
     let mut statuses = Vec::new();
-    for (node, port) in [(&mut b, ports[1]), (&mut c, ports[2])] {
+    let token_file = root.join("token");
+    fs::write(&token_file, format!("{token}\n")).unwrap();
+    for (node, port, by_file) in [(&mut b, ports[1], false), (&mut c, ports[2], true)] {
         node.set_env("RUST_LOG", "debug");
         let mut args = node_args("join", port);
-        args.insert(1, token.clone());
+        if by_file {
+            args.insert(1, "--token-file".into());
+            args.insert(2, token_file.display().to_string());
+        } else {
+            args.insert(1, token.clone());
+        }
         node.start(&as_strs(&args));
         statuses.push(node.wait_status("standby following a", START_TIMEOUT, following_a));
     }
@@ -142,6 +163,45 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     assert_eq!(b_status["priority"], 2);
     assert_eq!(c_status["priority"], 3);
     let b_id = b_status["node_id"].clone();
+
+    fs::remove_file(&token_file).unwrap();
+
+    // An impostor with the cluster secret joins through a as 0 and claims priority 1.
+    let decoded = JoinToken::decode(&token).unwrap();
+    let (impostor, accept) = Impostor::join(
+        "0",
+        &decoded,
+        format!("127.0.0.1:{}", ports[0]).parse().unwrap(),
+    );
+    assert!(accept.is_ok(), "a holder of the cluster secret is admitted");
+    let mut a_log = LogWatcher::from_end(a.log_path());
+    impostor.claim_first_priority(10);
+    a_log.wait_for(
+        "from 0: 0 claims priority 1",
+        "admitted with priority",
+        START_TIMEOUT,
+    );
+    for node in [&a, &b, &c] {
+        node.wait_status("the cluster still following a", START_TIMEOUT, |status| {
+            status["publisher"] == a_id
+        });
+    }
+    assert_eq!(a.status().expect("status of a")["role"], "publisher");
+    let removed = a.run(&["remove", "0"]);
+    assert!(
+        removed.status.success(),
+        "remove 0: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    drop(impostor);
+    let no_impostor = |status: &serde_json::Value| {
+        status["peers"]
+            .as_array()
+            .is_some_and(|peers| peers.iter().all(|peer| peer["node_id"] != "0"))
+    };
+    for node in [&a, &b, &c] {
+        node.wait_status("0 removed", START_TIMEOUT, no_impostor);
+    }
 
     let master: OnionAddress = master_onion.parse().unwrap();
     let observer = Observer::start(&config, &root.join("observer"));
@@ -208,6 +268,40 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         "after the failover the master address should still lead to both backends"
     );
 
+    // 2b. While a is down, a standby adds a backend: the publisher's next upload lists it.
+    let added_at = Instant::now();
+    let added = c.run(&["backend", "add", "gamma", &net.backend_onion("gamma")]);
+    assert!(
+        added.status.success(),
+        "backend add: {}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let version_of = |node: &Balancer| node.status().expect("status")["config_version"].clone();
+    let added_version = version_of(&c);
+    b.wait_status("b on c's version", START_TIMEOUT, |status| {
+        status["config_version"] == added_version
+    });
+    let everywhere = added_at.elapsed();
+    b_log.wait_for("published descriptor", "from 3 backend(s)", START_TIMEOUT);
+    eprintln!(
+        "measured: backend add on a standby -> every running member on the new version after {:.1} s, the publisher's descriptor with the new backend accepted after {:.1} s (heartbeat {HEARTBEAT_INTERVAL_SECS} s, health interval {HEALTH_INTERVAL_SECS} s)",
+        everywhere.as_secs_f64(),
+        added_at.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta", "gamma"]),
+        ["alpha", "beta", "gamma"]
+    );
+    // And out again, on the publisher this time.
+    let excluded = b.run(&["backend", "exclude", "gamma"]);
+    assert!(
+        excluded.status.success(),
+        "backend exclude: {}",
+        String::from_utf8_lossy(&excluded.stderr)
+    );
+    let cluster_version = version_of(&b);
+    b_log.wait_for("published descriptor", "from 2 backend(s)", START_TIMEOUT);
+
     // 3. The old publisher returns and stays a standby. It runs in a cgroup of its own from
     // now on, so that step 5 can cut its TCP.
     let a_cgroup = NodeCgroup::create("a").expect("a cgroup for node a");
@@ -218,6 +312,15 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         status["role"] == "standby" && status["publisher"] == b_id && status["can_publish"] == true
     };
     a.wait_status("returned node following b", START_TIMEOUT, following_b);
+    // It missed two versions of the shared configuration while it was down.
+    a.wait_status("returned node caught up", START_TIMEOUT, |status| {
+        status["config_version"] == cluster_version
+            && status["backends"].as_array().is_some_and(|backends| {
+                backends
+                    .iter()
+                    .any(|backend| backend["name"] == "gamma" && backend["state"] == "excluded")
+            })
+    });
     std::thread::sleep(Duration::from_secs(
         PUBLISHER_TIMEOUT_SECS + TAKEOVER_GRACE_SECS + 2,
     ));
@@ -326,7 +429,27 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         }
     }
 
-    // 7. The leak audit, over everything the nodes printed and reported.
+    // 7. b (stopped in step 4) is removed while down; when it returns it is told and stops.
+    let b_id_text = b_id.as_str().expect("b's id").to_owned();
+    let removed = a.run(&["remove", &b_id_text]);
+    assert!(
+        removed.status.success(),
+        "remove b: {}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    b.start(&["run"]);
+    let exit = b
+        .wait_exit(START_TIMEOUT)
+        .expect("the removed node stops on its own");
+    assert!(!exit.success(), "a removed node exits with an error");
+    let again = b.run(&["run"]);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("removed from the cluster"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // 8. The leak audit, over everything the nodes printed and reported.
     let mut texts = Vec::new();
     for (name, node) in [("a", &a), ("c", &c)] {
         for args in [&["status"][..], &["status", "--json"][..]] {

@@ -16,6 +16,7 @@
 //! - [`master`]: fetches through the master address, and an Arti observer of its descriptor.
 //! - [`balancer`]: RustBalance nodes as processes of the built binary, and a log watcher.
 //! - [`firewall`]: one process's TCP cut off (cgroup v2 and iptables) while its UDP flows.
+//! - [`impostor`]: a holder of the cluster secret that joins and lies about its priority.
 //! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
 #![allow(dead_code)]
 
@@ -25,6 +26,8 @@ pub mod balancer;
 #[cfg(test)]
 pub mod firewall;
 pub mod http;
+#[cfg(test)]
+pub mod impostor;
 #[cfg(test)]
 pub mod master;
 pub mod process;
