@@ -27,6 +27,12 @@ pub const MAX_RELIABLE_WAIT: Duration = Duration::from_secs(60);
 /// of trouble on the Tor side without giving up the lease at the first hiccup, and stays far
 /// below the descriptors' 180-minute lifetime, so clients never see the master address vanish.
 pub const DEFAULT_UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(10 * 60);
+/// How long the master descriptor may be missing from the HSDirs a node reads it back from
+/// (or list backends that node does not find healthy) before its publisher counts as failed
+/// and hands the lease over, even while its heartbeats go on (`timing.hsdir_failure_secs`).
+/// Three default health rounds: a publisher that just took over, or whose healthy set is one
+/// round behind a standby's, is served again well within that.
+pub const DEFAULT_HSDIR_FAILURE: Duration = Duration::from_secs(15 * 60);
 /// How long the embedded Tor client may go without a live consensus, or (with backends
 /// configured) without any HSDir answering a fetch or accepting an upload, before it is rebuilt
 /// (`timing.tor_stall_secs`). Three default health rounds: one failed round is bad luck, three

@@ -24,12 +24,16 @@
 //! 1. Lease: once nothing has failed for [`SETTLE`] (counted from a node's next health round
 //!    when its Tor stopped reaching the network: that is when it can know), every connected
 //!    group of running nodes that contains a node able to reach Tor has exactly one lease
-//!    holder, and that holder can reach Tor.
+//!    holder, and that holder can reach Tor. (Once a publish loop wedged, add the read-back's
+//!    detection bound, as in 4.)
 //! 2. A node never uploads while its election does not make it the publisher.
 //! 3. The revisions an HSDir accepts for a period strictly increase.
 //! 4. The master descriptor the responsible HSDirs serve for the current period lists only
 //!    backends alive within [`health_bound`] of now, whenever a backend has been alive all
-//!    that time (with no backend alive, nothing better can be published).
+//!    that time (with no backend alive, nothing better can be published). Once a publisher's
+//!    publish loop wedged (it heartbeats and says it can publish, but uploads nothing), the
+//!    bound grows by [`HSDIR_FAILURE`] and a health round: only the read-back of the HSDirs
+//!    (`cluster::outcome`) can notice that.
 //! 5. Once settled as in 1, with no partition (partitioned groups each publish, and may race
 //!    each other at the HSDirs), the HSDirs do not refuse the lease holder's uploads: after a
 //!    failover from a node whose clock ran ahead, the new publisher's revisions must still be
@@ -61,6 +65,7 @@ use rustbalance::cluster::ability::PublishAbility;
 use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role};
 use rustbalance::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
 use rustbalance::cluster::messages;
+use rustbalance::cluster::outcome::{ReadBack, ServedWatch};
 use rustbalance::cluster::{NodeId, Priority};
 use rustbalance::config::{BackendConfig, BackendName};
 use rustbalance::descriptor::build::{BuildError, DescriptorParams};
@@ -70,7 +75,9 @@ use rustbalance::health::state::{HealthPolicy, Observation};
 use rustbalance::health::{Check, HealthMonitor, HealthyBackends};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
-use rustbalance::publish::plan::{HeldCopy, HsDirCopies, PublishPlan, UploadResult};
+use rustbalance::publish::plan::{
+    judge_read_back, HeldCopy, HsDirCopies, PublishPlan, UploadResult,
+};
 use rustbalance::publish::publish_due;
 use rustbalance::storage::state::SavedState;
 use rustbalance::tor::{
@@ -105,6 +112,9 @@ const HEALTH_INTERVAL: Millis = 10 * SECOND;
 const PUBLISH_INTERVAL: Duration = Duration::from_secs(60);
 const UPLOAD_FAILURE_RELEASE: Duration = Duration::from_secs(60);
 const TOR_STALL: Duration = Duration::from_secs(40);
+/// How long the master descriptor may be missing or wrong on the HSDirs before its publisher
+/// counts as failed (`timing.hsdir_failure_secs`).
+const HSDIR_FAILURE: Duration = Duration::from_secs(30);
 const DESCRIPTOR_MAX_AGE: Duration = Duration::from_secs(180 * 60);
 /// How long a node takes to bootstrap Tor after a (re)start.
 const BOOTSTRAP: Millis = 2 * SECOND;
@@ -218,6 +228,9 @@ enum Fault {
     RestartWithClock(usize, i64),
     BackendDies(usize),
     BackendReturns(usize),
+    /// A node's publish loop hangs (a bug): it uploads nothing, while its heartbeats, health
+    /// checks and read-back go on. A restart cures it.
+    PublishWedged(usize),
 }
 
 struct Scenario {
@@ -314,6 +327,19 @@ const SCENARIOS: &[Scenario] = &[
         backends: 2,
         duration: 6 * MINUTE,
         script: &[(60 * SECOND, Fault::BackendDies(1))],
+        random: false,
+    },
+    Scenario {
+        name: "publish_loop_wedged",
+        nodes: 3,
+        backends: 2,
+        duration: 6 * MINUTE,
+        script: &[
+            // The publisher's uploads stop; then a backend dies, and only the HSDirs' copies
+            // (which keep listing it) show that the publisher no longer does its work.
+            (60 * SECOND, Fault::PublishWedged(0)),
+            (90 * SECOND, Fault::BackendDies(1)),
+        ],
         random: false,
     },
     Scenario {
@@ -476,6 +502,8 @@ struct NodeCore {
     publish_now: bool,
     /// The outcome of its last upload attempt (invariant 5).
     last_upload: UploadResult,
+    /// Its publish loop hangs (`Fault::PublishWedged`).
+    publish_wedged: bool,
 }
 
 struct SimNode {
@@ -520,6 +548,9 @@ struct World {
     /// Extra loss of heartbeats, in a loss episode.
     loss: f64,
     last_fault: Millis,
+    /// Added to invariant 4's bound, and to invariant 1's settling time, once a publish loop
+    /// wedged.
+    listing_bound_extra: Millis,
     violation: Option<String>,
     master: OnionAddress,
 }
@@ -765,6 +796,7 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
         partition: None,
         loss: 0.0,
         last_fault: START,
+        listing_bound_extra: 0,
         violation: None,
         master,
     });
@@ -844,6 +876,12 @@ fn apply(world: &RefCell<World>, fault: Fault) {
             b.since = now;
             b.rotate(backend, now);
         }
+        Fault::PublishWedged(node) => {
+            if let Some(core) = w.nodes[node].core.as_mut() {
+                core.publish_wedged = true;
+            }
+            w.listing_bound_extra = millis(HSDIR_FAILURE) + 2 * HEALTH_INTERVAL;
+        }
     }
 }
 
@@ -891,7 +929,11 @@ fn start_node(world: &RefCell<World>, node: usize) {
     }
     let backends = w.backends.len();
     let core = NodeCore {
-        lease: LeaseCore::new(election, PublishAbility::new(UPLOAD_FAILURE_RELEASE)),
+        lease: LeaseCore::new(
+            election,
+            PublishAbility::new(UPLOAD_FAILURE_RELEASE),
+            ServedWatch::new(HSDIR_FAILURE),
+        ),
         plan,
         health: HealthMonitor::with_backends(
             &backend_configs(backends),
@@ -913,6 +955,7 @@ fn start_node(world: &RefCell<World>, node: usize) {
         publish_due_at: None,
         publish_now: false,
         last_upload: UploadResult::NothingDue,
+        publish_wedged: false,
     };
     w.nodes[node].core = Some(core);
     w.nodes[node].bootstrapped_at = now + BOOTSTRAP;
@@ -1168,19 +1211,51 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         if core.healthy.as_ref() != Some(&healthy) {
             core.publish_now = true;
         }
+        // The daemon judges the read-back against the same healthy set.
+        let healthy_ids: BTreeSet<String> = healthy
+            .iter()
+            .flat_map(|(_, ips)| ips.iter().cloned())
+            .collect();
+        let read_back = judge_read_back(&copies, &healthy_ids);
+        let note = (read_back != ReadBack::Served).then(|| {
+            let held: Vec<String> = copies
+                .iter()
+                .map(|period| {
+                    let newest = period.newest();
+                    format!(
+                        "period {}: {} of {} hold {:?}",
+                        period.period,
+                        newest.len(),
+                        period.answered.len(),
+                        newest.first()
+                    )
+                })
+                .collect();
+            format!("node {node} read-back: {read_back:?}: {held:?}")
+        });
         core.healthy = Some(healthy);
         let reached = core.health.reached_last_round();
         if reached > 0 {
             core.stall.progress(at);
         }
-        (core.health.checked_last_round(), reached)
+        (core.health.checked_last_round(), reached, read_back, note)
     };
-    let (checked, reached) = reached;
+    let (checked, reached, read_back, note) = reached;
+    if let Some(note) = note {
+        world.borrow().trace(|| note);
+    }
+    let at = Timestamp::from_unix_millis(clock);
     lease_input(
         world,
         node,
         LeaseInput::Local(LocalEvent::HealthRound { checked, reached }),
-        Timestamp::from_unix_millis(clock),
+        at,
+    );
+    lease_input(
+        world,
+        node,
+        LeaseInput::Local(LocalEvent::ReadBack(read_back)),
+        at,
     );
 }
 
@@ -1192,7 +1267,12 @@ fn publish_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         let boundary = now % (PERIOD / 2) < STEP;
         let core = w.nodes[node].core.as_mut().unwrap();
         let due = core.publish_now || boundary || core.publish_due_at.is_some_and(|at| clock >= at);
-        let (true, true, Some(healthy)) = (core.publishing, due, core.healthy.clone()) else {
+        let (true, true, false, Some(healthy)) = (
+            core.publishing,
+            due,
+            core.publish_wedged,
+            core.healthy.clone(),
+        ) else {
             return;
         };
         core.publish_now = false;
@@ -1285,7 +1365,9 @@ fn check_invariants(world: &RefCell<World>) {
     let mut w = world.borrow_mut();
     let now = w.now;
     // A loss episode is a fault while it lasts.
-    if now < w.last_fault + SETTLE || now < START + SETTLE || w.loss > 0.0 {
+    // A wedged publish loop shows only once the read-back judged it: the lease settles after.
+    let settle = SETTLE + w.listing_bound_extra;
+    if now < w.last_fault + settle || now < START + SETTLE || w.loss > 0.0 {
         return;
     }
     check_one_lease_per_group(&mut w);
@@ -1352,7 +1434,7 @@ fn check_one_lease_per_group(w: &mut World) {
 /// Invariant 4.
 fn check_listed_backends_alive(w: &mut World) {
     let now = w.now;
-    let bound = health_bound();
+    let bound = health_bound() + w.listing_bound_extra;
     let some_alive_long_enough = w.backends.iter().any(|b| b.alive && now >= b.since + bound);
     if !some_alive_long_enough {
         return;

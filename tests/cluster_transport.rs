@@ -119,6 +119,7 @@ impl Node {
             last_publish: None,
             can_publish: true,
             config_version: None,
+            publisher_not_served: None,
         })
     }
 

@@ -33,8 +33,11 @@ pub struct PublishAbility {
     release_after: Duration,
     /// The first failed upload since the last success.
     failing_since: Option<Timestamp>,
-    /// When uploads had failed for `release_after` and this node gave up the ability.
+    /// When uploads had failed for `release_after` (or the HSDirs did not serve this node's
+    /// descriptor) and this node gave up the ability.
     gave_up_at: Option<Timestamp>,
+    /// It gave up because the HSDirs did not serve its descriptor, not for failed uploads.
+    gave_up_not_served: bool,
 }
 
 impl PublishAbility {
@@ -47,6 +50,7 @@ impl PublishAbility {
             release_after,
             failing_since: None,
             gave_up_at: None,
+            gave_up_not_served: false,
         }
     }
 
@@ -122,6 +126,7 @@ impl PublishAbility {
         {
             self.failing_since = None;
             self.gave_up_at = Some(now);
+            self.gave_up_not_served = false;
         }
         self.tor_ready
             && !self.awaiting_hsdir
@@ -129,9 +134,18 @@ impl PublishAbility {
             && self.gave_up_at.is_none()
     }
 
+    /// The HSDirs have not served this node's descriptor for the `hsdir_failure` bound,
+    /// though its uploads seemed to work: it gives up as if its uploads had failed (it counts
+    /// as able again after one more release period and a health round that reached an HSDir).
+    pub fn not_served(&mut self, now: Timestamp) {
+        self.failing_since = None;
+        self.gave_up_at = Some(now);
+        self.gave_up_not_served = true;
+    }
+
     /// Whether the node gave up because its uploads kept failing.
     pub fn gave_up(&self) -> bool {
-        self.gave_up_at.is_some()
+        self.gave_up_at.is_some() && !self.gave_up_not_served
     }
 }
 

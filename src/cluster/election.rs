@@ -123,6 +123,11 @@ pub struct Heartbeat {
     /// ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_version: Option<ConfigVersion>,
+    /// The publisher whose descriptor the sender has not found on the HSDirs for the whole
+    /// `hsdir_failure` bound (`outcome`): that publisher gives the lease up. Set by the lease
+    /// core; the election ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publisher_not_served: Option<NodeId>,
 }
 
 /// "I am the publisher from now on", sent when taking the lease and to answer a weaker rival.
@@ -268,6 +273,10 @@ pub enum Warning {
     /// Every upload of this node has failed for `upload_failure_release`: it leaves the lease
     /// to a standby whose Tor works (raised by the lease core).
     UploadsFailingTooLong,
+    /// The descriptor this node publishes has not been on the HSDirs for the `hsdir_failure`
+    /// bound, as `seen_by` (this node or a standby) read them back: it leaves the lease
+    /// (raised by the lease core).
+    DescriptorNotServed { seen_by: NodeId },
 }
 
 impl Warning {
@@ -276,6 +285,7 @@ impl Warning {
         match self {
             Warning::DuplicateNodeId(id) | Warning::ClockSkew { from: id, .. } => Some(id),
             Warning::UploadsFailingTooLong => None,
+            Warning::DescriptorNotServed { seen_by } => Some(seen_by),
         }
     }
 }
@@ -295,6 +305,12 @@ impl fmt::Display for Warning {
                  revision counter of a new publisher does",
                 off.as_secs_f64(),
                 allowed.as_secs()
+            ),
+            Warning::DescriptorNotServed { seen_by } => write!(
+                f,
+                "the HSDirs have not served the descriptor this node publishes for too long \
+                 (seen by {seen_by} reading it back): this node leaves the lease to a standby \
+                 and counts as able to publish again once its Tor has shown that it works"
             ),
             Warning::UploadsFailingTooLong => f.write_str(
                 "every upload of this node has failed for too long: it leaves the lease to a \
@@ -733,6 +749,7 @@ impl Election {
             can_publish: self.can_publish,
             last_publish: self.last_publish,
             config_version: None,
+            publisher_not_served: None,
         }
     }
 
@@ -804,6 +821,7 @@ mod tests {
             can_publish: true,
             last_publish: None,
             config_version: None,
+            publisher_not_served: None,
         }))
     }
 
@@ -1172,6 +1190,7 @@ mod tests {
             can_publish: true,
             last_publish: Some(at(8)),
             config_version: None,
+            publisher_not_served: None,
         };
         b.handle(Event::Heard(LeaseMessage::Heartbeat(uploaded)), at(10));
         let a_view = |secs| {
@@ -1215,6 +1234,7 @@ mod tests {
             descriptor_max_age: Duration::from_secs(7),
             upload_failure_release: Duration::from_secs(8),
             tor_stall: Duration::from_secs(9),
+            hsdir_failure: Duration::from_secs(10),
         };
         let timing = ElectionTiming::from(&config);
         assert_eq!(timing.heartbeat_interval, Duration::from_secs(2));

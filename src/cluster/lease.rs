@@ -10,11 +10,18 @@
 //! while it published (found by the whole-cluster simulator: a standby that once lost an upload
 //! race gave up its ability `upload_failure_release` later, for no fault of its Tor). It takes
 //! `now` with every input and returns the election's actions.
+//!
+//! It also judges the publisher by outcome ([`ServedWatch`]): the read-back of each health
+//! round goes to the watch; a standby that finds the publisher's descriptor not served for the
+//! bound says so in its heartbeats, and a publisher that is told so (or sees it itself) gives up
+//! its ability as after failed uploads, so the election hands the lease over.
 
 use std::time::Duration;
 
 use super::ability::PublishAbility;
 use super::election::{Action, Election, ElectionTiming, Event, LeaseMessage, Warning};
+use super::outcome::{ReadBack, ServedWatch};
+use super::{NodeId, Role};
 use crate::clock::Timestamp;
 
 /// What the Tor side of a node reports about itself.
@@ -33,6 +40,8 @@ pub enum LocalEvent {
     UploadsFailed,
     /// A health round checked `checked` backends; for `reached` of them some HSDir answered.
     HealthRound { checked: usize, reached: usize },
+    /// What the round's read-back of the master descriptor showed (`outcome`).
+    ReadBack(ReadBack),
 }
 
 /// An input of the lease core.
@@ -55,29 +64,71 @@ pub enum LeaseInput {
 pub struct LeaseCore {
     election: Election,
     ability: PublishAbility,
+    served: ServedWatch,
 }
 
 impl LeaseCore {
-    pub fn new(election: Election, ability: PublishAbility) -> Self {
-        LeaseCore { election, ability }
+    pub fn new(election: Election, ability: PublishAbility, served: ServedWatch) -> Self {
+        LeaseCore {
+            election,
+            ability,
+            served,
+        }
     }
 
     /// Feed one input at `now`; returns what the election decided.
     pub fn handle(&mut self, input: LeaseInput, now: Timestamp) -> Vec<Action> {
         let mut actions = match input {
             LeaseInput::Tick => self.election.handle(Event::Tick, now),
-            LeaseInput::Heard(message) => self.election.handle(Event::Heard(message), now),
+            LeaseInput::Heard(message) => {
+                let accuser = match &message {
+                    LeaseMessage::Heartbeat(heartbeat)
+                        if heartbeat.publisher_not_served.as_ref() == Some(self.election.me()) =>
+                    {
+                        Some(heartbeat.from.clone())
+                    }
+                    _ => None,
+                };
+                let mut actions = self.election.handle(Event::Heard(message), now);
+                if let Some(seen_by) = accuser {
+                    actions.extend(self.not_served(seen_by, now));
+                }
+                actions
+            }
             LeaseInput::Shutdown => return self.election.handle(Event::Shutdown, now),
             LeaseInput::MemberRemoved(member) => {
                 self.election.handle(Event::MemberRemoved(member), now)
             }
             LeaseInput::Local(event) => self.local(event, now),
         };
+        let failed = self
+            .served
+            .failed_publisher(self.election.publisher(now), now)
+            .cloned();
+        if failed.as_ref() == Some(self.election.me()) {
+            actions.extend(self.not_served(self.election.me().clone(), now));
+        }
         actions.extend(self.update_ability(now));
         if actions.contains(&Action::StopPublishing) {
             self.ability.stopped_publishing();
         }
+        // Standbys say which publisher's descriptor they find missing, so that it steps down.
+        for action in &mut actions {
+            if let Action::BroadcastHeartbeat(heartbeat) = action {
+                heartbeat.publisher_not_served = failed.clone();
+            }
+        }
         actions
+    }
+
+    /// `seen_by` finds this node's descriptor missing from the HSDirs: while it publishes, it
+    /// stops counting as able to, and the election hands the lease over.
+    fn not_served(&mut self, seen_by: NodeId, now: Timestamp) -> Vec<Action> {
+        if self.election.role() != Role::Publisher {
+            return Vec::new();
+        }
+        self.ability.not_served(now);
+        vec![Action::Warn(Warning::DescriptorNotServed { seen_by })]
     }
 
     fn local(&mut self, event: LocalEvent, now: Timestamp) -> Vec<Action> {
@@ -92,6 +143,10 @@ impl LeaseCore {
             LocalEvent::UploadsFailed => self.ability.upload_failed(now),
             LocalEvent::HealthRound { checked, reached } => {
                 self.ability.health_round(checked, reached, now)
+            }
+            LocalEvent::ReadBack(read_back) => {
+                let publisher = self.election.publisher(now).cloned();
+                self.served.observe(read_back, publisher.as_ref(), now);
             }
         }
         Vec::new()
@@ -120,18 +175,26 @@ impl LeaseCore {
     }
 
     /// New intervals (a configuration reload).
-    pub fn set_timing(&mut self, timing: ElectionTiming, upload_failure_release: Duration) {
+    pub fn set_timing(
+        &mut self,
+        timing: ElectionTiming,
+        upload_failure_release: Duration,
+        hsdir_failure: Duration,
+    ) {
         self.election.set_timing(timing);
         self.ability.set_release_after(upload_failure_release);
+        self.served.set_bound(hsdir_failure);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::{NodeId, Priority, Role};
+    use crate::cluster::election::Heartbeat;
+    use crate::cluster::Priority;
 
     const RELEASE: Duration = Duration::from_secs(600);
+    const HSDIR_FAILURE: Duration = Duration::from_secs(900);
 
     fn at(secs: u64) -> Timestamp {
         Timestamp::from_unix_secs(1_700_000_000 + secs)
@@ -141,7 +204,11 @@ mod tests {
         let me = NodeId::try_from("node-a".to_owned()).unwrap();
         let priority = Priority::try_from(1).unwrap();
         let election = Election::new(me, priority, [], ElectionTiming::default(), at(0));
-        LeaseCore::new(election, PublishAbility::new(RELEASE))
+        LeaseCore::new(
+            election,
+            PublishAbility::new(RELEASE),
+            ServedWatch::new(HSDIR_FAILURE),
+        )
     }
 
     #[test]
@@ -168,5 +235,134 @@ mod tests {
         );
         lease.handle(LeaseInput::Local(LocalEvent::UploadsAccepted), at(700));
         assert!(lease.election().can_publish());
+    }
+
+    fn node(name: &str, priority: u32) -> LeaseCore {
+        let me = NodeId::try_from(name.to_owned()).unwrap();
+        let peers = [("a", 1), ("b", 2)].into_iter().map(|(n, p)| {
+            (
+                NodeId::try_from(n.to_owned()).unwrap(),
+                Priority::try_from(p).unwrap(),
+            )
+        });
+        let timing = ElectionTiming::default();
+        let election = Election::new(
+            me,
+            Priority::try_from(priority).unwrap(),
+            peers,
+            timing,
+            at(0),
+        );
+        let mut lease = LeaseCore::new(
+            election,
+            PublishAbility::new(RELEASE),
+            ServedWatch::new(HSDIR_FAILURE),
+        );
+        lease.handle(LeaseInput::Local(LocalEvent::TorReady), at(0));
+        lease
+    }
+
+    /// Run `a` (priority 1) and `b` from `from` until `until`, every heartbeat (whichever
+    /// input made it) reaching the other node; returns b's heartbeats.
+    fn exchange(a: &mut LeaseCore, b: &mut LeaseCore, from: u64, until: u64) -> Vec<Heartbeat> {
+        let mut from_b = Vec::new();
+        let mut to_a: Vec<Heartbeat> = Vec::new();
+        let mut to_b: Vec<Heartbeat> = Vec::new();
+        let heartbeats = |actions: Vec<Action>, out: &mut Vec<Heartbeat>| {
+            out.extend(actions.into_iter().filter_map(|action| match action {
+                Action::BroadcastHeartbeat(heartbeat) => Some(heartbeat),
+                _ => None,
+            }));
+        };
+        for secs in from..until {
+            heartbeats(a.handle(LeaseInput::Tick, at(secs)), &mut to_b);
+            heartbeats(b.handle(LeaseInput::Tick, at(secs)), &mut to_a);
+            for heartbeat in std::mem::take(&mut to_b) {
+                heartbeats(
+                    b.handle(
+                        LeaseInput::Heard(LeaseMessage::Heartbeat(heartbeat)),
+                        at(secs),
+                    ),
+                    &mut to_a,
+                );
+            }
+            for heartbeat in std::mem::take(&mut to_a) {
+                from_b.push(heartbeat.clone());
+                heartbeats(
+                    a.handle(
+                        LeaseInput::Heard(LeaseMessage::Heartbeat(heartbeat)),
+                        at(secs),
+                    ),
+                    &mut to_b,
+                );
+            }
+        }
+        from_b
+    }
+
+    #[test]
+    fn a_standby_that_finds_the_descriptor_missing_makes_the_publisher_step_down() {
+        let (mut a, mut b) = (node("a", 1), node("b", 2));
+        exchange(&mut a, &mut b, 0, 200);
+        assert_eq!(a.election().role(), Role::Publisher);
+        // b's read-back finds nothing on the HSDirs, round after round, while a heartbeats.
+        let mut said = Vec::new();
+        for round in 1..=5 {
+            b.handle(
+                LeaseInput::Local(LocalEvent::ReadBack(ReadBack::Missing)),
+                at(round * 200),
+            );
+            said = exchange(&mut a, &mut b, round * 200, round * 200 + 200);
+            if a.election().role() == Role::Standby {
+                break;
+            }
+        }
+        assert!(
+            said.iter()
+                .any(|h| h.publisher_not_served.as_ref().map(NodeId::as_str) == Some("a")),
+            "{said:?}"
+        );
+        assert!(
+            !a.election().can_publish(),
+            "a still counts as able to publish"
+        );
+        let after = 1400;
+        exchange(&mut a, &mut b, 1200, after);
+        assert_eq!(b.election().role(), Role::Publisher);
+        assert_eq!(a.election().role(), Role::Standby);
+        // b's next read-back is about b, and starts over: nobody is blamed now.
+        b.handle(
+            LeaseInput::Local(LocalEvent::ReadBack(ReadBack::Served)),
+            at(after),
+        );
+        let said = exchange(&mut a, &mut b, after, after + 60);
+        assert!(!said.is_empty());
+        assert!(
+            said.iter().all(|h| h.publisher_not_served.is_none()),
+            "{said:?}"
+        );
+    }
+
+    #[test]
+    fn a_publisher_that_finds_its_own_descriptor_missing_steps_down() {
+        let (mut a, mut b) = (node("a", 1), node("b", 2));
+        exchange(&mut a, &mut b, 0, 200);
+        a.handle(
+            LeaseInput::Local(LocalEvent::ReadBack(ReadBack::Missing)),
+            at(200),
+        );
+        a.handle(
+            LeaseInput::Local(LocalEvent::ReadBack(ReadBack::Missing)),
+            at(500),
+        );
+        let actions = a.handle(LeaseInput::Tick, at(200 + HSDIR_FAILURE.as_secs()));
+        assert!(
+            actions
+                .iter()
+                .any(|action| matches!(action, Action::Warn(Warning::DescriptorNotServed { .. }))),
+            "{actions:?}"
+        );
+        exchange(&mut a, &mut b, 1100, 1300);
+        assert_eq!(b.election().role(), Role::Publisher);
     }
 }

@@ -417,6 +417,7 @@ mod tests {
                     number: 3,
                     by: node("beta"),
                 }),
+                publisher_not_served: Some(node("gamma")),
             }),
             Message::lease_claim(&LeaseClaim {
                 from: node("alpha"),
@@ -491,6 +492,7 @@ mod tests {
                 "last_publish_ts": 1_699_999_990u64,
                 "can_publish": true,
                 "config_version": { "number": 3, "by": "beta" },
+                "publisher_not_served": "gamma",
             })
         );
     }

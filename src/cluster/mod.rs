@@ -11,6 +11,7 @@ pub mod lease;
 pub(crate) mod log_limit;
 pub mod membership;
 pub mod messages;
+pub mod outcome;
 pub mod secret;
 pub mod token;
 pub mod transport;

@@ -199,6 +199,7 @@ pub struct TimingConfig {
     pub descriptor_max_age: Duration,
     pub upload_failure_release: Duration,
     pub tor_stall: Duration,
+    pub hsdir_failure: Duration,
 }
 
 impl Default for TimingConfig {
@@ -213,6 +214,7 @@ impl Default for TimingConfig {
             descriptor_max_age: params::DEFAULT_DESCRIPTOR_MAX_AGE,
             upload_failure_release: params::DEFAULT_UPLOAD_FAILURE_RELEASE,
             tor_stall: params::DEFAULT_TOR_STALL,
+            hsdir_failure: params::DEFAULT_HSDIR_FAILURE,
         }
     }
 }
@@ -248,6 +250,7 @@ struct TimingFile {
     descriptor_max_age_secs: Seconds,
     upload_failure_release_secs: Seconds,
     tor_stall_secs: Seconds,
+    hsdir_failure_secs: Seconds,
 }
 
 impl Default for TimingFile {
@@ -263,6 +266,7 @@ impl Default for TimingFile {
             descriptor_max_age_secs: Seconds(d.descriptor_max_age),
             upload_failure_release_secs: Seconds(d.upload_failure_release),
             tor_stall_secs: Seconds(d.tor_stall),
+            hsdir_failure_secs: Seconds(d.hsdir_failure),
         }
     }
 }
@@ -372,7 +376,18 @@ impl Config {
             descriptor_max_age: file.timing.descriptor_max_age_secs.0,
             upload_failure_release: file.timing.upload_failure_release_secs.0,
             tor_stall: file.timing.tor_stall_secs.0,
+            hsdir_failure: file.timing.hsdir_failure_secs.0,
         };
+        if timing.hsdir_failure < 2 * timing.health_interval {
+            return Err(invalid(
+                None,
+                "timing.hsdir_failure_secs",
+                format!(
+                    "must be at least twice timing.health_interval_secs ({} s): the read-back runs once per health round, and one round may miss a descriptor uploaded a moment later",
+                    timing.health_interval.as_secs()
+                ),
+            ));
+        }
         if timing.heartbeat_interval >= timing.publisher_timeout {
             return Err(invalid(
                 None,

@@ -525,11 +525,12 @@ impl ClusterNode {
         }
     }
 
-    /// A reloaded configuration: new intervals, and the shared tables a newcomer receives.
+    /// A reloaded configuration: new intervals.
     fn apply(&mut self, config: &Config) {
         self.lease.set_timing(
             (&config.timing).into(),
             config.timing.upload_failure_release,
+            config.timing.hsdir_failure,
         );
         self.claim_wait = config.timing.publisher_timeout;
     }

@@ -47,6 +47,7 @@ use crate::cluster::ability::PublishAbility;
 use crate::cluster::election::Election;
 use crate::cluster::lease::LeaseCore;
 use crate::cluster::messages::PeerInfo;
+use crate::cluster::outcome::ServedWatch;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::{Inbox, Transport, TransportError};
 use crate::cluster::wg_keys::WgPrivateKey;
@@ -221,13 +222,17 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         Timestamp::now(),
     );
     let state_dir = config.state_dir.clone();
-    let (me, priority, endpoint, config_dir, claim_wait, upload_failure_release) = (
+    let lease = LeaseCore::new(
+        election,
+        PublishAbility::new(config.timing.upload_failure_release),
+        ServedWatch::new(config.timing.hsdir_failure),
+    );
+    let (me, priority, endpoint, config_dir, claim_wait) = (
         config.node.id.clone(),
         config.node.priority,
         config.cluster.endpoint.clone(),
         config.config_dir.clone(),
         config.timing.publisher_timeout,
-        config.timing.upload_failure_release,
     );
     let (configs_tx, configs) = watch::channel(Arc::new(config));
     let shared_config = ConfigKeeper::start(configs_tx, board.clone())?;
@@ -240,7 +245,7 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         shared_config,
         members: keys.peers,
         removed: keys.removed,
-        lease: LeaseCore::new(election, PublishAbility::new(upload_failure_release)),
+        lease,
         claim_wait,
         transport,
         publishing: publishing_tx,

@@ -63,7 +63,8 @@ pub struct HsDirsView {
     /// The highest revision held, and how many hold that one.
     pub newest_revision: Option<u64>,
     pub holding_newest: usize,
-    /// Whether every copy lists only introduction points of backends this node finds healthy.
+    /// Whether the newest copies list only introduction points of backends this node finds
+    /// healthy.
     pub only_healthy_backends: bool,
     /// When it was read (Unix seconds).
     pub checked_at: u64,

@@ -29,7 +29,7 @@ use crate::descriptor::signer::MasterSigner;
 use crate::health::stall::StallDetector;
 use crate::health::{HealthMonitor, HealthyBackends};
 use crate::keys::onion_address::OnionAddress;
-use crate::publish::plan::{HeldCopy, HsDirCopies, PublishPlan, UploadResult};
+use crate::publish::plan::{judge_read_back, HeldCopy, HsDirCopies, PublishPlan, UploadResult};
 use crate::publish::{publish_due, read_back};
 use crate::storage::state::SavedUpload;
 use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
@@ -272,20 +272,29 @@ impl HealthLoop<'_> {
             if copies.iter().any(|c| !c.answered.is_empty()) {
                 self.progress.store(unix_millis(), Ordering::Relaxed);
             }
-            let views = hsdir_views(&copies, &healthy);
+            let healthy_ids = healthy_ids(&healthy);
+            let views = hsdir_views(&copies, &healthy_ids);
             self.board.update(|status| status.hsdirs = views);
+            let _ = self
+                .local_tx
+                .send(LocalEvent::ReadBack(judge_read_back(&copies, &healthy_ids)))
+                .await;
             let _ = self.copies_tx.send(copies);
             tokio::time::sleep(self.interval).await;
         }
     }
 }
 
-/// What status shows of the read-back copies.
-fn hsdir_views(copies: &[HsDirCopies], healthy: &HealthyBackends) -> Vec<HsDirsView> {
-    let healthy_ids: BTreeSet<String> = healthy
+/// The introduction points (by id) of the backends this node finds healthy.
+fn healthy_ids(healthy: &HealthyBackends) -> BTreeSet<String> {
+    healthy
         .iter()
         .flat_map(|(_, ips)| ips.iter().map(intro_point_id))
-        .collect();
+        .collect()
+}
+
+/// What status shows of the read-back copies.
+fn hsdir_views(copies: &[HsDirCopies], healthy_ids: &BTreeSet<String>) -> Vec<HsDirsView> {
     copies
         .iter()
         .map(|period| {
@@ -294,18 +303,16 @@ fn hsdir_views(copies: &[HsDirCopies], healthy: &HealthyBackends) -> Vec<HsDirsV
                 .iter()
                 .filter_map(|(_, c)| c.as_ref())
                 .collect();
-            let newest = held.iter().map(|c| c.revision_counter).max();
+            let newest_copies = period.newest();
+            let newest = newest_copies.first().map(|c| c.revision_counter);
             HsDirsView {
                 time_period: period.period,
                 responsible: period.answered.len() + period.unreachable,
                 answered: period.answered.len(),
                 holding: held.len(),
                 newest_revision: newest,
-                holding_newest: held
-                    .iter()
-                    .filter(|c| Some(c.revision_counter) == newest)
-                    .count(),
-                only_healthy_backends: held
+                holding_newest: newest_copies.len(),
+                only_healthy_backends: newest_copies
                     .iter()
                     .all(|c| c.intro_points.iter().all(|ip| healthy_ids.contains(ip))),
                 checked_at: period.read_at.as_unix_secs(),

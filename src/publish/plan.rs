@@ -35,6 +35,7 @@ use tor_hscrypto::time::TimePeriod;
 use super::schedule::{next_due, publish_reason, same_set, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
 use crate::clock::Timestamp;
+use crate::cluster::outcome::ReadBack;
 use crate::descriptor::build::{BuildError, DescriptorParams};
 use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
 use crate::descriptor::signer::DescriptorSigner;
@@ -71,6 +72,47 @@ pub struct HsDirCopies {
     pub answered: Vec<(HsDirId, Option<HeldCopy>)>,
     /// HSDirs that did not answer.
     pub unreachable: usize,
+}
+
+impl HsDirCopies {
+    /// The copies of the highest revision held (empty when no HSDir holds one).
+    pub fn newest(&self) -> Vec<&HeldCopy> {
+        let held = self.answered.iter().filter_map(|(_, copy)| copy.as_ref());
+        let newest = held.clone().map(|copy| copy.revision_counter).max();
+        held.filter(|copy| Some(copy.revision_counter) == newest)
+            .collect()
+    }
+}
+
+/// Judge one read-back round against the introduction points
+/// (`DescriptorSigner::intro_point_id`) of the backends this node finds healthy
+/// (`cluster::outcome`): for the period clients use now (the earliest read back), served when
+/// the newest copy lists only healthy introduction points, missing when no HSDir holds one,
+/// wrong otherwise. The next
+/// period's descriptor, uploaded from the middle of the current period on, is not judged:
+/// clients do not ask for it yet, and a publisher may reach it a little later.
+pub fn judge_read_back(copies: &[HsDirCopies], healthy_ids: &BTreeSet<String>) -> ReadBack {
+    let Some(current) = copies.iter().min_by_key(|period| period.period) else {
+        return ReadBack::NotJudged;
+    };
+    // No HSDir answered, or nothing is healthy here: nothing this node can judge by.
+    if current.answered.is_empty() || healthy_ids.is_empty() {
+        return ReadBack::NotJudged;
+    }
+    let newest = current.newest();
+    let Some(revision) = newest.first().map(|copy| copy.revision_counter) else {
+        return ReadBack::Missing;
+    };
+    let only_healthy = newest.iter().all(|copy| {
+        copy.intro_points
+            .iter()
+            .all(|intro_point| healthy_ids.contains(intro_point))
+    });
+    if only_healthy {
+        ReadBack::Served
+    } else {
+        ReadBack::Wrong { revision }
+    }
 }
 
 /// One HSDir's copy of the master descriptor.

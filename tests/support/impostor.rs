@@ -95,6 +95,7 @@ impl Impostor {
                     can_publish: true,
                     last_publish: Some(now),
                     config_version: None,
+                    publisher_not_served: None,
                 });
                 let _ = self.transport.send(&self.origin, &heartbeat).await;
                 let claim = Message::lease_claim(&LeaseClaim {
