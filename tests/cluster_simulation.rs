@@ -577,6 +577,37 @@ impl World {
 
     /// The period clients use now, and the periods a service publishes for: the next one too
     /// in the second half of the period (after the SRV changed).
+    /// What `node`'s read-back of the master descriptor finds now (`publish::read_back`):
+    /// every responsible HSDir's copy per period, or nothing when its Tor is cut.
+    fn read_back(&self, node: usize, clock: Millis) -> Vec<HsDirCopies> {
+        if !self.nodes[node].tor_reaches_network {
+            return Vec::new();
+        }
+        self.periods()
+            .into_iter()
+            .map(|period| HsDirCopies {
+                period,
+                read_at: Timestamp::from_unix_millis(clock),
+                answered: self
+                    .ring(period)
+                    .into_iter()
+                    .map(|hsdir| {
+                        let held = self
+                            .hsdirs
+                            .get(&(hsdir, period))
+                            .filter(|stored| self.now < stored.stored_at + DESCRIPTOR_LIFETIME)
+                            .map(|stored| HeldCopy {
+                                revision_counter: stored.revision,
+                                intro_points: stored.intro_points.clone(),
+                            });
+                        (HsDirId::new(format!("${hsdir}")), held)
+                    })
+                    .collect(),
+                unreachable: 0,
+            })
+            .collect()
+    }
+
     fn periods(&self) -> Vec<u64> {
         let current = self.now / PERIOD;
         if self.now % PERIOD >= PERIOD / 2 {
@@ -1114,9 +1145,15 @@ fn lease_input(world: &RefCell<World>, node: usize, input: LeaseInput, ts: Times
             }
             Action::StartPublishing => {
                 w.trace(|| format!("node {node} starts publishing"));
+                // As the daemon's publish loop: read the HSDirs back before the first upload.
+                let clock = w.nodes[node].clock(w.now);
+                let copies = w.read_back(node, clock);
                 let core = w.nodes[node].core.as_mut().unwrap();
                 core.publishing = true;
                 core.plan.on_lease_gained();
+                for period in &copies {
+                    core.plan.observe_copies(period);
+                }
                 core.publish_now = true;
             }
             Action::StopPublishing => {
@@ -1172,33 +1209,7 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
             })
             .collect();
         // The fetch-back of the master descriptor: what every responsible HSDir holds.
-        let copies: Vec<HsDirCopies> = if reaches {
-            w.periods()
-                .into_iter()
-                .map(|period| HsDirCopies {
-                    period,
-                    read_at: Timestamp::from_unix_millis(clock),
-                    answered: w
-                        .ring(period)
-                        .into_iter()
-                        .map(|hsdir| {
-                            let held = w
-                                .hsdirs
-                                .get(&(hsdir, period))
-                                .filter(|stored| now < stored.stored_at + DESCRIPTOR_LIFETIME)
-                                .map(|stored| HeldCopy {
-                                    revision_counter: stored.revision,
-                                    intro_points: stored.intro_points.clone(),
-                                });
-                            (HsDirId::new(format!("${hsdir}")), held)
-                        })
-                        .collect(),
-                    unreachable: 0,
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let copies = w.read_back(node, clock);
         let core = w.nodes[node].core.as_mut().unwrap();
         for period in &copies {
             if core.plan.observe_copies(period) {

@@ -26,9 +26,11 @@
 //! 6. A partition (the publisher's cluster port cut both ways, Tor intact): each side
 //!    publishes; healed, one publisher within a few heartbeats and the HSDirs hold the newest
 //!    revision.
-//! 7. `rustbalance remove` of a member that is down: when it returns it is told, stops, and
+//! 7. c restarts with its clock a minute ahead (libfaketime): a shows the skew, c follows a,
+//!    and never do two nodes publish for longer than a heartbeat.
+//! 8. `rustbalance remove` of a member that is down: when it returns it is told, stops, and
 //!    refuses to start again.
-//! 8. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
+//! 9. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
 //!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
 //!    appears in any log or status report.
 
@@ -76,6 +78,29 @@ fn node_args(command: &str, port: u16) -> Vec<String> {
 
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+/// Debian's libfaketime, which changes what a process reads as the wall clock.
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Sample the nodes' roles for `duration`: the longest stretch during which two of them said
+/// they were the publisher.
+fn longest_two_publishers(nodes: &[&Balancer], duration: Duration) -> Duration {
+    let end = Instant::now() + duration;
+    let (mut longest, mut since) = (Duration::ZERO, None);
+    while Instant::now() < end {
+        let publishers = nodes
+            .iter()
+            .filter(|node| node.status().is_some_and(|s| s["role"] == "publisher"))
+            .count();
+        match (publishers > 1, since) {
+            (true, None) => since = Some(Instant::now()),
+            (true, Some(start)) => longest = longest.max(start.elapsed()),
+            (false, _) => since = None,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    longest
 }
 
 #[test]
@@ -429,7 +454,54 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         }
     }
 
-    // 7. b (stopped in step 4) is removed while down; when it returns it is told and stops.
+    // 7. c restarts with its clock a minute ahead.
+    assert!(
+        std::path::Path::new(LIBFAKETIME).exists(),
+        "{LIBFAKETIME} is missing: install Debian's libfaketime (tests/run.sh does)"
+    );
+    assert!(c.stop_cleanly(), "c did not exit cleanly");
+    c.set_env("LD_PRELOAD", LIBFAKETIME);
+    c.set_env("FAKETIME", "+60s");
+    // Timers (tokio's, boringtun's) keep the true monotonic clock; the wall clock (what peers
+    // compare, what the revision counter follows) runs ahead.
+    c.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    c.start(&["run"]);
+    c.wait_status("c, a minute ahead, following a", START_TIMEOUT, |status| {
+        status["role"] == "standby" && status["publisher"] == a_id_now
+    });
+    let offset_of_c = |status: &serde_json::Value| {
+        status["peers"].as_array().and_then(|peers| {
+            peers
+                .iter()
+                .find(|peer| peer["node_id"] == c_id)
+                .and_then(|peer| peer["clock_offset_ms"].as_i64())
+        })
+    };
+    let a_status = a.wait_status("a showing c's clock offset", START_TIMEOUT, |s| {
+        offset_of_c(s).is_some_and(|ms| ms > 50_000)
+    });
+    // The private network's consensus is valid for 60 s only, so c, a minute ahead, never
+    // holds one it can use: it must stay a standby that cannot publish, and nobody else may
+    // start publishing because of it. (Failing over from a publisher that ran ahead, its Tor
+    // working, is the simulator's `publisher_clock_ahead_then_crash`.)
+    let longest_double = longest_two_publishers(&[&a, &c], Duration::from_secs(20));
+    eprintln!(
+        "measured: clock +60 s: a shows c {:.1} s ahead; at most {:.1} s with two publishers over 20 s",
+        offset_of_c(&a_status).unwrap_or_default() as f64 / 1000.0,
+        longest_double.as_secs_f64()
+    );
+    assert!(
+        longest_double <= Duration::from_secs(HEARTBEAT_INTERVAL_SECS),
+        "two nodes published at once for {longest_double:?}"
+    );
+    assert_eq!(a.status().expect("status of a")["role"], "publisher");
+    // Back to the true time for the rest of the test.
+    assert!(c.stop_cleanly(), "c did not exit cleanly");
+    c.set_env("FAKETIME", "+0s");
+    c.start(&["run"]);
+    c.wait_status("c back, following a", START_TIMEOUT, following_a_again);
+
+    // 8. b (stopped in step 4) is removed while down; when it returns it is told and stops.
     let b_id_text = b_id.as_str().expect("b's id").to_owned();
     let removed = a.run(&["remove", &b_id_text]);
     assert!(
@@ -449,7 +521,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         String::from_utf8_lossy(&again.stderr)
     );
 
-    // 8. The leak audit, over everything the nodes printed and reported.
+    // 9. The leak audit, over everything the nodes printed and reported.
     let mut texts = Vec::new();
     for (name, node) in [("a", &a), ("c", &c)] {
         for args in [&["status"][..], &["status", "--json"][..]] {

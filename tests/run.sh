@@ -4,7 +4,8 @@
 # 1. Installs what the tests need from Debian if it is missing: a C compiler and libc's static
 #    archive (the linker, ring, the static binary), tor (with tor-gencert) for the private Tor
 #    network, iproute2 and util-linux for the network namespace, iptables to cut one node's TCP
-#    (tests/support/firewall.rs).
+#    (tests/support/firewall.rs), libfaketime to run one node with its clock ahead
+#    (tests/e2e_cluster.rs).
 # 2. Builds everything (this needs crates.io the first time), including the static release
 #    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it).
 # 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
@@ -23,6 +24,7 @@ command -v tor-gencert >/dev/null || missing+=(tor)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v iptables >/dev/null || missing+=(iptables)
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(libfaketime)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"

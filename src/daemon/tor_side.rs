@@ -36,6 +36,8 @@ use crate::tor::{ArtiSettings, EmbeddedTor, TorError, TorNetwork};
 
 /// Wait between two bootstrap attempts when the Tor network cannot be reached.
 const BOOTSTRAP_RETRY: Duration = Duration::from_secs(30);
+/// How long a node that gained the lease waits for the HSDirs' copies before its first upload.
+const LEASE_READ_BACK_WAIT: Duration = Duration::from_secs(5);
 /// How often the stall detector looks.
 const STALL_CHECK: Duration = Duration::from_secs(5);
 
@@ -351,6 +353,21 @@ async fn publish_loop(
         let publishing = *publishing_rx.borrow_and_update();
         if publishing && !*was_publishing {
             publisher.on_lease_gained();
+            // The last publisher may have uploaded since this node's last read-back, with a
+            // revision counter ahead of this node's clock (its clock ran ahead): read what the
+            // HSDirs hold now, so the first upload of this lease goes above it. Bounded, so
+            // HSDirs that do not answer delay a takeover only a little.
+            let master = publisher.master_address();
+            if let Ok(copies) = tokio::time::timeout(
+                LEASE_READ_BACK_WAIT,
+                read_back(tor, &master, Timestamp::now()),
+            )
+            .await
+            {
+                for period in &copies {
+                    publisher.observe_copies(period);
+                }
+            }
         }
         *was_publishing = publishing;
         let healthy = healthy_rx.borrow_and_update().clone();
