@@ -7,7 +7,6 @@
 //! [`ControlReply`] line. Only the socket's owner (the daemon's user, root under systemd) can
 //! connect, as for `status.sock`.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,12 +15,12 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{mpsc, oneshot};
 
+use super::status_server::bind_owner_only;
 use super::DaemonError;
 use crate::cluster::NodeId;
 use crate::config::shared::BackendEdit;
 use crate::config::BackendName;
 use crate::keys::onion_address::OnionAddress;
-use crate::storage::fsutil::PRIVATE_FILE_MODE;
 
 /// File name inside the state directory.
 pub const CONTROL_SOCKET_FILE: &str = "control.sock";
@@ -98,19 +97,10 @@ impl ControlServer {
     /// runs on this state directory: a leftover file is a crashed daemon's).
     pub fn bind(state_dir: &Path) -> Result<ControlServer, DaemonError> {
         let path = state_dir.join(CONTROL_SOCKET_FILE);
-        let socket_error = |source| DaemonError::ControlSocket {
+        let listener = bind_owner_only(&path).map_err(|source| DaemonError::ControlSocket {
             path: path.clone(),
             source,
-        };
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(socket_error(err))
-            }
-            _ => {}
-        }
-        let listener = UnixListener::bind(&path).map_err(socket_error)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
-            .map_err(socket_error)?;
+        })?;
         Ok(ControlServer { listener, path })
     }
 

@@ -34,19 +34,10 @@ impl StatusServer {
         if std::os::unix::net::UnixStream::connect(&path).is_ok() {
             return Err(DaemonError::AlreadyRunning(path));
         }
-        let socket_error = |source| DaemonError::StatusSocket {
+        let listener = bind_owner_only(&path).map_err(|source| DaemonError::StatusSocket {
             path: path.clone(),
             source,
-        };
-        match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                return Err(socket_error(err))
-            }
-            _ => {}
-        }
-        let listener = UnixListener::bind(&path).map_err(socket_error)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))
-            .map_err(socket_error)?;
+        })?;
         Ok(StatusServer { listener, path })
     }
 
@@ -69,6 +60,18 @@ impl StatusServer {
             });
         }
     }
+}
+
+/// Bind a Unix socket at `path` that only its owner may connect to, replacing a leftover
+/// socket file.
+pub(super) fn bind_owner_only(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
+    Ok(listener)
 }
 
 impl Drop for StatusServer {
