@@ -548,3 +548,105 @@ fn nix_kill(pid: u32, name: &str) {
         .unwrap();
     assert!(status.success(), "kill -{name} {pid}");
 }
+
+/// `rotate-secret` on one member: the members that run switch their tunnels to the new secret
+/// (heartbeats keep flowing), one that was down gets it when it returns, and a token made
+/// before admits nobody while a new one does.
+#[test]
+fn the_cluster_secret_is_replaced_on_every_member() {
+    let root = tempfile::tempdir().unwrap();
+    let (port_a, port_b, port_c) = (free_udp_port(), free_udp_port(), free_udp_port());
+    let endpoint = |port: u16| format!("127.0.0.1:{port}");
+    let mut a = Balancer::new(root.path(), "a");
+    let (printed, _a_log) = start_first_node(&mut a, &endpoint(port_a), &[]);
+    let old_token = token_from(&printed);
+    let mut b = Balancer::new(root.path(), "b");
+    let mut c = Balancer::new(root.path(), "c");
+    for (node, port) in [(&mut b, port_b), (&mut c, port_c)] {
+        let joined = join_no_start(node, port, &old_token, "10");
+        assert!(joined.status.success(), "join: {}", stderr(&joined));
+        node.start(&["run"]);
+    }
+    let all_live = |s: &serde_json::Value| {
+        s["peers"]
+            .as_array()
+            .is_some_and(|p| p.len() == 2 && p.iter().all(|p| p["live"] == true))
+    };
+    for node in [&a, &b, &c] {
+        node.wait_status("every member live", SETTLE, all_live);
+    }
+    let secret_of = |node: &Balancer| fs::read(node.config_dir().join("cluster.key")).unwrap();
+    let old_secret = secret_of(&a);
+    let c_id = c.status().unwrap()["node_id"].as_str().unwrap().to_owned();
+
+    // c is down while a rotates the secret.
+    assert!(c.stop_cleanly(), "c did not stop cleanly");
+    let rotated = a.run(&["rotate-secret"]);
+    assert!(
+        rotated.status.success(),
+        "rotate-secret: {}",
+        stderr(&rotated)
+    );
+    assert_ne!(secret_of(&a), old_secret);
+    let deadline = std::time::Instant::now() + SETTLE;
+    while secret_of(&b) != secret_of(&a) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never got the new secret"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // a and b talk under the new key; only c's tunnel still waits on the old one.
+    let previous = a.config_dir().join("cluster.key.previous");
+    let b_id = b.status().unwrap()["node_id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(4));
+    let b_live = |s: &serde_json::Value| {
+        s["peers"].as_array().is_some_and(|p| {
+            p.iter()
+                .any(|p| p["node_id"] == b_id.as_str() && p["live"] == true)
+        })
+    };
+    a.wait_status("b heard under the new secret", SETTLE, b_live);
+    let pending = fs::read_to_string(&previous).expect("a keeps the previous secret for c");
+    assert!(
+        pending.contains(&c_id) && !pending.contains(&b_id),
+        "{pending}"
+    );
+
+    // A token made before admits nobody now.
+    let d = Balancer::new(root.path(), "d");
+    let refused = join_no_start(&d, free_udp_port(), &old_token, "3");
+    assert!(!refused.status.success(), "an old token was accepted");
+    assert!(!d.config_dir().join("config.toml").exists());
+
+    // c returns with the old secret: it is sent the new one, and every tunnel switches.
+    c.start(&["run"]);
+    let deadline = std::time::Instant::now() + SETTLE;
+    while secret_of(&c) != secret_of(&a) || previous.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "c never switched (c has the new secret: {}; a still keeps the old: {})",
+            secret_of(&c) == secret_of(&a),
+            previous.exists()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for node in [&a, &b, &c] {
+        node.wait_status("every member live again", SETTLE, all_live);
+    }
+
+    // A new token works.
+    let token = a.run(&["token"]);
+    assert!(token.status.success(), "token: {}", stderr(&token));
+    let new_token = token_from(&stdout(&token));
+    let joined = join_no_start(&d, free_udp_port(), &new_token, "10");
+    assert!(
+        joined.status.success(),
+        "join with the new token: {}",
+        stderr(&joined)
+    );
+
+    for node in [&mut c, &mut b, &mut a] {
+        assert!(node.stop_cleanly(), "a node did not stop cleanly");
+    }
+}

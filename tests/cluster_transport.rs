@@ -120,6 +120,7 @@ impl Node {
             can_publish: true,
             config_version: None,
             publisher_not_served: None,
+            secret_id: None,
         })
     }
 

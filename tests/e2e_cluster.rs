@@ -30,6 +30,8 @@
 //!    and never do two nodes publish for longer than a heartbeat.
 //! 8. `rustbalance remove` of a member that is down: when it returns it is told, stops, and
 //!    refuses to start again.
+//!    Then the cluster secret is rotated on the standby: the publisher switches too, and keeps
+//!    the lease.
 //! 9. Every node ran with debug logging: no secret (master key, blinded keys, cluster secret,
 //!    WireGuard private keys, key-encryption keys, the join token), in any encoding we use,
 //!    appears in any log or status report.
@@ -521,6 +523,36 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         String::from_utf8_lossy(&again.stderr)
     );
 
+    // The cluster secret rotated on the standby: both switch, and a keeps publishing.
+    let secret_of = |node: &Balancer| fs::read(node.config_dir().join("cluster.key")).unwrap();
+    let old_secret = secret_of(&a);
+    let rotated = c.run(&["rotate-secret"]);
+    assert!(
+        rotated.status.success(),
+        "rotate-secret: {}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let rotated_at = Instant::now();
+    while secret_of(&a) == old_secret || a.config_dir().join("cluster.key.previous").exists() {
+        assert!(
+            rotated_at.elapsed() < START_TIMEOUT,
+            "a did not switch to the new cluster secret"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(secret_of(&a), secret_of(&c));
+    eprintln!(
+        "measured: rotate-secret on a standby -> the publisher on the new secret after {:.1} s",
+        rotated_at.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(PUBLISHER_TIMEOUT_SECS + 1));
+    c.wait_status(
+        "c following a under the new secret",
+        START_TIMEOUT,
+        following_a_again,
+    );
+    assert_eq!(a.status().expect("status of a")["role"], "publisher");
+
     // 9. The leak audit, over everything the nodes printed and reported.
     let mut texts = Vec::new();
     for (name, node) in [("a", &a), ("c", &c)] {
@@ -563,6 +595,12 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
             "the cluster secret",
             &read_base64(a.config_dir().join("cluster.key")),
         ),
+        Secret::new("the cluster secret before the rotation", &{
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(String::from_utf8_lossy(&old_secret).trim())
+                .expect("the old cluster secret")
+        }),
     ];
     for (index, blinded) in observer.blinded_secrets(&master_key).iter().enumerate() {
         secrets.push(Secret::new(format!("blinded key {index}"), blinded));

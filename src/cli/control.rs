@@ -1,5 +1,5 @@
-//! The commands that change a running cluster: `backend add|remove|exclude|include` and
-//! `remove`. Each asks this node's daemon over its control socket (`daemon::control`) and
+//! The commands that change a running cluster: `backend add|remove|exclude|include`,
+//! `remove` and `rotate-secret`. Each asks this node's daemon over its control socket (`daemon::control`) and
 //! prints its answer; the daemon tells the other members.
 
 use std::io::{BufRead as _, BufReader, Write as _};
@@ -35,6 +35,11 @@ pub(super) fn remove(node_id: &str, state_dir: &Path) -> Result<(), CliError> {
         .try_into()
         .map_err(|reason| CliError::Argument(format!("NODE_ID {node_id:?}: {reason}")))?;
     ask(state_dir, &ControlRequest::RemoveMember { node_id })
+}
+
+/// `rustbalance rotate-secret`.
+pub(super) fn rotate_secret(state_dir: &Path) -> Result<(), CliError> {
+    ask(state_dir, &ControlRequest::RotateSecret)
 }
 
 /// Send `request` to the daemon and print what it did.

@@ -105,6 +105,14 @@ pub enum Command {
         node_id: String,
     },
 
+    /// Replace the cluster secret on every member, through the running node.
+    ///
+    /// Every member's tunnels switch to keys from the new secret as soon as both ends hold it;
+    /// a member that is down is sent it when it returns. Join tokens made before no longer
+    /// admit anyone (print a new one with `rustbalance token`). Do not rotate on two members at
+    /// once.
+    RotateSecret,
+
     /// Print a fresh join token for this node's cluster.
     ///
     /// The token carries the master key and the cluster secret: handle it like the key itself.
@@ -319,6 +327,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Keygen(args) => keygen::run(args),
         Command::Backend(command) => control::backend(command, &cli.state_dir),
         Command::Remove { node_id } => control::remove(&node_id, &cli.state_dir),
+        Command::RotateSecret => control::rotate_secret(&cli.state_dir),
     }
 }
 

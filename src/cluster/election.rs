@@ -58,6 +58,7 @@ pub use super::Role;
 use serde::{Deserialize, Serialize};
 
 use super::config_sync::ConfigVersion;
+use super::secret::SecretId;
 use super::{NodeId, Priority};
 use crate::clock::Timestamp;
 use crate::config::TimingConfig;
@@ -128,6 +129,10 @@ pub struct Heartbeat {
     /// core; the election ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publisher_not_served: Option<NodeId>,
+    /// Which cluster secret the sender runs (`secret_rotation`): set by the cluster loop; the
+    /// election ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_id: Option<SecretId>,
 }
 
 /// "I am the publisher from now on", sent when taking the lease and to answer a weaker rival.
@@ -750,6 +755,7 @@ impl Election {
             last_publish: self.last_publish,
             config_version: None,
             publisher_not_served: None,
+            secret_id: None,
         }
     }
 
@@ -822,6 +828,7 @@ mod tests {
             last_publish: None,
             config_version: None,
             publisher_not_served: None,
+            secret_id: None,
         }))
     }
 
@@ -1191,6 +1198,7 @@ mod tests {
             last_publish: Some(at(8)),
             config_version: None,
             publisher_not_served: None,
+            secret_id: None,
         };
         b.handle(Event::Heard(LeaseMessage::Heartbeat(uploaded)), at(10));
         let a_view = |secs| {

@@ -82,6 +82,7 @@ pub enum Message {
     JoinAccept(JoinAccept),
     SharedConfigUpdate(SharedConfigUpdate),
     MemberRemoved(MemberRemoved),
+    SecretUpdate(SecretUpdate),
     Ack(Ack),
 }
 
@@ -149,6 +150,45 @@ pub struct MemberRemoved {
     pub msg_id: MsgId,
 }
 
+/// "This is the cluster secret from now on" (`rustbalance rotate-secret`): sent through each
+/// member's tunnel, still under the previous secret's key (`cluster::secret_rotation`).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretUpdate {
+    #[serde(with = "secret_base64")]
+    pub secret: ClusterSecret,
+    pub msg_id: MsgId,
+}
+
+/// The cluster secret on the wire: base64 inside the (encrypted) tunnel.
+mod secret_base64 {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    pub fn serialize<S: Serializer>(
+        secret: &ClusterSecret,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&Zeroizing::new(BASE64.encode(secret.as_bytes())))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<ClusterSecret, D::Error> {
+        let text = Zeroizing::new(String::deserialize(deserializer)?);
+        let bytes = Zeroizing::new(
+            BASE64
+                .decode(text.as_bytes())
+                .map_err(|_| serde::de::Error::custom("the cluster secret is not base64"))?,
+        );
+        let bytes: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| serde::de::Error::custom("the cluster secret is not 32 bytes"))?;
+        Ok(ClusterSecret::from_bytes(bytes))
+    }
+}
+
 /// "I received the message with this id."
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -197,6 +237,7 @@ impl Message {
             Message::JoinAccept(m) => Some(m.msg_id),
             Message::SharedConfigUpdate(m) => Some(m.msg_id),
             Message::MemberRemoved(m) => Some(m.msg_id),
+            Message::SecretUpdate(m) => Some(m.msg_id),
             Message::Heartbeat(_) | Message::Ack(_) => None,
         }
     }
@@ -214,6 +255,7 @@ impl Message {
             | Message::JoinAccept(_)
             | Message::SharedConfigUpdate(_)
             | Message::MemberRemoved(_)
+            | Message::SecretUpdate(_)
             | Message::Ack(_) => None,
         }
     }
@@ -229,6 +271,7 @@ impl Message {
             Message::JoinAccept(_) => "JoinAccept",
             Message::SharedConfigUpdate(_) => "SharedConfigUpdate",
             Message::MemberRemoved(_) => "MemberRemoved",
+            Message::SecretUpdate(_) => "SecretUpdate",
             Message::Ack(_) => "Ack",
         }
     }
@@ -246,6 +289,7 @@ impl Message {
             | Message::JoinAccept(_)
             | Message::SharedConfigUpdate(_)
             | Message::MemberRemoved(_)
+            | Message::SecretUpdate(_)
             | Message::Ack(_) => return None,
         })
     }
@@ -418,6 +462,7 @@ mod tests {
                     by: node("beta"),
                 }),
                 publisher_not_served: Some(node("gamma")),
+                secret_id: None,
             }),
             Message::lease_claim(&LeaseClaim {
                 from: node("alpha"),
@@ -461,6 +506,10 @@ mod tests {
             }),
             Message::MemberRemoved(MemberRemoved {
                 member: peer_info("gamma"),
+                msg_id: MsgId::random(),
+            }),
+            Message::SecretUpdate(SecretUpdate {
+                secret: ClusterSecret::generate(),
                 msg_id: MsgId::random(),
             }),
             Message::Ack(Ack {
@@ -513,7 +562,8 @@ mod tests {
                 "PeerList",
                 "JoinAccept",
                 "SharedConfigUpdate",
-                "MemberRemoved"
+                "MemberRemoved",
+                "SecretUpdate"
             ]
         );
     }

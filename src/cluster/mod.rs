@@ -13,6 +13,7 @@ pub mod membership;
 pub mod messages;
 pub mod outcome;
 pub mod secret;
+pub mod secret_rotation;
 pub mod token;
 pub mod transport;
 pub mod wg_keys;

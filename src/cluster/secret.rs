@@ -11,6 +11,7 @@
 //! | WireGuard preshared key of a pair of nodes | HKDF, info `rustbalance v1 wireguard psk` ‖ both node ids, sorted |
 //! | AES-256-GCM key of the master key in a join token | HKDF, info `rustbalance v1 join token key` |
 //! | MAC of a join request | HMAC-SHA256 under HKDF, info `rustbalance v1 join request mac key`, over node id, WireGuard key, endpoint and timestamp |
+//! | the secret's public name ([`SecretId`]), which heartbeats carry during a rotation | the first 8 bytes of HKDF, info `rustbalance v1 secret id` |
 //!
 //! Variable-length inputs are length-prefixed, so no two different inputs encode the same
 //! bytes (`"ab" ‖ "c"` differs from `"a" ‖ "bc"`).
@@ -36,6 +37,21 @@ const LABEL_PAIR_PSK: &[u8] = b"rustbalance v1 wireguard psk";
 const LABEL_TOKEN_KEY: &[u8] = b"rustbalance v1 join token key";
 /// HKDF info of the HMAC key that authenticates join requests.
 const LABEL_JOIN_MAC_KEY: &[u8] = b"rustbalance v1 join request mac key";
+/// HKDF info of a secret's public name.
+const LABEL_SECRET_ID: &[u8] = b"rustbalance v1 secret id";
+
+/// A cluster secret's public name: which secret a member holds, without revealing it (a
+/// one-way derivation). Heartbeats carry it, so that during a rotation each pair of members
+/// switches its tunnel once both hold the new secret.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SecretId(u64);
+
+impl fmt::Display for SecretId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
 
 /// The secret every node of a cluster shares (32 random bytes).
 pub struct ClusterSecret {
@@ -83,6 +99,14 @@ impl ClusterSecret {
         push_length_prefixed(&mut info, first.as_str().as_bytes());
         push_length_prefixed(&mut info, second.as_str().as_bytes());
         self.derive(&info)
+    }
+
+    /// This secret's public name.
+    pub fn id(&self) -> SecretId {
+        let okm = self.derive(LABEL_SECRET_ID);
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&okm[..8]);
+        SecretId(u64::from_be_bytes(first))
     }
 
     /// The AES-256-GCM key that encrypts the master key inside a join token.
@@ -160,6 +184,20 @@ fn push_length_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(bytes);
 }
+
+impl Clone for ClusterSecret {
+    fn clone(&self) -> Self {
+        ClusterSecret::from_bytes(*self.as_bytes())
+    }
+}
+
+impl PartialEq for ClusterSecret {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_as(other)
+    }
+}
+
+impl Eq for ClusterSecret {}
 
 impl fmt::Debug for ClusterSecret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -322,6 +322,21 @@ impl Transport {
             .unwrap_or(Err(PeerError::Closed))
     }
 
+    /// Switches the tunnel to `peer` to the preshared key of `secret` (both ends hold it now:
+    /// `cluster::secret_rotation`). False if `peer` is not a peer.
+    pub async fn rekey_peer(&self, peer: &NodeId, secret: &ClusterSecret) -> bool {
+        let (peer, secret) = (peer.clone(), secret.clone());
+        self.ask(|done| Command::Rekey { peer, secret, done })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// The cluster secret for new peers and join requests from now on.
+    pub async fn set_secret(&self, secret: &ClusterSecret) {
+        let secret = secret.clone();
+        let _ = self.ask(|done| Command::SetSecret { secret, done }).await;
+    }
+
     /// Accepts a join request: adds the newcomer as a peer at the address its request came
     /// from and sends it `accept` through the new tunnel, reliably. Returns once the newcomer
     /// acknowledged the answer.

@@ -15,6 +15,9 @@
 //!   node that is told stops, and refuses to start again.
 //! - **shared configuration**: edits, SIGHUP and members' newer versions go through the
 //!   [`ConfigKeeper`]; heartbeats carry each member's version so one behind is sent the newer.
+//! - **secret rotation**: `rustbalance rotate-secret` replaces the cluster secret on every
+//!   member; each tunnel switches to the new key once both ends hold it
+//!   ([`SecretRotation`] decides; heartbeats carry each member's secret id).
 //! - **shutdown**: the election's `LeaseRelease` goes to every member (waiting briefly for
 //!   the acks), so a standby takes over at once instead of after the grace.
 
@@ -38,8 +41,10 @@ use crate::cluster::membership::{
     Admission, Impostor, JoinRefusal, Learned, Learning, MemberRefusal, Membership, Removal,
 };
 use crate::cluster::messages::{
-    JoinAccept, MemberRemoved, Message, MsgId, PeerAnnounce, PeerInfo, PeerList,
+    JoinAccept, MemberRemoved, Message, MsgId, PeerAnnounce, PeerInfo, PeerList, SecretUpdate,
 };
+use crate::cluster::secret::ClusterSecret;
+use crate::cluster::secret_rotation::{RotationStep, SecretRotation};
 use crate::cluster::transport::{Inbox, Incoming, JoinCandidate, PeerConfig, SendError, Transport};
 use crate::cluster::{Endpoint, NodeId, Priority, Role};
 use crate::config::Config;
@@ -88,6 +93,13 @@ pub struct ClusterSetup {
     pub board: StatusBoard,
     /// When the loop last went round (Unix milliseconds), for systemd's watchdog.
     pub progress: Arc<AtomicU64>,
+    /// The cluster secret in force.
+    pub secret: ClusterSecret,
+    /// During an unfinished rotation: the secret it replaced, and the peers whose tunnels
+    /// still use it (the transport was set up so).
+    pub previous_secret: Option<(ClusterSecret, Vec<NodeId>)>,
+    /// During a rotation, how long a peer may be silent before the other key is tried.
+    pub rekey_after_silence: Duration,
 }
 
 /// The outcome of admitting a newcomer (reported by the task that waited for its ack).
@@ -108,6 +120,11 @@ struct ClusterNode {
     board: StatusBoard,
     progress: Arc<AtomicU64>,
     joins_done: mpsc::Sender<JoinDone>,
+    secret: ClusterSecret,
+    previous_secret: Option<ClusterSecret>,
+    rotation: SecretRotation,
+    /// Members that acknowledged the new secret, from the tasks that sent it.
+    secret_acks: mpsc::Sender<NodeId>,
     warnings: LogLimiter<(Discriminant<Warning>, Option<NodeId>)>,
     /// Refusals already logged (impostors, bad member records), each kind once per sender:
     /// only members can send, so this stays small.
@@ -141,6 +158,17 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> ClusterExit {
     let (joins_done, mut joins) = mpsc::channel(16);
+    let (secret_acks, mut acks) = mpsc::channel(16);
+    let rotation = SecretRotation::new(
+        setup.me.clone(),
+        setup.secret.id(),
+        setup
+            .previous_secret
+            .as_ref()
+            .map(|(secret, peers)| (secret.id(), peers.iter().cloned().collect())),
+        setup.rekey_after_silence,
+        now(),
+    );
     let my_record = setup.endpoint.map(|endpoint| PeerInfo {
         node_id: setup.me.clone(),
         endpoint,
@@ -164,6 +192,10 @@ pub async fn run(
         publishing: setup.publishing,
         board: setup.board,
         progress: setup.progress,
+        secret: setup.secret,
+        previous_secret: setup.previous_secret.map(|(secret, _)| secret),
+        rotation,
+        secret_acks,
         joins_done,
         warnings: LogLimiter::new(WARN_INTERVAL),
         refusals_logged: HashSet::new(),
@@ -179,12 +211,12 @@ pub async fn run(
     node.step(LeaseInput::Tick).await;
     node.refresh();
     loop {
-        let now = now();
+        let looked_at = now();
         let wake = node
             .lease
             .election()
-            .poll_timeout(now)
-            .saturating_duration_since(now)
+            .poll_timeout(looked_at)
+            .saturating_duration_since(looked_at)
             .min(MAX_IDLE);
         tokio::select! {
             _ = tokio::time::sleep(wake) => {
@@ -202,6 +234,10 @@ pub async fn run(
                 node.step(LeaseInput::Local(event)).await;
             }
             Some(done) = joins.recv() => node.on_join_done(done).await,
+            Some(peer) = acks.recv() => {
+                let step = node.rotation.acknowledged(&peer, now());
+                node.carry_out(step).await;
+            }
             Some(command) = commands.recv() => node.on_command(command).await,
             _ = peer_lists.tick() => node.send_peer_list().await,
             Ok(()) = configs.changed() => {
@@ -212,6 +248,9 @@ pub async fn run(
                 node.shut_down().await;
                 return ClusterExit::Shutdown;
             }
+        }
+        for step in node.rotation.tick(now()) {
+            node.carry_out(Some(step)).await;
         }
         if let Some(by) = node.removed_by.take() {
             node.step(LeaseInput::Shutdown).await;
@@ -278,6 +317,7 @@ impl ClusterNode {
             match action {
                 Action::BroadcastHeartbeat(mut heartbeat) => {
                     heartbeat.config_version = Some(self.shared_config.version().clone());
+                    heartbeat.secret_id = Some(self.rotation.current());
                     let message = Message::Heartbeat(heartbeat);
                     if let Err(err) = self.transport.broadcast(&message).await {
                         tracing::warn!("cannot send the heartbeat: {err}");
@@ -356,6 +396,12 @@ impl ClusterNode {
                 Ok(()) => {
                     if let Message::Heartbeat(heartbeat) = message {
                         self.heard_config_version(&from, heartbeat.config_version);
+                        let pending = self.rotation.pending().count();
+                        let step = self.rotation.heard(&from, heartbeat.secret_id, now());
+                        self.carry_out(step).await;
+                        if self.rotation.pending().count() != pending {
+                            self.save_previous_secret();
+                        }
                     }
                     self.step(LeaseInput::Heard(lease_message)).await;
                 }
@@ -385,6 +431,15 @@ impl ClusterNode {
                     }
                     self.learn_peer(peer, Learned::Listed, &from).await;
                 }
+            }
+            Message::SecretUpdate(update)
+                if self.membership.member(&from).is_some()
+                    && self.rotation.is_new(update.secret.id()) =>
+            {
+                tracing::warn!(
+                    "{from} replaced the cluster secret: tunnels switch to it as the members get it; join tokens made before no longer work"
+                );
+                self.adopt_secret(update.secret, Some(&from)).await;
             }
             Message::MemberRemoved(removal) if self.membership.member(&from).is_some() => {
                 self.on_removal(&removal.member, &from).await;
@@ -535,6 +590,80 @@ impl ClusterNode {
         self.claim_wait = config.timing.publisher_timeout;
     }
 
+    /// `new` is the cluster secret from now on (made here, or sent by `from`): keep the old one
+    /// for the tunnels that still use it, write both, and take joins under the new one.
+    async fn adopt_secret(&mut self, new: ClusterSecret, from: Option<&NodeId>) {
+        let members = self.member_ids();
+        let step = self
+            .rotation
+            .rotated(new.id(), &members, from, now())
+            .into_iter()
+            .next();
+        let old = std::mem::replace(&mut self.secret, new);
+        self.previous_secret = Some(old);
+        self.save_previous_secret();
+        if let Err(err) = node_files::save_cluster_secret(&self.config_dir, &self.secret) {
+            tracing::error!("the new cluster secret is in force but not saved: {err}");
+        }
+        self.transport.set_secret(&self.secret).await;
+        self.carry_out(step).await;
+    }
+
+    /// Switch a tunnel to the current secret, or send a member still on the previous one the
+    /// current secret.
+    async fn carry_out(&mut self, step: Option<RotationStep>) {
+        let Some(step) = step else {
+            return;
+        };
+        match step {
+            RotationStep::Rekey(peer) => {
+                tracing::info!("the tunnel to {peer} switches to the new cluster secret");
+                self.transport.rekey_peer(&peer, &self.secret).await;
+            }
+            RotationStep::UsePrevious(peer) => {
+                if let Some(previous) = &self.previous_secret {
+                    tracing::info!(
+                        "{peer} is silent: trying the previous cluster secret's key with it"
+                    );
+                    self.transport.rekey_peer(&peer, previous).await;
+                }
+            }
+            RotationStep::SendSecret(peer) => self.send_secret(&peer),
+        }
+    }
+
+    /// Send `to` the current secret; its acknowledgement switches our end of its tunnel.
+    fn send_secret(&self, to: &NodeId) {
+        let message = Message::SecretUpdate(SecretUpdate {
+            secret: self.secret.clone(),
+            msg_id: MsgId::random(),
+        });
+        let (transport, to, acks) = (self.transport.clone(), to.clone(), self.secret_acks.clone());
+        tokio::spawn(async move {
+            match transport.send_reliable(&to, message, ANNOUNCE_WAIT).await {
+                Ok(()) => {
+                    let _ = acks.send(to).await;
+                }
+                Err(err) => tracing::debug!("the new cluster secret did not reach {to}: {err}"),
+            }
+        });
+    }
+
+    /// Keep the previous secret and the peers still on it (none left: forget it).
+    fn save_previous_secret(&mut self) {
+        let Some(previous) = &self.previous_secret else {
+            return;
+        };
+        let peers = self.rotation.pending().cloned();
+        if let Err(err) = node_files::save_previous_secret(&self.config_dir, previous, peers) {
+            tracing::error!("cannot save the previous cluster secret: {err}");
+        }
+        if !self.rotation.under_way() {
+            self.previous_secret = None;
+            tracing::info!("every member's tunnel uses the new cluster secret");
+        }
+    }
+
     /// A member said `member` is removed from the cluster.
     async fn on_removal(&mut self, member: &PeerInfo, by: &NodeId) {
         if member.node_id == *self.lease.election().me() {
@@ -562,6 +691,8 @@ impl ClusterNode {
             );
         }
         self.shared_config.forget(&record.node_id);
+        self.rotation.forget(&record.node_id);
+        self.save_previous_secret();
         self.step(LeaseInput::MemberRemoved(record.node_id.clone()))
             .await;
     }
@@ -616,16 +747,27 @@ impl ClusterNode {
 
     /// Carry out an operator's request from the control socket.
     async fn on_control(&mut self, request: &ControlRequest) -> ControlReply {
+        if let ControlRequest::RotateSecret = request {
+            self.adopt_secret(ClusterSecret::generate(), None).await;
+            let members = self.member_ids();
+            for member in &members {
+                self.rotation.sent(member, now());
+                self.send_secret(member);
+            }
+            tracing::warn!("the cluster secret was replaced here, and sent to every member");
+            return ControlReply::Done {
+                message: format!(
+                    "a new cluster secret is in force here and was sent to {} member(s); join tokens made before no longer work (print a new one with `rustbalance token`)",
+                    members.len()
+                ),
+            };
+        }
         if let ControlRequest::RemoveMember { node_id } = request {
             return match self.membership.remove(node_id) {
                 Ok(record) => {
                     tracing::warn!("{node_id} removed from the cluster by the operator");
                     self.forget_member(&record).await;
-                    let members: Vec<NodeId> = self
-                        .membership
-                        .members()
-                        .map(|m| m.node_id.clone())
-                        .collect();
+                    let members = self.member_ids();
                     for member in members.iter().chain([node_id]) {
                         self.send_removal(member, &record);
                     }
@@ -672,15 +814,19 @@ impl ClusterNode {
         }
     }
 
+    /// The other members' ids.
+    fn member_ids(&self) -> Vec<NodeId> {
+        self.membership
+            .members()
+            .map(|member| member.node_id.clone())
+            .collect()
+    }
+
     /// Send the running shared configuration to every member (after a change made here).
     /// Returns to how many.
     fn send_shared_config(&mut self) -> usize {
         let now = now();
-        let members: Vec<NodeId> = self
-            .membership
-            .members()
-            .map(|m| m.node_id.clone())
-            .collect();
+        let members = self.member_ids();
         for member in &members {
             self.shared_config.sent(member, now);
         }

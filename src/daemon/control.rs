@@ -1,5 +1,5 @@
 //! The control socket: `<state-dir>/control.sock`, owner only. The commands that change the
-//! cluster (`rustbalance backend ...`, `rustbalance remove`) ask the running daemon here
+//! cluster (`rustbalance backend ...`, `remove`, `rotate-secret`) ask the running daemon here
 //! rather than editing files behind its back: the cluster loop is the one writer of
 //! config.toml and `peers/`, and it tells the other members.
 //!
@@ -52,6 +52,8 @@ pub enum ControlRequest {
     RemoveMember {
         node_id: NodeId,
     },
+    /// Replace the cluster secret on every member.
+    RotateSecret,
 }
 
 impl ControlRequest {
@@ -62,7 +64,7 @@ impl ControlRequest {
             ControlRequest::BackendRemove { name } => BackendEdit::Remove(name),
             ControlRequest::BackendExclude { name } => BackendEdit::Exclude(name),
             ControlRequest::BackendInclude { name } => BackendEdit::Include(name),
-            ControlRequest::RemoveMember { .. } => return None,
+            ControlRequest::RemoveMember { .. } | ControlRequest::RotateSecret => return None,
         })
     }
 }

@@ -51,7 +51,7 @@ use crate::cluster::outcome::ServedWatch;
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::transport::{Inbox, Transport, TransportError};
 use crate::cluster::wg_keys::WgPrivateKey;
-use crate::cluster::Role;
+use crate::cluster::{NodeId, Role};
 use crate::config::Config;
 use crate::daemon::status::{BackendStatus, NodeStatus, StatusBoard};
 use crate::descriptor::build::MasterIdentity;
@@ -126,6 +126,8 @@ struct NodeKeys {
     wg_private_key: WgPrivateKey,
     peers: Vec<PeerInfo>,
     removed: Vec<PeerInfo>,
+    /// During an unfinished secret rotation: the secret it replaced and the peers on it.
+    previous_secret: Option<(ClusterSecret, Vec<NodeId>)>,
 }
 
 /// Run the node in the foreground until SIGTERM or SIGINT.
@@ -137,6 +139,7 @@ pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
         wg_private_key: node_files::load_wg_private_key(&config.config_dir)?,
         peers: node_files::load_peers(&config.config_dir)?,
         removed: node_files::load_removed(&config.config_dir)?,
+        previous_secret: node_files::load_previous_secret(&config.config_dir)?,
     };
     // A peer file left by a crash during a removal.
     let removed = &keys.removed;
@@ -206,6 +209,12 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         "cluster transport listening on UDP {}",
         transport.local_addr()
     );
+    // A rotation was under way: the tunnels to the peers not yet switched keep the old key.
+    if let Some((previous, peers)) = &keys.previous_secret {
+        for peer in peers {
+            transport.rekey_peer(peer, previous).await;
+        }
+    }
 
     let (publishing_tx, publishing_rx) = watch::channel(false);
     let (local_tx, local_rx) = mpsc::channel(64);
@@ -227,12 +236,13 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         PublishAbility::new(config.timing.upload_failure_release),
         ServedWatch::new(config.timing.hsdir_failure),
     );
-    let (me, priority, endpoint, config_dir, claim_wait) = (
+    let (me, priority, endpoint, config_dir, claim_wait, config_heartbeat) = (
         config.node.id.clone(),
         config.node.priority,
         config.cluster.endpoint.clone(),
         config.config_dir.clone(),
         config.timing.publisher_timeout,
+        config.timing.heartbeat_interval,
     );
     let (configs_tx, configs) = watch::channel(Arc::new(config));
     let shared_config = ConfigKeeper::start(configs_tx, board.clone())?;
@@ -245,6 +255,9 @@ async fn run_async(config: Config, arti: ArtiSettings, keys: NodeKeys) -> Result
         shared_config,
         members: keys.peers,
         removed: keys.removed,
+        secret: keys.cluster_secret,
+        previous_secret: keys.previous_secret,
+        rekey_after_silence: 3 * config_heartbeat,
         lease,
         claim_wait,
         transport,

@@ -7,6 +7,8 @@
 //!                                key-encryption key, which lives elsewhere (`keys::kek`)
 //!   wg_private.key         0600  this node's WireGuard private key, wg(8) base64
 //!   cluster.key            0600  the 32-byte cluster secret every member shares, base64
+//!   cluster.key.previous   0600  during a rotation: the secret it replaced, and the peers whose
+//!                                tunnels still use it
 //!   peers/                 0700  <node-id>.toml per known peer: endpoint, WireGuard public
 //!                                key, priority (written by join and by peer announcements)
 //!   removed/               0700  <node-id>.toml per member removed from the cluster (its
@@ -48,6 +50,8 @@ use crate::storage::fsutil::{create_private_dir, write_atomic, PRIVATE_FILE_MODE
 pub const MASTER_KEY_FILE: &str = params::DEFAULT_MASTER_KEY_FILE;
 pub const WG_PRIVATE_KEY_FILE: &str = "wg_private.key";
 pub const CLUSTER_SECRET_FILE: &str = "cluster.key";
+/// The secret a rotation replaced, while some peer's tunnel still uses it.
+pub const PREVIOUS_SECRET_FILE: &str = "cluster.key.previous";
 pub const PEERS_DIR: &str = "peers";
 pub const REMOVED_DIR: &str = "removed";
 /// Written when this node learns that it was removed from the cluster.
@@ -284,6 +288,88 @@ fn save_record(dir: &Path, peer: &PeerInfo) -> Result<(), NodeFilesError> {
     create_private_dir(&dir)
         .and_then(|()| write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE))
         .map_err(|source| NodeFilesError::Write { path, source })
+}
+
+/// Replace `<config-dir>/cluster.key` (a rotation), atomically.
+pub fn save_cluster_secret(
+    config_dir: &Path,
+    secret: &ClusterSecret,
+) -> Result<(), NodeFilesError> {
+    write_secret(
+        &config_dir.join(CLUSTER_SECRET_FILE),
+        &Zeroizing::new(STANDARD.encode(secret.as_bytes())),
+    )
+}
+
+/// What `<config-dir>/cluster.key.previous` holds while a rotation is not finished.
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviousSecretFile {
+    secret: String,
+    /// The peers whose tunnels still use it.
+    peers: Vec<NodeId>,
+}
+
+/// Keep the previous cluster secret and the peers whose tunnels still use it; with no such
+/// peer left, remove the file.
+pub fn save_previous_secret(
+    config_dir: &Path,
+    secret: &ClusterSecret,
+    peers: impl IntoIterator<Item = NodeId>,
+) -> Result<(), NodeFilesError> {
+    let path = config_dir.join(PREVIOUS_SECRET_FILE);
+    let peers: Vec<NodeId> = peers.into_iter().collect();
+    if peers.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                Err(NodeFilesError::Write { path, source: err })
+            }
+            _ => Ok(()),
+        };
+    }
+    let file = PreviousSecretFile {
+        secret: STANDARD.encode(secret.as_bytes()),
+        peers,
+    };
+    let text = Zeroizing::new(
+        toml::to_string(&file).map_err(|err| NodeFilesError::Damaged {
+            path: path.clone(),
+            reason: err.to_string(),
+        })?,
+    );
+    drop(Zeroizing::new(file.secret));
+    write_atomic(&path, text.as_bytes(), PRIVATE_FILE_MODE)
+        .map_err(|source| NodeFilesError::Write { path, source })
+}
+
+/// The previous cluster secret and the peers whose tunnels still use it, if a rotation is not
+/// finished.
+pub fn load_previous_secret(
+    config_dir: &Path,
+) -> Result<Option<(ClusterSecret, Vec<NodeId>)>, NodeFilesError> {
+    let path = config_dir.join(PREVIOUS_SECRET_FILE);
+    let text = match read_secret(&path) {
+        Ok(text) => text,
+        Err(NodeFilesError::Missing(_)) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let damaged = |reason: String| NodeFilesError::Damaged {
+        path: path.clone(),
+        reason,
+    };
+    let file: PreviousSecretFile =
+        toml::from_str(&text).map_err(|err| damaged(crate::config::one_line(err.message())))?;
+    let encoded = Zeroizing::new(file.secret);
+    let bytes = Zeroizing::new(
+        STANDARD
+            .decode(encoded.as_bytes())
+            .map_err(|_| damaged("the secret is not base64".into()))?,
+    );
+    let bytes: [u8; 32] = bytes
+        .as_slice()
+        .try_into()
+        .map_err(|_| damaged("the secret is not 32 bytes".into()))?;
+    Ok(Some((ClusterSecret::from_bytes(bytes), file.peers)))
 }
 
 /// The cluster secret from `<config-dir>/cluster.key`.

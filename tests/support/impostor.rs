@@ -96,6 +96,7 @@ impl Impostor {
                     last_publish: Some(now),
                     config_version: None,
                     publisher_not_served: None,
+                    secret_id: None,
                 });
                 let _ = self.transport.send(&self.origin, &heartbeat).await;
                 let claim = Message::lease_claim(&LeaseClaim {

@@ -102,6 +102,29 @@ impl PeerTable {
         Ok(Inserted::NewTunnel)
     }
 
+    /// Gives the peer `node_id` a new tunnel (under a fresh index, so packets of the old
+    /// session find no tunnel), keeping its key, endpoint and message memory. False if there
+    /// is no such peer.
+    pub(super) fn retunnel(
+        &mut self,
+        node_id: &NodeId,
+        make_tunn: impl FnOnce(u32) -> Tunn,
+    ) -> bool {
+        let Some((old_index, _)) = self.peers.get(node_id) else {
+            return false;
+        };
+        let old_index = *old_index;
+        let index = self.free_index();
+        let Some((slot, peer)) = self.peers.get_mut(node_id) else {
+            return false;
+        };
+        peer.tunn = make_tunn(index);
+        *slot = index;
+        self.by_index.remove(&old_index);
+        self.by_index.insert(index, node_id.clone());
+        true
+    }
+
     pub(super) fn remove(&mut self, node_id: &NodeId) {
         if let Some((index, peer)) = self.peers.remove(node_id) {
             self.by_index.remove(&index);

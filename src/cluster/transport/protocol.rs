@@ -279,11 +279,27 @@ impl Protocol {
             return Err(PeerError::IsSelf(config.node_id));
         }
         let node_id = config.node_id.clone();
+        let make_tunn = self.tunnel_maker(&config.node_id, config.public_key, &self.secret);
+        let inserted = self.peers.insert(config, make_tunn)?;
+        if inserted == Inserted::NewTunnel && start_handshake {
+            self.start_handshake(&node_id);
+        }
+        Ok(())
+    }
+
+    /// What builds a tunnel to `peer` (key `public_key`) under the pair key of `secret`, given
+    /// the tunnel's index.
+    fn tunnel_maker(
+        &self,
+        peer: &NodeId,
+        public_key: WgPublicKey,
+        secret: &ClusterSecret,
+    ) -> impl FnOnce(u32) -> Tunn {
         let private = self.private_key.as_x25519().clone();
-        let peer_key = config.public_key.to_x25519();
-        let psk = self.secret.pair_psk(&self.me, &config.node_id);
+        let peer_key = public_key.to_x25519();
+        let psk = secret.pair_psk(&self.me, peer);
         let rate_limiter = Arc::clone(&self.rate_limiter);
-        let inserted = self.peers.insert(config, |index| {
+        move |index| {
             Tunn::new(
                 private,
                 peer_key,
@@ -292,11 +308,26 @@ impl Protocol {
                 index,
                 Some(rate_limiter),
             )
-        })?;
-        if inserted == Inserted::NewTunnel && start_handshake {
-            self.start_handshake(&node_id);
         }
-        Ok(())
+    }
+
+    /// Switches the tunnel to `peer` to the preshared key of `secret` (a new cluster secret
+    /// both ends hold now): a new tunnel, and a handshake at once. False if `peer` is unknown.
+    pub(super) fn rekey_peer(&mut self, peer: &NodeId, secret: &ClusterSecret) -> bool {
+        let Some(public_key) = self.peers.get_mut(peer).map(|p| p.public_key) else {
+            return false;
+        };
+        let make_tunn = self.tunnel_maker(peer, public_key, secret);
+        let rekeyed = self.peers.retunnel(peer, make_tunn);
+        if rekeyed {
+            self.start_handshake(peer);
+        }
+        rekeyed
+    }
+
+    /// The cluster secret for new peers and join requests from now on (a rotation).
+    pub(super) fn set_secret(&mut self, secret: &ClusterSecret) {
+        self.secret = secret.clone();
     }
 
     /// Sends `peer` a new handshake initiation, even if one is under way or a session exists.

@@ -24,6 +24,7 @@ use super::{
 use crate::clock::Timestamp;
 use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{JoinAccept, MsgId};
+use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Endpoint, NodeId};
 
 /// What a [`Transport`](super::Transport) handle asks of the socket task. Each carries the
@@ -65,6 +66,15 @@ pub(super) enum Command {
     },
     Peers {
         done: oneshot::Sender<Vec<TunnelStatus>>,
+    },
+    Rekey {
+        peer: NodeId,
+        secret: ClusterSecret,
+        done: oneshot::Sender<bool>,
+    },
+    SetSecret {
+        secret: ClusterSecret,
+        done: oneshot::Sender<()>,
     },
     Shutdown {
         done: oneshot::Sender<()>,
@@ -213,6 +223,13 @@ impl SocketTask {
             },
             Command::Peers { done } => {
                 let _ = done.send(self.protocol.tunnel_statuses());
+            }
+            Command::Rekey { peer, secret, done } => {
+                let _ = done.send(self.protocol.rekey_peer(&peer, &secret));
+            }
+            Command::SetSecret { secret, done } => {
+                self.protocol.set_secret(&secret);
+                let _ = done.send(());
             }
             Command::Shutdown { done } => return ControlFlow::Break(done),
         }
