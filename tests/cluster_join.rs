@@ -612,6 +612,12 @@ fn the_cluster_secret_is_replaced_on_every_member() {
         pending.contains(&c_id) && !pending.contains(&b_id),
         "{pending}"
     );
+    assert_eq!(
+        a.status().unwrap()["secret_rotation_pending"],
+        serde_json::json!([c_id])
+    );
+    let shown = stdout(&a.run(&["status"]));
+    assert!(shown.contains("rotation under way, waiting for"), "{shown}");
 
     // A token made before admits nobody now.
     let d = Balancer::new(root.path(), "d");
@@ -632,7 +638,9 @@ fn the_cluster_secret_is_replaced_on_every_member() {
         std::thread::sleep(Duration::from_millis(100));
     }
     for node in [&a, &b, &c] {
-        node.wait_status("every member live again", SETTLE, all_live);
+        node.wait_status("every member live again", SETTLE, |s| {
+            all_live(s) && s["secret_rotation_pending"] == serde_json::json!([])
+        });
     }
 
     // A new token works.

@@ -617,12 +617,12 @@ impl ClusterNode {
         };
         match step {
             RotationStep::Rekey(peer) => {
-                tracing::info!("the tunnel to {peer} switches to the new cluster secret");
+                tracing::debug!("the tunnel to {peer} switches to the new cluster secret");
                 self.transport.rekey_peer(&peer, &self.secret).await;
             }
             RotationStep::UsePrevious(peer) => {
                 if let Some(previous) = &self.previous_secret {
-                    tracing::info!(
+                    tracing::debug!(
                         "{peer} is silent: trying the previous cluster secret's key with it"
                     );
                     self.transport.rekey_peer(&peer, previous).await;
@@ -925,11 +925,13 @@ impl ClusterNode {
             self.lease.election().role(),
             self.lease.election().can_publish(),
         );
+        let rotation_pending: Vec<NodeId> = self.rotation.pending().cloned().collect();
         self.board.update(|status| {
             status.role = role;
             status.can_publish = can_publish;
             status.publisher = publisher;
             status.peers = peers;
+            status.secret_rotation_pending = rotation_pending;
             status.generated_at = Timestamp::now().as_unix_secs();
         });
     }

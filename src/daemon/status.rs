@@ -46,6 +46,10 @@ pub struct NodeStatus {
     /// node's last fetch-back saw it (every node reads it back, standbys too).
     #[serde(default)]
     pub hsdirs: Vec<HsDirsView>,
+    /// During a rotation of the cluster secret: the members whose tunnels are not yet known to
+    /// use the new one (a member that never returns: remove it).
+    #[serde(default)]
+    pub secret_rotation_pending: Vec<NodeId>,
     /// Conditions an operator must act on, as logged at error level.
     pub alerts: Vec<String>,
 }
@@ -144,6 +148,7 @@ impl NodeStatus {
             backends: Vec::new(),
             publishes: Vec::new(),
             hsdirs: Vec::new(),
+            secret_rotation_pending: Vec::new(),
             alerts: Vec::new(),
         }
     }
@@ -217,6 +222,18 @@ impl NodeStatus {
         }
         if let Some(version) = &self.config_version {
             let _ = writeln!(out, "config     shared configuration version {version}");
+        }
+        if !self.secret_rotation_pending.is_empty() {
+            let waiting: Vec<&str> = self
+                .secret_rotation_pending
+                .iter()
+                .map(NodeId::as_str)
+                .collect();
+            let _ = writeln!(
+                out,
+                "secret     rotation under way, waiting for {}",
+                waiting.join(", ")
+            );
         }
         let _ = writeln!(out, "health     {health}");
 
