@@ -46,7 +46,7 @@ use rustbalance::cluster::token::JoinToken;
 use rustbalance::keys::files::load_master_key_with;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::KekSource;
-use support::balancer::{free_udp_port, Balancer, LogWatcher};
+use support::balancer::{free_udp_port, longest_two_publishers, Balancer, LogWatcher};
 use support::firewall::{NodeCgroup, UdpPortCut};
 use support::impostor::Impostor;
 use support::master::{fetch_until_seen, Observer};
@@ -80,29 +80,6 @@ fn node_args(command: &str, port: u16) -> Vec<String> {
 
 fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
-}
-
-/// Debian's libfaketime, which changes what a process reads as the wall clock.
-const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
-
-/// Sample the nodes' roles for `duration`: the longest stretch during which two of them said
-/// they were the publisher.
-fn longest_two_publishers(nodes: &[&Balancer], duration: Duration) -> Duration {
-    let end = Instant::now() + duration;
-    let (mut longest, mut since) = (Duration::ZERO, None);
-    while Instant::now() < end {
-        let publishers = nodes
-            .iter()
-            .filter(|node| node.status().is_some_and(|s| s["role"] == "publisher"))
-            .count();
-        match (publishers > 1, since) {
-            (true, None) => since = Some(Instant::now()),
-            (true, Some(start)) => longest = longest.max(start.elapsed()),
-            (false, _) => since = None,
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    longest
 }
 
 #[test]
@@ -457,16 +434,8 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     }
 
     // 7. c restarts with its clock a minute ahead.
-    assert!(
-        std::path::Path::new(LIBFAKETIME).exists(),
-        "{LIBFAKETIME} is missing: install Debian's libfaketime (tests/run.sh does)"
-    );
     assert!(c.stop_cleanly(), "c did not exit cleanly");
-    c.set_env("LD_PRELOAD", LIBFAKETIME);
-    c.set_env("FAKETIME", "+60s");
-    // Timers (tokio's, boringtun's) keep the true monotonic clock; the wall clock (what peers
-    // compare, what the revision counter follows) runs ahead.
-    c.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    c.set_clock_offset("+60s");
     c.start(&["run"]);
     c.wait_status("c, a minute ahead, following a", START_TIMEOUT, |status| {
         status["role"] == "standby" && status["publisher"] == a_id_now
@@ -485,7 +454,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     // The private network's consensus is valid for 60 s only, so c, a minute ahead, never
     // holds one it can use: it must stay a standby that cannot publish, and nobody else may
     // start publishing because of it. (Failing over from a publisher that ran ahead, its Tor
-    // working, is the simulator's `publisher_clock_ahead_then_crash`.)
+    // working, is `e2e_clock`, on a network whose consensus stays valid longer.)
     let longest_double = longest_two_publishers(&[&a, &c], Duration::from_secs(20));
     eprintln!(
         "measured: clock +60 s: a shows c {:.1} s ahead; at most {:.1} s with two publishers over 20 s",
@@ -499,7 +468,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     assert_eq!(a.status().expect("status of a")["role"], "publisher");
     // Back to the true time for the rest of the test.
     assert!(c.stop_cleanly(), "c did not exit cleanly");
-    c.set_env("FAKETIME", "+0s");
+    c.set_clock_offset("+0s");
     c.start(&["run"]);
     c.wait_status("c back, following a", START_TIMEOUT, following_a_again);
 

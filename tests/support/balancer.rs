@@ -13,6 +13,29 @@ use super::TorNetwork;
 /// closed port on 127.0.0.1, so Arti never bootstraps (and never dials the public network).
 pub const NOWHERE_ARTI: &str = "\n[arti.tor_network]\nfallback_caches = [\n    { rsa_identity = \"0000000000000000000000000000000000000001\", ed_identity = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE\", orports = [\"127.0.0.1:9\"] },\n]\n\n[arti.tor_network.authorities]\nv3idents = [\"0000000000000000000000000000000000000002\"]\n";
 
+/// Debian's libfaketime, which changes what a process reads as the wall clock.
+pub const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+/// Sample the nodes' roles for `duration`: the longest stretch during which two of them said
+/// they were the publisher.
+pub fn longest_two_publishers(nodes: &[&Balancer], duration: Duration) -> Duration {
+    let end = Instant::now() + duration;
+    let (mut longest, mut since) = (Duration::ZERO, None);
+    while Instant::now() < end {
+        let publishers = nodes
+            .iter()
+            .filter(|node| node.status().is_some_and(|s| s["role"] == "publisher"))
+            .count();
+        match (publishers > 1, since) {
+            (true, None) => since = Some(Instant::now()),
+            (true, Some(start)) => longest = longest.max(start.elapsed()),
+            (false, _) => since = None,
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    longest
+}
+
 /// A UDP port on 127.0.0.1 free right now, for a node's cluster tunnel.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -51,6 +74,19 @@ impl Balancer {
             env: Vec::new(),
             cgroup_procs: None,
         }
+    }
+
+    /// From the next start on, the node's wall clock runs `offset` off (libfaketime's form,
+    /// e.g. `+60s`; `+0s` for the true time), its monotonic clock (tokio's and boringtun's
+    /// timers) true.
+    pub fn set_clock_offset(&mut self, offset: &str) {
+        assert!(
+            Path::new(LIBFAKETIME).exists(),
+            "{LIBFAKETIME} is missing: install Debian's libfaketime (tests/run.sh does)"
+        );
+        self.set_env("LD_PRELOAD", LIBFAKETIME);
+        self.set_env("FAKETIME", offset);
+        self.set_env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     }
 
     /// Set an environment variable for every later command of this node.

@@ -78,11 +78,18 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct NetworkOptions {
     /// Relays besides the authorities; at least 2 (the first two are exits to 127.0.0.0/8).
     pub relays: usize,
+    /// For how many voting intervals a consensus stays valid (C tor's
+    /// `V3AuthNIntervalsValid`, default 3: 60 s here). A node whose clock runs a minute ahead
+    /// needs more, or it never holds a live consensus.
+    pub consensus_valid_intervals: u32,
 }
 
 impl Default for NetworkOptions {
     fn default() -> Self {
-        NetworkOptions { relays: 6 }
+        NetworkOptions {
+            relays: 6,
+            consensus_valid_intervals: 3,
+        }
     }
 }
 
@@ -149,11 +156,12 @@ impl TorNetwork {
             backends: BTreeMap::new(),
         };
         // On error `network` is dropped here, which stops whatever was started.
-        network.launch(opts.relays)?;
+        network.launch(&opts)?;
         Ok(network)
     }
 
-    fn launch(&mut self, relays: usize) -> Result<(), HarnessError> {
+    fn launch(&mut self, opts: &NetworkOptions) -> Result<(), HarnessError> {
+        let relays = opts.relays;
         let started = Instant::now();
         self.authorities = create_authorities(&self.dir, &self.empty_file)?;
         let dir_authorities = self.dir_authority_lines();
@@ -163,6 +171,7 @@ impl TorNetwork {
                 authority.node.name(),
                 authority.or_port,
                 authority.dir_port,
+                opts.consensus_valid_intervals,
             );
             authority.node.write_torrc(&text)?;
             authority.node.start()?;

@@ -92,7 +92,13 @@ fn relay_part(nickname: &str, or_port: u16) -> String {
 const NON_EXIT: &str = "ExitRelay 0\nExitPolicy reject *:*\n";
 
 /// A directory authority. Its keys (`keys/authority_*`) must already be in its data directory.
-pub fn authority(base: &Base<'_>, nickname: &str, or_port: u16, dir_port: u16) -> String {
+pub fn authority(
+    base: &Base<'_>,
+    nickname: &str,
+    or_port: u16,
+    dir_port: u16,
+    valid_intervals: u32,
+) -> String {
     let voting = VOTING_INTERVAL_SECS;
     let vote_delay = VOTE_DELAY_SECS;
     let dist_delay = DIST_DELAY_SECS;
@@ -104,6 +110,7 @@ pub fn authority(base: &Base<'_>, nickname: &str, or_port: u16, dir_port: u16) -
          V3AuthVotingInterval {voting}\n\
          V3AuthVoteDelay {vote_delay}\n\
          V3AuthDistDelay {dist_delay}\n\
+         V3AuthNIntervalsValid {valid_intervals}\n\
          TestingV3AuthInitialVotingInterval {voting}\n\
          TestingV3AuthInitialVoteDelay {vote_delay}\n\
          TestingV3AuthInitialDistDelay {dist_delay}\n\
