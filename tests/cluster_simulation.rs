@@ -10,8 +10,10 @@
 //! the Tor network (HSDirs that store descriptors per time period, refuse a revision that is not
 //! higher and drop copies after their lifetime; the HSDir ring changing at every shared-random
 //! boundary), backends (publishing their descriptors, rotating introduction points, dying and
-//! coming back), each node's clock offset and Tor reachability, and crashes and restarts from the
-//! node's own saved state (state.json's uploads and role).
+//! coming back), each node's clock offset and Tor reachability, crashes and restarts from the
+//! node's own saved state (state.json's uploads and role), a publish loop that wedges, and an
+//! impostor: a member admitted with the lowest priority that claims priority 1 and the lease
+//! (each node vouches for lease messages with `cluster::membership`, as the daemon does).
 //!
 //! What is modelled rather than run: descriptors are text (`SimSigner`: the revision counter is
 //! the SRV offset itself, which orders like the real order-preserving encryption), a backend's
@@ -64,8 +66,10 @@ use rustbalance::clock::Timestamp;
 use rustbalance::cluster::ability::PublishAbility;
 use rustbalance::cluster::election::{Action, Election, ElectionTiming, Role};
 use rustbalance::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
-use rustbalance::cluster::messages;
+use rustbalance::cluster::membership::Membership;
+use rustbalance::cluster::messages::{self, PeerInfo};
 use rustbalance::cluster::outcome::{ReadBack, ServedWatch};
+use rustbalance::cluster::wg_keys::WgPublicKey;
 use rustbalance::cluster::{NodeId, Priority};
 use rustbalance::config::{BackendConfig, BackendName};
 use rustbalance::descriptor::build::{BuildError, DescriptorParams};
@@ -231,6 +235,9 @@ enum Fault {
     /// A node's publish loop hangs (a bug): it uploads nothing, while its heartbeats, health
     /// checks and read-back go on. A restart cures it.
     PublishWedged(usize),
+    /// A holder of the cluster secret, admitted as member `0` with the lowest priority, starts
+    /// (or stops) claiming priority 1 and the lease, every second, to every node.
+    Impostor(bool),
 }
 
 struct Scenario {
@@ -339,6 +346,20 @@ const SCENARIOS: &[Scenario] = &[
             // (which keep listing it) show that the publisher no longer does its work.
             (60 * SECOND, Fault::PublishWedged(0)),
             (90 * SECOND, Fault::BackendDies(1)),
+        ],
+        random: false,
+    },
+    Scenario {
+        name: "impostor_claims_priority_one",
+        nodes: 3,
+        backends: 2,
+        duration: 5 * MINUTE,
+        script: &[
+            // It lies while the publisher runs, then while the publisher is dead and a
+            // takeover must still happen among the real nodes.
+            (60 * SECOND, Fault::Impostor(true)),
+            (90 * SECOND, Fault::Crash(0)),
+            (200 * SECOND, Fault::Restart(0)),
         ],
         random: false,
     },
@@ -488,6 +509,8 @@ type InFlight = (Millis, u64, Vec<u8>);
 /// Everything a node is while it runs; dropped on a crash.
 struct NodeCore {
     lease: LeaseCore,
+    /// Who the members are, as the daemon's cluster loop keeps it (`cluster::membership`).
+    membership: Membership,
     plan: PublishPlan<SimSigner>,
     health: HealthMonitor<String>,
     stall: StallDetector,
@@ -545,6 +568,8 @@ struct World {
     sequence: u64,
     /// Side of each node while partitioned.
     partition: Option<Vec<bool>>,
+    /// An impostor (`Fault::Impostor`) is lying.
+    impostor: bool,
     /// Extra loss of heartbeats, in a loss episode.
     loss: f64,
     last_fault: Millis,
@@ -825,6 +850,7 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
         inboxes: (0..scenario.nodes).map(|_| BinaryHeap::new()).collect(),
         sequence: 0,
         partition: None,
+        impostor: false,
         loss: 0.0,
         last_fault: START,
         listing_bound_extra: 0,
@@ -847,6 +873,7 @@ fn run(scenario: &Scenario, seed: u64, trace: bool) -> Outcome {
             random_fault(&world);
         }
         backends_step(&world);
+        impostor_step(&world);
         for node in 0..scenario.nodes {
             if world.borrow().nodes[node].core.is_some() {
                 node_step(&world, node);
@@ -907,6 +934,7 @@ fn apply(world: &RefCell<World>, fault: Fault) {
             b.since = now;
             b.rotate(backend, now);
         }
+        Fault::Impostor(lies) => w.impostor = lies,
         Fault::PublishWedged(node) => {
             if let Some(core) = w.nodes[node].core.as_mut() {
                 core.publish_wedged = true;
@@ -959,7 +987,33 @@ fn start_node(world: &RefCell<World>, node: usize) {
         }
     }
     let backends = w.backends.len();
+    // Every member, the impostor included (it joined with the cluster secret and got the
+    // priority after the real nodes').
+    let record = |id: NodeId, priority: Priority, index: u8| PeerInfo {
+        node_id: id,
+        endpoint: "member.sim:51820".parse().unwrap(),
+        public_key: WgPublicKey::from_bytes([index; 32]),
+        priority,
+    };
+    let members = w
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, peer)| record(peer.id.clone(), peer.priority, i as u8 + 1))
+        .chain([record(
+            impostor_id(),
+            Priority::try_from(n as u32 + 1).unwrap(),
+            0xff,
+        )]);
+    let membership = Membership::new(
+        w.nodes[node].id.clone(),
+        w.nodes[node].priority,
+        None,
+        members,
+        [],
+    );
     let core = NodeCore {
+        membership,
         lease: LeaseCore::new(
             election,
             PublishAbility::new(UPLOAD_FAILURE_RELEASE),
@@ -1064,6 +1118,48 @@ fn random_fault(world: &RefCell<World>) {
     }
 }
 
+/// The impostor's id: a member every node admitted, with the priority after the real nodes'.
+fn impostor_id() -> NodeId {
+    NodeId::try_from("0".to_owned()).unwrap()
+}
+
+/// Every second while it lies, the impostor sends every running node a heartbeat and a lease
+/// claim as publisher with priority 1 (in the wire encoding, as a member's tunnel delivers).
+fn impostor_step(world: &RefCell<World>) {
+    let mut w = world.borrow_mut();
+    if !w.impostor || !w.now.is_multiple_of(SECOND) {
+        return;
+    }
+    let at = Timestamp::from_unix_millis(w.now);
+    let first = Priority::try_from(1).unwrap();
+    let lies = [
+        messages::Message::Heartbeat(rustbalance::cluster::election::Heartbeat {
+            from: impostor_id(),
+            timestamp: at,
+            priority: first,
+            role: Role::Publisher,
+            can_publish: true,
+            last_publish: Some(at),
+            config_version: None,
+            publisher_not_served: None,
+            secret_id: None,
+        }),
+        messages::Message::lease_claim(&rustbalance::cluster::election::LeaseClaim {
+            from: impostor_id(),
+            timestamp: at,
+            priority: first,
+        }),
+    ];
+    for lie in lies {
+        let bytes = lie.encode().expect("messages encode");
+        for to in 0..w.nodes.len() {
+            if w.nodes[to].core.is_some() {
+                w.push(to, bytes.clone(), 30);
+            }
+        }
+    }
+}
+
 /// One step of one node: messages, timers, health round, publish round, stall check.
 fn node_step(world: &RefCell<World>, node: usize) {
     let now = world.borrow().now;
@@ -1083,7 +1179,19 @@ fn node_step(world: &RefCell<World>, node: usize) {
         };
         let decoded = messages::Message::decode(&message).expect("wire messages decode");
         if let Some(message) = decoded.to_election() {
-            lease_input(world, node, LeaseInput::Heard(message), ts);
+            // As the daemon's cluster loop: a lease message counts only from a member that
+            // claims the priority it was admitted with.
+            let vouched = {
+                let w = world.borrow();
+                let core = w.nodes[node].core.as_ref().unwrap();
+                core.membership.vouch(message.from(), message.priority())
+            };
+            match vouched {
+                Ok(()) => lease_input(world, node, LeaseInput::Heard(message), ts),
+                Err(refusal) => world
+                    .borrow()
+                    .trace(|| format!("node {node} refuses a message: {refusal}")),
+            }
         }
     }
     lease_input(world, node, LeaseInput::Tick, ts);
