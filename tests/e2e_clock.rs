@@ -41,30 +41,7 @@ fn failing_over_from_a_publisher_a_minute_ahead_gets_the_first_upload_accepted()
 
     // 1. a publishes; c joins a minute ahead.
     let mut a = Balancer::new(&root, "a");
-    let init = a.run(&[
-        "init",
-        "--no-start",
-        "--endpoint",
-        &endpoint(port_a),
-        "--listen",
-        &endpoint(port_a),
-    ]);
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let printed = String::from_utf8_lossy(&init.stdout).into_owned();
-    let master_onion = printed
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("master address: "))
-        .expect("init prints the master address")
-        .to_owned();
-    let token = printed
-        .lines()
-        .find(|line| line.starts_with("rb1:"))
-        .expect("init prints a token")
-        .to_owned();
+    let (master_onion, token) = a.init_first_node(&endpoint(port_a));
     net.add_backend("alpha", Some(&master_onion))
         .expect("backend alpha");
     let config_path = a.config_dir().join("config.toml");

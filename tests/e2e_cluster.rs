@@ -91,25 +91,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
     // 1. The first node, its backends, and two more nodes joining with its token.
     let mut a = Balancer::new(&root, "a");
     a.set_env("RUST_LOG", "debug");
-    let mut init_args = node_args("init", ports[0]);
-    init_args.push("--no-start".into());
-    let init = a.run(&as_strs(&init_args));
-    assert!(
-        init.status.success(),
-        "init: {}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let printed = String::from_utf8_lossy(&init.stdout).into_owned();
-    let master_onion = printed
-        .lines()
-        .find_map(|line| line.trim().strip_prefix("master address: "))
-        .expect("init prints the master address")
-        .to_owned();
-    let token = printed
-        .lines()
-        .find(|line| line.starts_with("rb1:"))
-        .expect("init prints a token")
-        .to_owned();
+    let (master_onion, token) = a.init_first_node(&format!("127.0.0.1:{}", ports[0]));
     net.add_backend("alpha", Some(&master_onion))
         .expect("backend alpha");
     net.add_backend("beta", Some(&master_onion))

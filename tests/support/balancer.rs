@@ -171,6 +171,36 @@ impl Balancer {
         config
     }
 
+    /// `init --no-start` of the first node of a cluster, reached and listening at `endpoint`
+    /// (`HOST:PORT` on 127.0.0.1). Returns the master address and the join token it printed.
+    pub fn init_first_node(&self, endpoint: &str) -> (String, String) {
+        let init = self.run(&[
+            "init",
+            "--no-start",
+            "--endpoint",
+            endpoint,
+            "--listen",
+            endpoint,
+        ]);
+        assert!(
+            init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        let printed = String::from_utf8_lossy(&init.stdout).into_owned();
+        let master_onion = printed
+            .lines()
+            .find_map(|line| line.trim().strip_prefix("master address: "))
+            .expect("init prints the master address")
+            .to_owned();
+        let token = printed
+            .lines()
+            .find(|line| line.starts_with("rb1:"))
+            .expect("init prints a token")
+            .to_owned();
+        (master_onion, token)
+    }
+
     /// A node that cannot reach any Tor network (see [`NOWHERE_ARTI`]).
     pub fn init_tor_less(&self) -> String {
         self.init_local(&[], NOWHERE_ARTI)
