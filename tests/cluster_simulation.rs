@@ -391,8 +391,12 @@ impl DescriptorSigner for SimSigner {
         intro_point.clone()
     }
 
-    fn revision_counter(&self, srv_offset_secs: u32) -> u64 {
-        u64::from(srv_offset_secs)
+    fn revision_counter(
+        &mut self,
+        _period: TimePeriod,
+        srv_offset_secs: u32,
+    ) -> Result<u64, BuildError> {
+        Ok(u64::from(srv_offset_secs))
     }
 
     fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {
@@ -712,6 +716,7 @@ impl TorNetwork for SimTor<'_> {
                 time_period: TimePeriod::from_parts(PERIOD_MINUTES, period, 0),
                 srv_start: Timestamp::from_unix_millis(World::srv_start(period)),
                 max_descriptor_size: 50_000,
+                flow_control: None,
             })
             .collect())
     }
@@ -1313,6 +1318,7 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
                     intro_points,
                     // With its Tor working, an HSDir answers (with the descriptor or a 404).
                     reached_hsdirs: reaches,
+                    offers_pow: false,
                 })
             })
             .collect();

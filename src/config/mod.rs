@@ -12,9 +12,11 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use tor_hscrypto::pk::HsClientDescEncKey;
 
 use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::keys::onion_address::OnionAddress;
@@ -31,6 +33,9 @@ pub struct Config {
     pub timing: TimingConfig,
     pub health: HealthConfig,
     pub status: StatusConfig,
+    /// `[restricted_discovery]`: the clients that may find the service, from the list and the
+    /// directory together (empty: anyone who knows the address).
+    pub authorized_clients: Vec<HsClientDescEncKey>,
     /// The `[arti]` table as written. Arti's own loader checks and resolves it (the Tor layer's
     /// `ArtiSettings::from_config`), so this layer does not depend on Arti.
     pub arti: toml::Table,
@@ -95,6 +100,20 @@ pub struct StatusConfig {
     /// Serve Prometheus text metrics over HTTP on this loopback address (off by default).
     #[serde(default)]
     pub metrics_listen: Option<SocketAddr>,
+}
+
+/// `[restricted_discovery]`: only clients holding one of these x25519 keys can decrypt the
+/// master descriptor (rend-spec-v3 "client authorization"; tor's `authorized_clients/`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestrictedDiscoveryFile {
+    /// Keys as in tor's `*.auth` files: `descriptor:x25519:<base32>`.
+    #[serde(default)]
+    clients: Vec<String>,
+    /// A directory of `*.auth` files, one key each, as tor's `authorized_clients/`; relative
+    /// to the config directory. Read at start and on every reload.
+    #[serde(default)]
+    clients_dir: Option<PathBuf>,
 }
 
 /// `[health]`: when a backend counts as dead.
@@ -234,6 +253,8 @@ struct ConfigFile {
     health: HealthConfig,
     #[serde(default)]
     status: StatusConfig,
+    #[serde(default)]
+    restricted_discovery: RestrictedDiscoveryFile,
     #[serde(default)]
     arti: toml::Table,
 }
@@ -450,6 +471,8 @@ impl Config {
         if file.node.master_key.as_os_str().is_empty() {
             return Err(invalid(None, "node.master_key", "must name a file".into()));
         }
+        let authorized_clients = authorized_clients(&file.restricted_discovery, config_dir)
+            .map_err(|(key, message)| invalid(None, &key, message))?;
 
         Ok(Config {
             node: file.node,
@@ -458,6 +481,7 @@ impl Config {
             timing,
             health: file.health,
             status: file.status,
+            authorized_clients,
             arti: file.arti,
             file: path.to_owned(),
             config_dir: config_dir.to_owned(),
@@ -507,6 +531,86 @@ impl Config {
     pub fn master_key_path(&self) -> PathBuf {
         self.config_dir.join(&self.node.master_key)
     }
+}
+
+/// The most authorized clients a descriptor can carry: each costs an `auth-client` line of
+/// 91 bytes (about 165 once both layers are encrypted and base64-encoded), and the whole
+/// descriptor must stay under the HSDirs' 50 000 bytes with its introduction points. From
+/// about 100 clients on, fewer than 20 introduction points fit (the log names those left
+/// out); beyond this, hardly any.
+const MAX_AUTHORIZED_CLIENTS: usize = 256;
+
+/// A client key in tor's `*.auth` format, one line (the file may end in a newline).
+fn parse_client_key(text: &str) -> Result<HsClientDescEncKey, String> {
+    HsClientDescEncKey::from_str(text.trim()).map_err(|_| {
+        "not a client key in tor's format descriptor:x25519:<52 base32 characters>".to_owned()
+    })
+}
+
+/// Every key of `[restricted_discovery]`: the list, then the directory's `*.auth` files in
+/// name order; duplicates once. An error is (dotted key, message).
+fn authorized_clients(
+    file: &RestrictedDiscoveryFile,
+    config_dir: &Path,
+) -> Result<Vec<HsClientDescEncKey>, (String, String)> {
+    let mut keys = Vec::new();
+    for (index, text) in file.clients.iter().enumerate() {
+        let key = parse_client_key(text)
+            .map_err(|message| (format!("restricted_discovery.clients[{index}]"), message))?;
+        keys.push(key);
+    }
+    if let Some(dir) = &file.clients_dir {
+        let dir_key = "restricted_discovery.clients_dir".to_owned();
+        let dir = config_dir.join(dir);
+        let entries = std::fs::read_dir(&dir).map_err(|err| {
+            (
+                dir_key.clone(),
+                format!("cannot read {}: {err}", dir.display()),
+            )
+        })?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let path = entry
+                .map_err(|err| {
+                    (
+                        dir_key.clone(),
+                        format!("cannot read {}: {err}", dir.display()),
+                    )
+                })?
+                .path();
+            if path.extension().is_some_and(|ext| ext == "auth") {
+                files.push(path);
+            }
+        }
+        files.sort();
+        for path in files {
+            let text = std::fs::read_to_string(&path).map_err(|err| {
+                (
+                    dir_key.clone(),
+                    format!("cannot read {}: {err}", path.display()),
+                )
+            })?;
+            let key = parse_client_key(&text)
+                .map_err(|message| (dir_key.clone(), format!("{}: {message}", path.display())))?;
+            keys.push(key);
+        }
+    }
+    let mut unique: Vec<HsClientDescEncKey> = Vec::with_capacity(keys.len());
+    for key in keys {
+        if !unique.contains(&key) {
+            unique.push(key);
+        }
+    }
+    if unique.len() > MAX_AUTHORIZED_CLIENTS {
+        return Err((
+            "restricted_discovery".to_owned(),
+            format!(
+                "{} clients; at most {MAX_AUTHORIZED_CLIENTS} fit in a descriptor",
+                unique.len()
+            ),
+        ));
+    }
+    Ok(unique)
 }
 
 /// The tables of a config file every member shares, re-serialized (see [`Config::shared_text`]).
@@ -606,6 +710,72 @@ mod tests {
         assert_eq!(
             err,
             "config.toml line 11: backends[1].address: bad checksum (is a character mistyped?)"
+        );
+    }
+
+    /// A client key as tor writes it in `authorized_clients/*.auth`.
+    fn client_key(byte: u8) -> String {
+        HsClientDescEncKey::from(tor_llcrypto::pk::curve25519::PublicKey::from([byte; 32]))
+            .to_string()
+    }
+
+    #[test]
+    fn authorized_clients_come_from_the_list_and_the_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = dir.path().join("clients");
+        std::fs::create_dir(&clients).unwrap();
+        std::fs::write(clients.join("alice.auth"), format!("{}\n", client_key(2))).unwrap();
+        // The same key in the list and in a file counts once; other files are not keys.
+        std::fs::write(clients.join("bob.auth"), client_key(1)).unwrap();
+        std::fs::write(clients.join("README"), "not a key").unwrap();
+        let text = format!(
+            "[node]\nid = \"n\"\npriority = 1\n[restricted_discovery]\nclients = [\"{}\"]\nclients_dir = \"clients\"\n",
+            client_key(1)
+        );
+        let config =
+            Config::parse(&text, Path::new("config.toml"), dir.path(), dir.path()).unwrap();
+        let keys: Vec<String> = config
+            .authorized_clients
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(keys, [client_key(1), client_key(2)]);
+        assert!(parse("[node]\nid = \"n\"\npriority = 1\n")
+            .unwrap()
+            .authorized_clients
+            .is_empty());
+
+        std::fs::write(clients.join("carol.auth"), "descriptor:x25519:tooshort").unwrap();
+        let err = Config::parse(&text, Path::new("config.toml"), dir.path(), dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config.toml: restricted_discovery.clients_dir: ")
+                && err.contains("carol.auth: not a client key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_bad_client_key_is_named() {
+        let err = parse(&format!(
+            "[node]\nid = \"n\"\npriority = 1\n[restricted_discovery]\nclients = [\"{}\", \"x25519:abc\"]\n",
+            client_key(1)
+        ))
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "config.toml: restricted_discovery.clients[1]: not a client key in tor's format descriptor:x25519:<52 base32 characters>"
+        );
+        let err = parse("[node]\nid = \"n\"\npriority = 1\n[restricted_discovery]\nclients_dir = \"/nonexistent/dir\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "config.toml: restricted_discovery.clients_dir: cannot read /nonexistent/dir: "
+            ),
+            "{err}"
         );
     }
 

@@ -436,5 +436,6 @@ fn backend_status(report: BackendReport) -> BackendStatus {
         last_fetch: report.last_seen.map(Timestamp::as_unix_secs),
         failure_count: report.failure_count,
         last_error: report.last_error,
+        offers_pow: report.offers_pow,
     }
 }

@@ -50,6 +50,9 @@ pub struct NodeStatus {
     /// use the new one (a member that never returns: remove it).
     #[serde(default)]
     pub secret_rotation_pending: Vec<NodeId>,
+    /// Restricted discovery: how many clients the descriptor admits (0: anyone).
+    #[serde(default)]
+    pub authorized_clients: usize,
     /// Conditions an operator must act on, as logged at error level.
     pub alerts: Vec<String>,
 }
@@ -118,6 +121,9 @@ pub struct BackendStatus {
     pub last_fetch: Option<u64>,
     pub failure_count: u32,
     pub last_error: Option<String>,
+    /// Its descriptor carries proof-of-work parameters, which the master cannot pass on.
+    #[serde(default)]
+    pub offers_pow: bool,
 }
 
 /// The last upload for one time period.
@@ -149,6 +155,7 @@ impl NodeStatus {
             publishes: Vec::new(),
             hsdirs: Vec::new(),
             secret_rotation_pending: Vec::new(),
+            authorized_clients: 0,
             alerts: Vec::new(),
         }
     }
@@ -235,6 +242,13 @@ impl NodeStatus {
                 waiting.join(", ")
             );
         }
+        if self.authorized_clients > 0 {
+            let _ = writeln!(
+                out,
+                "discovery  restricted to {} authorized client(s)",
+                self.authorized_clients
+            );
+        }
         let _ = writeln!(out, "health     {health}");
 
         let _ = writeln!(out, "\npeers");
@@ -269,12 +283,17 @@ impl NodeStatus {
         for backend in &self.backends {
             let _ = writeln!(
                 out,
-                "  {:<16} {:<10} {:>2} intro points  fetched {:<10} {}",
+                "  {:<16} {:<10} {:>2} intro points  fetched {:<10} {}{}",
                 backend.name,
                 backend.state,
                 backend.intro_points,
                 ago(now, backend.last_fetch),
-                backend.last_error.as_deref().unwrap_or("")
+                backend.last_error.as_deref().unwrap_or(""),
+                if backend.offers_pow {
+                    " (offers proof-of-work; clients of the master bypass it)"
+                } else {
+                    ""
+                }
             );
         }
 
@@ -532,6 +551,7 @@ mod tests {
             last_fetch: Some(940),
             failure_count: 0,
             last_error: None,
+            offers_pow: false,
         });
         status.publishes.push(PublishStatus {
             time_period: 20_000,

@@ -91,6 +91,16 @@ impl TorSide {
             let stalled = loop {
                 let config = self.configs.borrow_and_update().clone();
                 self.publisher.set_interval(config.timing.publish_interval);
+                self.publisher.set_authorized_clients(
+                    config
+                        .authorized_clients
+                        .iter()
+                        .map(|key| *key.as_ref())
+                        .collect(),
+                );
+                self.board.update(|status| {
+                    status.authorized_clients = config.authorized_clients.len();
+                });
                 let (healthy_tx, healthy_rx) = watch::channel(None);
                 let (copies_tx, copies_rx) = watch::channel(Vec::new());
                 let publishing_rx = self.publishing_rx.clone();

@@ -3,40 +3,39 @@
 //! For one time period: blind the master identity key for that period ([`BlindedIdentity`],
 //! computed once per period: the blinded key is what the HSDirs index and what signs the
 //! descriptor-signing certificate), then for every descriptor make a fresh
-//! descriptor-signing key, certify it for [`CERT_LIFETIME`], and let Arti's `HsDescBuilder`
-//! write, encrypt and sign the document. The builder re-certifies every backend introduction
-//! point's auth-key and enc-key under our descriptor-signing key (certificate types 09 and
-//! 0B), which is what makes a client accept backend introduction points under the master
-//! address.
+//! descriptor-signing key, certify it for [`CERT_LIFETIME`], and write, encrypt and sign the
+//! document as C tor does ([`super::encode`]). Every backend introduction point's auth-key and
+//! enc-key is re-certified under our descriptor-signing key (certificate types 09 and 0B),
+//! which is what makes a client accept backend introduction points under the master address.
 //!
-//! The revision counter follows rend-spec-v3 Appendix F.2: an order-preserving encryption of
-//! the seconds since the start of the SRV period. The key is derived from the master key, so
-//! every node holding the key produces increasing counters without any handover.
+//! The revision counter follows rend-spec-v3 Appendix F.2 as C tor computes it: an
+//! order-preserving encryption of the seconds since the start of the SRV period, keyed by
+//! SHA3-256(`"rev-counter-generation\0"` ‖ the period's blinded secret key). Every node holding
+//! the master key derives the same blinded key, so counters agree across the cluster without
+//! any handover, and the counters of two periods share nothing that links their blinded keys.
 //!
-//! This module uses Arti's pure document and key crates (tor-netdoc, tor-hscrypto,
-//! tor-llcrypto) but nothing that touches the network.
+//! This module uses Arti's pure key and certificate crates (tor-hscrypto, tor-llcrypto,
+//! tor-cert) but nothing that touches the network.
 
 use std::time::SystemTime;
 
 use rand::{CryptoRng, Rng};
-use sha3::{Digest, Sha3_256};
-use tor_cell::chancell::msg::HandshakeType;
 use tor_hscrypto::ope::{AesOpeKey, SrvPeriodOffset};
 use tor_hscrypto::pk::{HsBlindId, HsBlindIdKey, HsBlindIdKeypair, HsIdKey, HsIdKeypair};
 use tor_hscrypto::time::TimePeriod;
-use tor_hscrypto::{RevisionCounter, Subcredential};
-use tor_llcrypto::pk::ed25519;
-use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, HsDescBuilder, IntroPointDesc};
-use tor_netdoc::NetdocBuilder;
+use tor_hscrypto::Subcredential;
+use tor_llcrypto::pk::{curve25519, ed25519};
+use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, IntroPointDesc};
+use zeroize::Zeroizing;
 
+use super::encode::{encode_descriptor, FlowControl, LayerContent, LayerKeys};
 use crate::keys::onion_address::OnionAddress;
-use crate::params::{CERT_LIFETIME, DESCRIPTOR_LIFETIME_MINUTES};
+use crate::params::CERT_LIFETIME;
 
 /// The master identity, ready to blind and sign. Never printed.
 pub struct MasterIdentity {
     keypair: HsIdKeypair,
     address: OnionAddress,
-    revision_key: AesOpeKey,
 }
 
 /// Why a descriptor could not be built.
@@ -60,28 +59,14 @@ impl MasterIdentity {
         let expanded = ed25519::ExpandedKeypair::from_secret_key_bytes(*expanded_secret)
             .ok_or(BuildError::BadMasterKey)?;
         let public: [u8; 32] = expanded.public().to_bytes();
-        // A secret derived from (not equal to) the master key: knowing the OPE key must not
-        // help anyone towards the signing key.
-        let revision_secret: [u8; 32] = Sha3_256::new()
-            .chain_update(b"rustbalance revision counter key v1")
-            .chain_update(expanded_secret)
-            .finalize()
-            .into();
         Ok(MasterIdentity {
             keypair: HsIdKeypair::from(expanded),
             address: OnionAddress::from_public_key(public),
-            revision_key: AesOpeKey::from_secret(&revision_secret),
         })
     }
 
     pub fn address(&self) -> OnionAddress {
         self.address
-    }
-
-    /// The revision counter for a descriptor built `srv_offset_secs` seconds after the start
-    /// of the SRV period its time period belongs to.
-    pub fn revision_counter(&self, srv_offset: SrvPeriodOffset) -> u64 {
-        self.revision_key.encrypt(srv_offset)
     }
 }
 
@@ -110,6 +95,7 @@ pub struct BlindedIdentity {
     public: HsBlindIdKey,
     keypair: HsBlindIdKeypair,
     subcredential: Subcredential,
+    revision_key: AesOpeKey,
 }
 
 impl MasterIdentity {
@@ -119,11 +105,17 @@ impl MasterIdentity {
             .keypair
             .compute_blinded_key(period)
             .map_err(|_| BuildError::Blinding(period.interval_num()))?;
+        // C tor hashes the prefix with its terminating NUL; Arti's key adds the prefix
+        // without it, so the NUL leads the secret.
+        let blinded: &ed25519::ExpandedKeypair = keypair.as_ref();
+        let mut revision_secret = Zeroizing::new(vec![0u8]);
+        revision_secret.extend_from_slice(&blinded.to_secret_key_bytes());
         Ok(BlindedIdentity {
             period,
             public,
             keypair,
             subcredential,
+            revision_key: AesOpeKey::from_secret(&revision_secret),
         })
     }
 }
@@ -136,6 +128,12 @@ impl BlindedIdentity {
     /// The blinded public key, as HSDirs index descriptors by it.
     pub fn blind_id(&self) -> HsBlindId {
         self.public.id()
+    }
+
+    /// The revision counter for a descriptor built `srv_offset` seconds after the start of
+    /// the SRV period this time period belongs to.
+    pub fn revision_counter(&self, srv_offset: SrvPeriodOffset) -> u64 {
+        self.revision_key.encrypt(srv_offset)
     }
 
     /// The blinded signing key's secret (scalar ‖ nonce prefix). Nothing in the program reads
@@ -151,6 +149,10 @@ impl BlindedIdentity {
 pub struct DescriptorParams<'a, T = IntroPointDesc> {
     pub intro_points: &'a [T],
     pub revision_counter: u64,
+    /// What the consensus tells a C-tor service to advertise (none: congestion control off).
+    pub flow_control: Option<FlowControl>,
+    /// Restricted discovery: the clients that may find the service (empty: anyone).
+    pub authorized_clients: &'a [curve25519::PublicKey],
     pub now: SystemTime,
     /// The HSDirs reject a descriptor of this many bytes or more (`HSV3MaxDescriptorSize`).
     pub size_limit: usize,
@@ -171,43 +173,48 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
     rng: &mut R,
 ) -> Result<String, BuildError> {
     let desc_signing = ed25519::Keypair::generate(rng);
-    let cert_expiry = params.now + CERT_LIFETIME;
-    let desc_signing_cert =
-        create_desc_sign_key_cert(&desc_signing.verifying_key(), &blinded.keypair, cert_expiry)
-            .map_err(|err| BuildError::Certificate(err.to_string()))?;
-
-    HsDescBuilder::default()
-        .blinded_id(&blinded.public)
-        .hs_desc_sign(&desc_signing)
-        .hs_desc_sign_cert(desc_signing_cert)
-        .create2_formats(&[HandshakeType::NTOR])
-        .auth_required(None)
-        .is_single_onion_service(false)
-        .intro_points(params.intro_points)
-        .intro_auth_key_cert_expiry(cert_expiry)
-        .intro_enc_key_cert_expiry(cert_expiry)
-        .lifetime(DESCRIPTOR_LIFETIME_MINUTES.into())
-        .revision_counter(RevisionCounter::from(params.revision_counter))
-        .subcredential(blinded.subcredential)
-        // The builder allows `len <= max`; the HSDirs require `len < limit`.
-        .max_generated_len(params.size_limit.saturating_sub(1))
-        .build_sign(rng)
-        .map_err(|err| match err {
-            tor_bytes::EncodeError::BadLengthValue => BuildError::TooLarge {
-                limit: params.size_limit,
-            },
-            other => BuildError::Encode(other.to_string()),
-        })
+    let desc_signing_cert = create_desc_sign_key_cert(
+        &desc_signing.verifying_key(),
+        &blinded.keypair,
+        params.now + CERT_LIFETIME,
+    )
+    .map_err(|err| BuildError::Certificate(err.to_string()))?;
+    let text = encode_descriptor(
+        &LayerKeys {
+            blinded_public: blinded.public.as_ref().to_bytes(),
+            subcredential: blinded.subcredential,
+            revision_counter: params.revision_counter,
+            desc_signing: &desc_signing,
+            desc_signing_cert: desc_signing_cert.as_ref(),
+        },
+        &LayerContent {
+            intro_points: params.intro_points,
+            flow_control: params.flow_control,
+            authorized_clients: params.authorized_clients,
+            now: params.now,
+        },
+        rng,
+    )?;
+    // The HSDirs require `len < limit`.
+    if text.len() >= params.size_limit {
+        return Err(BuildError::TooLarge {
+            limit: params.size_limit,
+        });
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::descriptor::synthetic::synthetic_intro_points;
+    use base64::Engine as _;
     use curve25519_dalek::Scalar;
     use sha2::Sha512;
+    use sha3::{Digest as _, Sha3_256};
     use std::time::Duration;
     use tor_checkable::Timebound;
+    use tor_hscrypto::pk::HsClientDescEncKeypair;
     use tor_netdoc::doc::hsdesc::HsDesc;
 
     /// A tor-style expanded key whose scalar is *not* derived from a seed (as vanity keys).
@@ -236,6 +243,8 @@ mod tests {
         DescriptorParams {
             intro_points,
             revision_counter: 42,
+            flow_control: Some(FlowControl { sendme_inc: 31 }),
+            authorized_clients: &[],
             now: SystemTime::now(),
             size_limit: 50_000,
         }
@@ -247,10 +256,30 @@ mod tests {
         period: TimePeriod,
         text: &str,
     ) -> Result<HsDesc, String> {
+        client_view_with_key(address, period, text, None)
+    }
+
+    /// The same, for a client that holds a restricted-discovery key.
+    fn client_view_with_key(
+        address: &OnionAddress,
+        period: TimePeriod,
+        text: &str,
+        key: Option<&curve25519::StaticSecret>,
+    ) -> Result<HsDesc, String> {
         let (blind_id, subcredential) = blinded_id_and_subcredential(address, period).unwrap();
-        HsDesc::parse_decrypt_validate(text, &blind_id, &subcredential, None)
-            .map_err(|e| e.to_string())
+        let keypair = key.map(|secret| {
+            HsClientDescEncKeypair::new(
+                curve25519::PublicKey::from(secret).into(),
+                secret.clone().into(),
+            )
+        });
+        HsDesc::parse_decrypt_validate(text, &blind_id, &subcredential, keypair.as_ref())
+            .map_err(|e| format!("{e:?}"))
             .map(|bound| bound.dangerously_assume_timely())
+    }
+
+    fn client_key() -> curve25519::StaticSecret {
+        curve25519::StaticSecret::random_from_rng(rand::rng())
     }
 
     #[test]
@@ -268,6 +297,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("period {interval}: {e}"));
             assert_eq!(descriptor.intro_points().len(), 3);
             assert_eq!(u64::from(descriptor.revision()), 42);
+            let (versions, sendme_inc) = descriptor.flow_control().unwrap();
+            assert_eq!(
+                (versions.to_string().as_str(), sendme_inc.get()),
+                ("FlowCtrl=1-2", 31)
+            );
             // A client of the next period derives another blinded key and must not accept it.
             assert!(client_view(&master.address(), period(interval + 1), &text).is_err());
         }
@@ -354,8 +388,14 @@ mod tests {
     #[test]
     fn revision_counters_agree_across_instances_and_only_grow() {
         let secret = random_expanded_secret();
-        let node_a = MasterIdentity::from_expanded_secret(&secret).unwrap();
-        let node_b = MasterIdentity::from_expanded_secret(&secret).unwrap();
+        let node_a = MasterIdentity::from_expanded_secret(&secret)
+            .unwrap()
+            .blind(period(20_000))
+            .unwrap();
+        let node_b = MasterIdentity::from_expanded_secret(&secret)
+            .unwrap()
+            .blind(period(20_000))
+            .unwrap();
         let mut previous = 0;
         // Offsets across a whole 24-hour SRV period, in uneven steps.
         let mut offset = 0u32;
@@ -369,11 +409,127 @@ mod tests {
             previous = counter_a;
             offset += 1 + offset % 997;
         }
-        let other = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let next_period = MasterIdentity::from_expanded_secret(&secret)
+            .unwrap()
+            .blind(period(20_001))
+            .unwrap();
         assert_ne!(
-            other.revision_counter(SrvPeriodOffset::from(1000)),
+            next_period.revision_counter(SrvPeriodOffset::from(1000)),
             node_a.revision_counter(SrvPeriodOffset::from(1000)),
-            "the counter key must depend on the master key"
+            "each period's counter key comes from its own blinded key"
         );
+    }
+
+    /// The counter as C tor computes it (hs_service.c, crypto_ope.c), written out here
+    /// independently of Arti: key = SHA3-256("rev-counter-generation\0" ‖ blinded secret key
+    /// (64 bytes)); the counter for offset n is the sum of n+1 words, each a little-endian u16
+    /// of the AES-256-CTR keystream (zero IV) plus one.
+    #[test]
+    fn revision_counter_is_c_tors() {
+        use cipher::{KeyIvInit as _, StreamCipher as _};
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let blinded = master.blind(period(20_000)).unwrap();
+        let blinded_secret = blinded.secret_bytes_for_leak_tests();
+        let key: [u8; 32] = Sha3_256::new()
+            .chain_update(b"rev-counter-generation\0")
+            .chain_update(blinded_secret.as_slice())
+            .finalize()
+            .into();
+        for offset in [0u32, 1, 17, 3600, 86_399] {
+            let mut stream = vec![0u8; 2 * (offset as usize + 1)];
+            tor_llcrypto::cipher::aes::Aes256Ctr::new(&key.into(), &[0u8; 16].into())
+                .apply_keystream(&mut stream);
+            let expected: u64 = stream
+                .chunks(2)
+                .map(|word| u64::from(u16::from_le_bytes([word[0], word[1]])) + 1)
+                .sum();
+            assert_eq!(
+                blinded.revision_counter(SrvPeriodOffset::from(offset)),
+                expected,
+                "offset {offset}"
+            );
+        }
+    }
+
+    #[test]
+    fn restricted_discovery_admits_only_the_listed_clients() {
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let ips = synthetic_intro_points(3);
+        let (alice, bob, mallory) = (client_key(), client_key(), client_key());
+        let clients = [
+            curve25519::PublicKey::from(&alice),
+            curve25519::PublicKey::from(&bob),
+        ];
+        let text = build_descriptor(
+            &master.blind(period(20_000)).unwrap(),
+            &DescriptorParams {
+                authorized_clients: &clients,
+                ..params(&ips)
+            },
+            &mut rand::rng(),
+        )
+        .unwrap();
+        for client in [&alice, &bob] {
+            let descriptor =
+                client_view_with_key(&master.address(), period(20_000), &text, Some(client))
+                    .unwrap();
+            assert_eq!(descriptor.intro_points().len(), 3);
+        }
+        assert!(
+            client_view_with_key(&master.address(), period(20_000), &text, Some(&mallory)).is_err()
+        );
+        assert!(client_view(&master.address(), period(20_000), &text).is_err());
+    }
+
+    /// The outer document and the first layer's size as C tor writes them: the items in
+    /// order, the first layer's plaintext padded to a multiple of 10 000 bytes (Arti's builder
+    /// pads to 10 KiB).
+    #[test]
+    fn outer_layout_is_c_tors() {
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        for count in [1, 8, 20] {
+            let ips = synthetic_intro_points(count);
+            let text = build_descriptor(
+                &master.blind(period(20_000)).unwrap(),
+                &params(&ips),
+                &mut rand::rng(),
+            )
+            .unwrap();
+            let mut in_object = false;
+            let mut keywords = Vec::new();
+            for line in text.lines() {
+                if line.starts_with("-----BEGIN ") {
+                    in_object = true;
+                } else if line.starts_with("-----END ") {
+                    in_object = false;
+                } else if !in_object {
+                    keywords.push(line.split(' ').next().unwrap());
+                }
+            }
+            assert_eq!(
+                keywords,
+                [
+                    "hs-descriptor",
+                    "descriptor-lifetime",
+                    "descriptor-signing-key-cert",
+                    "revision-counter",
+                    "superencrypted",
+                    "signature"
+                ]
+            );
+            assert!(text.starts_with("hs-descriptor 3\ndescriptor-lifetime 180\n"));
+            let blob: String = text
+                .split("-----BEGIN MESSAGE-----\n")
+                .nth(1)
+                .and_then(|rest| rest.split("-----END MESSAGE-----").next())
+                .unwrap()
+                .lines()
+                .collect();
+            let blob = base64::engine::general_purpose::STANDARD
+                .decode(blob)
+                .unwrap();
+            // salt (16) ‖ ciphertext ‖ MAC (32)
+            assert_eq!((blob.len() - 16 - 32) % 10_000, 0, "{count} intro points");
+        }
     }
 }

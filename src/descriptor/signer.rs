@@ -31,10 +31,14 @@ pub trait DescriptorSigner {
     /// A stable identity of an introduction point, unchanged while its backend keeps it.
     fn intro_point_id(intro_point: &Self::IntroPoint) -> String;
 
-    /// The revision counter of a descriptor built `srv_offset_secs` seconds after the start of
-    /// its period's SRV period. Strictly increasing in the offset, and the same on every node
-    /// that holds the master key (rend-spec-v3 Appendix F.2).
-    fn revision_counter(&self, srv_offset_secs: u32) -> u64;
+    /// The revision counter of a descriptor for `period` built `srv_offset_secs` seconds after
+    /// the start of its SRV period. Strictly increasing in the offset, and the same on every
+    /// node that holds the master key (rend-spec-v3 Appendix F.2).
+    fn revision_counter(
+        &mut self,
+        period: TimePeriod,
+        srv_offset_secs: u32,
+    ) -> Result<u64, BuildError>;
 
     /// The blinded identity for `period`: where the HSDirs keep the descriptor.
     fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError>;
@@ -87,9 +91,14 @@ impl DescriptorSigner for MasterSigner {
         intro_point_id(intro_point)
     }
 
-    fn revision_counter(&self, srv_offset_secs: u32) -> u64 {
-        self.master
-            .revision_counter(SrvPeriodOffset::from(srv_offset_secs))
+    fn revision_counter(
+        &mut self,
+        period: TimePeriod,
+        srv_offset_secs: u32,
+    ) -> Result<u64, BuildError> {
+        Ok(self
+            .blinded_for(period)?
+            .revision_counter(SrvPeriodOffset::from(srv_offset_secs)))
     }
 
     fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {

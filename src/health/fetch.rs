@@ -34,6 +34,8 @@ pub struct VerifiedDescriptor {
     pub time_period: u64,
     pub revision_counter: u64,
     pub intro_points: Vec<IntroPointDesc>,
+    /// It carries `pow-params`: the backend defends itself with proof-of-work.
+    pub offers_pow: bool,
     /// Which HSDir served it, for the log.
     pub hsdir: HsDirId,
 }
@@ -245,6 +247,7 @@ impl<'a> BlindedService<'a> {
             time_period: self.time_period.interval_num(),
             revision_counter: u64::from(descriptor.revision()),
             intro_points: descriptor.intro_points().to_vec(),
+            offers_pow: !descriptor.pow_params().is_empty(),
             hsdir: hsdir.clone(),
             text,
         })

@@ -38,6 +38,8 @@ struct MonitoredBackend<I> {
     health: BackendHealth,
     /// From the last descriptor that verified; kept while the backend is Healthy.
     intro_points: Vec<I>,
+    /// Its last descriptor carried `pow-params` (said once in the log when it starts).
+    offers_pow: bool,
 }
 
 /// What one check of one backend found.
@@ -49,6 +51,8 @@ pub struct Check<I> {
     /// Some HSDir answered (with or without a descriptor): this node's Tor reaches the HSDirs,
     /// even if the rest of the check could not be made.
     pub reached_hsdirs: bool,
+    /// The descriptor that verified carries `pow-params`.
+    pub offers_pow: bool,
 }
 
 /// One backend as `rustbalance status` shows it.
@@ -63,6 +67,8 @@ pub struct BackendReport {
     pub last_seen: Option<Timestamp>,
     pub failure_count: u32,
     pub last_error: Option<String>,
+    /// Its descriptor carries proof-of-work parameters, which the master cannot pass on.
+    pub offers_pow: bool,
 }
 
 /// The health of every configured backend. `I` is an introduction point as the checks hand
@@ -122,6 +128,7 @@ impl HealthMonitor {
                     save_descriptor(&self.descriptor_dir, &backend.config, descriptor);
                 }
                 Some(Check {
+                    offers_pow: descriptor.as_ref().is_some_and(|d| d.offers_pow),
                     intro_points: descriptor.map(|d| d.intro_points),
                     ..check
                 })
@@ -147,6 +154,7 @@ impl<I: Clone> HealthMonitor<I> {
                     config: backend.clone(),
                     health: BackendHealth::new(backend.exclude),
                     intro_points: Vec::new(),
+                    offers_pow: false,
                 })
                 .collect(),
             policy,
@@ -176,6 +184,7 @@ impl<I: Clone> HealthMonitor<I> {
             let Some(Check {
                 observation,
                 intro_points,
+                offers_pow,
                 ..
             }) = result
             else {
@@ -188,6 +197,10 @@ impl<I: Clone> HealthMonitor<I> {
                 tracing::debug!(backend = %name, "ignored a descriptor older than the newest seen (a lagging HSDir)");
             } else if let Some(intro_points) = intro_points {
                 backend.intro_points = intro_points;
+                if offers_pow && !backend.offers_pow {
+                    tracing::warn!(backend = %name, "backend {name} defends itself with proof-of-work (its descriptor has pow-params); the master descriptor cannot carry them (a backend checks each solution against its own address), so clients of the master address solve no puzzle and reach {name} without that defence");
+                }
+                backend.offers_pow = offers_pow;
             }
             if let Some(change) = backend.health.observe(observation, now, &self.policy) {
                 let reason = backend.health.last_error().unwrap_or("descriptor verified");
@@ -234,6 +247,7 @@ impl<I: Clone> HealthMonitor<I> {
                 last_seen: b.health.last_seen(),
                 failure_count: b.health.failure_count(),
                 last_error: b.health.last_error().map(str::to_owned),
+                offers_pow: b.offers_pow,
             })
             .collect()
     }
@@ -269,6 +283,7 @@ async fn check_backend<T: TorNetwork>(
                 observation,
                 intro_points: None,
                 reached_hsdirs: err.reached_hsdirs(),
+                offers_pow: false,
             };
             return (check, None);
         }
@@ -308,6 +323,7 @@ async fn check_backend<T: TorNetwork>(
         }),
         intro_points: None,
         reached_hsdirs: true,
+        offers_pow: false,
     };
     (check, Some(descriptor))
 }
@@ -353,6 +369,7 @@ mod tests {
             observation,
             intro_points: ips.map(|ips| ips.iter().map(|s| s.to_string()).collect()),
             reached_hsdirs,
+            offers_pow: false,
         }
     }
 

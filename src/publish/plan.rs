@@ -31,6 +31,7 @@ use std::time::Duration;
 
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
+use tor_llcrypto::pk::curve25519;
 
 use super::schedule::{next_due, publish_reason, same_set, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
@@ -191,6 +192,10 @@ pub struct PublishPlan<S: DescriptorSigner> {
     revision_floor: BTreeMap<u64, u64>,
     /// Periods where the fetch-back found an HSDir lacking the last upload.
     lacking: BTreeSet<u64>,
+    /// Restricted discovery: the clients that may find the service (empty: anyone).
+    authorized_clients: Vec<curve25519::PublicKey>,
+    /// Periods uploaded for another list of authorized clients than the current one.
+    clients_changed: BTreeSet<u64>,
 }
 
 /// Failed uploads of one period in a row, and the earliest moment for the next.
@@ -212,6 +217,19 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             backoff: BTreeMap::new(),
             revision_floor: BTreeMap::new(),
             lacking: BTreeSet::new(),
+            authorized_clients: Vec::new(),
+            clients_changed: BTreeSet::new(),
+        }
+    }
+
+    /// Restricted discovery: the clients whose keys the descriptor carries from now on. A
+    /// changed list is uploaded at once for every period already published.
+    pub fn set_authorized_clients(&mut self, mut clients: Vec<curve25519::PublicKey>) {
+        clients.sort_by_key(|key| *key.as_bytes());
+        clients.dedup_by_key(|key| *key.as_bytes());
+        if clients != self.authorized_clients {
+            self.authorized_clients = clients;
+            self.clients_changed.extend(self.records.keys().copied());
         }
     }
 
@@ -256,6 +274,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         self.revision_floor
             .retain(|period, _| periods.contains(period));
         self.lacking.retain(|period| periods.contains(period));
+        self.clients_changed
+            .retain(|period| periods.contains(period));
         self.signer.retain_periods(&periods);
 
         let mut decision = Decision::default();
@@ -290,14 +310,25 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             );
             return (None, retry);
         };
-        let revision_counter = self.signer.revision_counter(srv_offset).max(
-            self.revision_floor
-                .get(&period)
-                .map_or(0, |floor| floor.saturating_add(1)),
-        );
+        let revision_counter = match self
+            .signer
+            .revision_counter(target.info.time_period, srv_offset)
+        {
+            Ok(counter) => counter.max(
+                self.revision_floor
+                    .get(&period)
+                    .map_or(0, |floor| floor.saturating_add(1)),
+            ),
+            Err(err) => {
+                tracing::error!(period, "cannot compute the revision counter: {err}");
+                return (None, retry);
+            }
+        };
         let base = DescriptorParams {
             intro_points: &[],
             revision_counter,
+            flow_control: target.info.flow_control,
+            authorized_clients: &self.authorized_clients,
             // Certificates are dated by Arti's builder, which takes the standard type.
             now: now.to_system_time(),
             size_limit: target.info.max_descriptor_size,
@@ -343,11 +374,16 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let hsdir_names: Vec<String> = target.hsdirs.iter().map(ToString::to_string).collect();
 
         let last = self.records.get(&period);
-        let reason =
-            publish_reason(last, now, self.interval, &intro_ids, &hsdir_names).or_else(|| {
+        let reason = publish_reason(last, now, self.interval, &intro_ids, &hsdir_names)
+            .or_else(|| {
                 self.lacking
                     .contains(&period)
                     .then_some(PublishReason::HsDirsLackIt)
+            })
+            .or_else(|| {
+                self.clients_changed
+                    .contains(&period)
+                    .then_some(PublishReason::AuthorizedClientsChanged)
             });
         let Some(reason) = reason else {
             return (None, last.map_or(now, |l| next_due(l, self.interval)));
@@ -445,6 +481,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         }
         self.backoff.remove(&upload.period);
         self.lacking.remove(&upload.period);
+        self.clients_changed.remove(&upload.period);
         let record = PublishRecord {
             published_at: upload.decided_at,
             intro_points: upload.intro_points,
@@ -578,8 +615,12 @@ mod tests {
         fn intro_point_id(intro_point: &String) -> String {
             intro_point.clone()
         }
-        fn revision_counter(&self, srv_offset_secs: u32) -> u64 {
-            u64::from(srv_offset_secs)
+        fn revision_counter(
+            &mut self,
+            _period: TimePeriod,
+            srv_offset_secs: u32,
+        ) -> Result<u64, BuildError> {
+            Ok(u64::from(srv_offset_secs))
         }
         fn blind_id(&mut self, period: TimePeriod) -> Result<HsBlindId, BuildError> {
             Ok(HsBlindId::from([period.interval_num() as u8; 32]))
@@ -608,6 +649,7 @@ mod tests {
                 time_period: TimePeriod::from_parts(1440, period, 720),
                 srv_start: at(0),
                 max_descriptor_size: 50_000,
+                flow_control: None,
             },
             hsdirs: hsdirs.iter().map(|h| HsDirId::new(h.to_string())).collect(),
         }
@@ -661,6 +703,26 @@ mod tests {
                 done
             })
             .collect()
+    }
+
+    #[test]
+    fn a_new_list_of_authorized_clients_is_uploaded_at_once_for_every_period() {
+        let mut plan = plan();
+        let targets = [target(10, &["h1"]), target(11, &["h2"])];
+        let backends = healthy(&[("a", &["a1"])]);
+        publish(&mut plan, at(100), &targets, &backends);
+        let key = |byte| curve25519::PublicKey::from([byte; 32]);
+        plan.set_authorized_clients(vec![key(1), key(2)]);
+        assert_eq!(
+            publish(&mut plan, at(110), &targets, &backends),
+            [
+                (10, PublishReason::AuthorizedClientsChanged, 110),
+                (11, PublishReason::AuthorizedClientsChanged, 110)
+            ]
+        );
+        // The same clients in another order, or listed twice, change nothing.
+        plan.set_authorized_clients(vec![key(2), key(1), key(2)]);
+        assert!(publish(&mut plan, at(120), &targets, &backends).is_empty());
     }
 
     #[test]

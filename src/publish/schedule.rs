@@ -36,6 +36,8 @@ pub enum PublishReason {
     /// A responsible HSDir holds no copy of the last upload, an older one, or another
     /// publisher's (read back by the fetch-back).
     HsDirsLackIt,
+    /// Restricted discovery: the list of authorized clients changed (SIGHUP).
+    AuthorizedClientsChanged,
 }
 
 impl std::fmt::Display for PublishReason {
@@ -46,6 +48,7 @@ impl std::fmt::Display for PublishReason {
             PublishReason::IntroPointsChanged => "introduction points changed",
             PublishReason::HsDirsChanged => "responsible HSDirs changed",
             PublishReason::HsDirsLackIt => "an HSDir lacks the last upload",
+            PublishReason::AuthorizedClientsChanged => "the authorized clients changed",
         })
     }
 }

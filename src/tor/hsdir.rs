@@ -21,6 +21,7 @@ use tor_netdir::{HsDirParams, Relay};
 use super::network::{HsDirError, HsDirId, HsDirSet, PeriodInfo, TorError};
 use super::EmbeddedTor;
 use crate::clock::Timestamp;
+use crate::descriptor::encode::FlowControl;
 use crate::params::DEFAULT_MAX_DESCRIPTOR_SIZE;
 
 /// Longest wait for one HSDir request, circuit included.
@@ -30,12 +31,20 @@ impl EmbeddedTor {
     /// The current period and every period to publish for, from a live consensus.
     pub(super) async fn periods(&self) -> Result<(TimePeriod, Vec<PeriodInfo>), TorError> {
         let netdir = self.live_netdir().await?;
-        let size_limit = usize::try_from(i32::from(netdir.params().hsdir_max_desc_size))
+        let params = netdir.params();
+        let size_limit = usize::try_from(i32::from(params.hsdir_max_desc_size))
             .unwrap_or(DEFAULT_MAX_DESCRIPTOR_SIZE);
+        // As C tor decides its services' `flow-control` line (congestion control on unless
+        // `cc_alg` is 0; the consensus bounds `cc_sendme_inc` to 1..=254).
+        let flow_control = (i32::from(params.cc_alg) != 0)
+            .then(|| u8::try_from(i32::from(params.cc_sendme_inc)).ok())
+            .flatten()
+            .map(|sendme_inc| FlowControl { sendme_inc });
         let info = |params: HsDirParams| PeriodInfo {
             time_period: params.time_period(),
             srv_start: Timestamp::from_system_time(params.start_of_shard_rand_period()),
             max_descriptor_size: size_limit,
+            flow_control,
         };
         Ok((
             netdir.hs_time_period(),

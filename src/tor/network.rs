@@ -18,6 +18,7 @@ use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 
 use crate::clock::Timestamp;
+use crate::descriptor::encode::FlowControl;
 use crate::keys::onion_address::OnionAddress;
 
 /// An HSDir, named by its RSA identity in hex, as tor's logs and the consensus name relays.
@@ -50,6 +51,9 @@ pub struct PeriodInfo {
     pub srv_start: Timestamp,
     /// The HSDirs refuse descriptors this long or longer (`HSV3MaxDescriptorSize`).
     pub max_descriptor_size: usize,
+    /// The `flow-control` line a C-tor service writes on this consensus: `cc_alg` enables
+    /// congestion control, `cc_sendme_inc` is the increment.
+    pub flow_control: Option<FlowControl>,
 }
 
 impl PeriodInfo {
