@@ -77,7 +77,7 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
     let good = fs::read_to_string(&config_path).unwrap();
     let with_backend = format!("{good}\n[[backends]]\nname = \"web1\"\naddress = \"{BACKEND}\"\n");
     fs::write(&config_path, &with_backend).unwrap();
-    hup(&node);
+    node.reload();
     log.wait_for("configuration reloaded", "", SETTLE);
     assert_eq!(backends(&node), 1);
 
@@ -86,21 +86,13 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
         format!("{with_backend}\n[timing]\nheartbeat_interval_secs = 0\n"),
     )
     .unwrap();
-    hup(&node);
+    node.reload();
     let line = log.wait_for("configuration not reloaded", "", SETTLE);
     assert!(line.contains("config.toml"), "{line}");
     assert_eq!(backends(&node), 1, "the running configuration changed");
     let text = fs::read_to_string(node.log_path()).unwrap();
     assert!(!text.contains("panicked"), "{text}");
     assert!(node.stop_cleanly());
-}
-
-fn hup(node: &Balancer) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &node.pid().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }
 
 #[test]

@@ -4,14 +4,20 @@
 //! publishes the master descriptor through its embedded Arti client. Then, as a user would
 //! see it:
 //! 1. the C-tor client fetches `http://<master>.onion/` over fresh circuits and gets both
-//!    backends' pages;
-//! 2. with the default health checks (no `[health.probe]`: a rendezvous with each backend),
+//!    backends' pages; the master descriptor, decrypted layer by layer, has the shape of a
+//!    C-tor backend's own descriptor from the same network (every line, in order, with values
+//!    of the same lengths; the same padding, fake client entries, `flow-control` line and
+//!    certificate expiries);
+//! 2. restricted discovery: with a client key listed (SIGHUP), the C-tor client without the
+//!    key cannot find the master (its SOCKS reply says "client authorization missing"), with
+//!    the key in its `ClientOnionAuthDir` it can; the list removed again, anyone can;
+//! 3. with the default health checks (no `[health.probe]`: a rendezvous with each backend),
 //!    a backend whose web server is stopped stays in (its tor is alive); once its tor is
 //!    stopped, within one health interval plus one check and one publish its introduction
 //!    points are gone from the descriptor on the HSDirs (fetched back through Arti and
 //!    decrypted here), and the client still gets the other page; restarted, it is
 //!    re-included;
-//! 3. every backend stopped: the balancer raises its alert and uploads nothing more, and does
+//! 4. every backend stopped: the balancer raises its alert and uploads nothing more, and does
 //!    not take the dead backends for a stalled Tor client.
 
 mod support;
@@ -21,10 +27,14 @@ use std::fs;
 
 use std::time::{Duration, Instant};
 
+use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
 use support::balancer::{Balancer, LogWatcher};
+use support::hsdesc::{cert_expiry_hours, layers, shape, Layers};
 use support::master::{fetch_pages, fetch_until_seen, Observer};
 use support::{NetworkOptions, TorNetwork};
+use tor_hscrypto::pk::HsClientDescEncKey;
+use tor_llcrypto::pk::curve25519;
 
 /// Shortened `[timing]` so the scenario runs in minutes.
 const HEALTH_INTERVAL_SECS: u64 = 10;
@@ -40,6 +50,12 @@ const TOR_STALL_SECS: u64 = 50;
 /// One health interval, one rendezvous timeout and one publish (with upload retries).
 const LOSS_TIMEOUT: Duration =
     Duration::from_secs(HEALTH_INTERVAL_SECS + RENDEZVOUS_TIMEOUT_SECS + 60);
+/// One HSFETCH from every HSDir of the network.
+const HSFETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tor delays a NEWNYM that follows another within 10 s.
+const NEWNYM_SPACING: Duration = Duration::from_secs(10);
+/// One fetch through the master address.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
@@ -86,7 +102,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
     // What the balancer is responsible for: the descriptor on the HSDirs lists both
     // backends' current introduction points...
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        observer.backends_listed(&master, &net, &["alpha", "beta"], &["alpha", "beta"]),
         ["alpha", "beta"]
     );
     // ...so clients reach both backends through the master address.
@@ -96,8 +112,58 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         both,
         "the master address should lead to both backends"
     );
+    // Nothing but its introduction points tells the master descriptor from a C-tor service's.
+    looks_like_c_tors(&net, &observer, &master, "alpha");
 
-    // 2. A backend that serves nothing stays in: its tor comes to the rendezvous.
+    // 2. Restricted discovery, switched on and off again with SIGHUP.
+    let client_secret = curve25519::StaticSecret::random_from_rng(rand::rng());
+    let client_key = HsClientDescEncKey::from(curve25519::PublicKey::from(&client_secret));
+    let clients_dir = node.config_dir().join("authorized_clients");
+    fs::create_dir_all(&clients_dir).unwrap();
+    fs::write(clients_dir.join("tester.auth"), format!("{client_key}\n")).unwrap();
+    let config_path = node.config_dir().join("config.toml");
+    let open_config = fs::read_to_string(&config_path).unwrap();
+    fs::write(
+        &config_path,
+        format!("{open_config}\n[restricted_discovery]\nclients_dir = \"authorized_clients\"\n"),
+    )
+    .unwrap();
+    node.reload();
+    log.wait_for(
+        "published descriptor (the authorized clients changed)",
+        "",
+        LOSS_TIMEOUT,
+    );
+    let status = node.status().expect("status");
+    assert_eq!(status["authorized_clients"], 1, "{status:#}");
+    std::thread::sleep(NEWNYM_SPACING);
+    net.newnym().expect("NEWNYM");
+    let refused = net
+        .fetch(&format!("http://{master_onion}/"), "no-key", FETCH_TIMEOUT)
+        .expect_err("a client without the key fetched a page through the master address");
+    assert!(
+        refused.to_string().contains("client authorization missing"),
+        "a client without the key failed otherwise: {refused}"
+    );
+    net.set_client_auth_key(&master_onion, Some(&client_secret.to_bytes()))
+        .expect("client key installed");
+    std::thread::sleep(NEWNYM_SPACING);
+    net.newnym().expect("NEWNYM");
+    assert!(!fetch_pages(&net, &master_onion, 2, "with-key").is_empty());
+    fs::write(&config_path, &open_config).unwrap();
+    net.set_client_auth_key(&master_onion, None)
+        .expect("client key removed");
+    node.reload();
+    log.wait_for(
+        "published descriptor (the authorized clients changed)",
+        "",
+        LOSS_TIMEOUT,
+    );
+    std::thread::sleep(NEWNYM_SPACING);
+    net.newnym().expect("NEWNYM");
+    assert!(!fetch_pages(&net, &master_onion, 2, "open-again").is_empty());
+
+    // 3. A backend that serves nothing stays in: its tor comes to the rendezvous.
     net.stop_web_server("beta");
     let no_server = log.position();
     std::thread::sleep(Duration::from_secs(3 * HEALTH_INTERVAL_SECS));
@@ -107,7 +173,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         "a backend whose tor is alive left the descriptor because it serves nothing:\n{meanwhile}"
     );
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        observer.backends_listed(&master, &net, &["alpha", "beta"], &["alpha", "beta"]),
         ["alpha", "beta"]
     );
 
@@ -125,7 +191,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         stopped.elapsed().as_secs_f64()
     );
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        observer.backends_listed(&master, &net, &["alpha", "beta"], &["alpha"]),
         ["alpha"],
         "the descriptor on the HSDirs must no longer list beta"
     );
@@ -147,7 +213,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         LOSS_TIMEOUT,
     );
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        observer.backends_listed(&master, &net, &["alpha", "beta"], &["alpha", "beta"]),
         ["alpha", "beta"]
     );
 
@@ -180,7 +246,7 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         "the restarted node uploaded again what it had uploaded (periods {uploaded_again:?}, saved {saved_periods:?}):\n{since_restart}"
     );
 
-    // 3. All backends dead: alert, and no upload after it.
+    // 4. All backends dead: alert, and no upload after it.
     net.stop_backend("alpha");
     net.stop_backend("beta");
     log.wait_for("ALERT: no healthy backend", "", LOSS_TIMEOUT);
@@ -201,6 +267,97 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         !whole_log.contains("rebuilding it"),
         "dead backends were taken for a stalled Tor client:\n{whole_log}"
     );
+}
+
+/// The master descriptor on the HSDirs and `backend`'s own (written by C tor), compared layer
+/// by layer: every line in the same order with values of the same lengths, the same padding
+/// and number of `auth-client` entries, the same header of the inner layer (`flow-control`
+/// included), and certificates that expire as C tor dates them (introduction points: start
+/// of the hour + 54 h; descriptor-signing key: now + 54 h, rounded up to the hour).
+fn looks_like_c_tors(net: &TorNetwork, observer: &Observer, master: &OnionAddress, backend: &str) {
+    let fetch = |onion: &str| {
+        net.hsfetch(onion, HSFETCH_TIMEOUT)
+            .unwrap_or_else(|err| panic!("HSFETCH {onion}: {err}"))
+            .remove(0)
+    };
+    // Both read within one time period (the test network's last 8 minutes).
+    let (period, ours, theirs) = loop {
+        let period = observer.current_period();
+        let ours = fetch(&master.to_string());
+        let theirs = fetch(&net.backend_onion(backend));
+        if observer.current_period() == period {
+            break (period, ours, theirs);
+        }
+    };
+    let backend_address: OnionAddress = net.backend_onion(backend).parse().unwrap();
+    let ours = layers(&ours, master, period);
+    let theirs = layers(&theirs, &backend_address, period);
+    eprintln!(
+        "master descriptor, inner layer header:\n{}C tor's:\n{}",
+        inner_header(&ours),
+        inner_header(&theirs)
+    );
+
+    assert_eq!(shape(&ours.outer), shape(&theirs.outer), "outer layer");
+    assert_eq!(shape(&ours.middle), shape(&theirs.middle), "middle layer");
+    assert_eq!(
+        shape(&ours.middle)
+            .iter()
+            .filter(|line| line.starts_with("auth-client"))
+            .count(),
+        16
+    );
+    for (who, layers) in [("ours", &ours), ("C tor's", &theirs)] {
+        assert_eq!(layers.middle_padded_len % 10_000, 0, "{who} middle padding");
+        assert!(
+            layers.middle.ends_with("-----END MESSAGE-----"),
+            "{who} middle layer ends otherwise"
+        );
+        let signing = cert_expiry_hours(&layers.outer, "descriptor-signing-key-cert");
+        let intro: Vec<u32> = cert_expiry_hours(&layers.inner, "auth-key")
+            .into_iter()
+            .chain(cert_expiry_hours(&layers.inner, "enc-key-cert"))
+            .collect();
+        assert_eq!(signing.len(), 1);
+        assert!(!intro.is_empty());
+        assert!(
+            intro.iter().all(|hours| *hours + 1 == signing[0]),
+            "{who}: introduction-point certificates expire at hours {intro:?}, the signing key's at {signing:?}"
+        );
+    }
+    assert_eq!(
+        inner_header(&ours),
+        inner_header(&theirs),
+        "inner layer header"
+    );
+    let their_blocks = intro_point_shapes(&theirs);
+    for block in intro_point_shapes(&ours) {
+        assert_eq!(block, their_blocks[0], "an introduction point");
+    }
+}
+
+/// The inner layer up to its first introduction point.
+fn inner_header(layers: &Layers) -> String {
+    let end = layers
+        .inner
+        .find("introduction-point ")
+        .unwrap_or(layers.inner.len());
+    layers.inner[..end].to_owned()
+}
+
+/// The shape of each introduction point's lines in the inner layer.
+fn intro_point_shapes(layers: &Layers) -> Vec<Vec<String>> {
+    let mut blocks: Vec<Vec<String>> = Vec::new();
+    for line in shape(&layers.inner[inner_header(layers).len()..]) {
+        if line.starts_with("introduction-point") {
+            blocks.push(Vec::new());
+        }
+        blocks
+            .last_mut()
+            .expect("starts with an introduction point")
+            .push(line);
+    }
+    blocks
 }
 
 /// The time periods state.json holds an upload for.

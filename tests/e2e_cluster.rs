@@ -243,7 +243,7 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         );
     }
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta"]),
+        observer.backends_listed(&master, &net, &["alpha", "beta"], &["alpha", "beta"]),
         ["alpha", "beta"]
     );
     net.newnym().expect("NEWNYM");
@@ -275,7 +275,12 @@ fn a_standby_takes_over_from_a_dead_publisher_and_clients_still_reach_the_master
         added_at.elapsed().as_secs_f64()
     );
     assert_eq!(
-        observer.backends_in_master_descriptor(&master, &net, &["alpha", "beta", "gamma"]),
+        observer.backends_listed(
+            &master,
+            &net,
+            &["alpha", "beta", "gamma"],
+            &["alpha", "beta", "gamma"]
+        ),
         ["alpha", "beta", "gamma"]
     );
     // And out again, on the publisher this time.

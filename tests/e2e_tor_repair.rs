@@ -74,7 +74,7 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
 
     // 2. SIGHUP: a broken config is refused, the running one stays.
     fs::write(&config_path, format!("{config}\n[timing]\n")).unwrap();
-    signal_hup(pid);
+    node.reload();
     log.wait_for("configuration not reloaded", "config.toml", START_TIMEOUT);
     assert_eq!(
         node.status().expect("status")["backends"]
@@ -88,7 +88,7 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
     let excluded = config.replacen("name = \"beta\"", "name = \"beta\"\nexclude = true", 1);
     assert_ne!(excluded, config, "beta's table not found in {config}");
     fs::write(&config_path, excluded).unwrap();
-    signal_hup(pid);
+    node.reload();
     log.wait_for("configuration reloaded", "", START_TIMEOUT);
     log.wait_for(
         "published descriptor",
@@ -97,12 +97,4 @@ fn a_stalled_tor_client_is_rebuilt_and_sighup_reloads_backends() {
     );
     assert_eq!(node.pid(), pid);
     assert!(node.stop_cleanly());
-}
-
-fn signal_hup(pid: u32) {
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

@@ -255,6 +255,15 @@ impl Balancer {
         self.process.as_ref().expect("node running").pid()
     }
 
+    /// SIGHUP: the daemon reads config.toml again.
+    pub fn reload(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -HUP {}", self.pid());
+    }
+
     /// SIGKILL: the node gets no chance to say goodbye.
     pub fn kill_hard(&mut self) {
         if let Some(mut process) = self.process.take() {

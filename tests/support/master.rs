@@ -22,6 +22,9 @@ const FETCHES_PER_ROUND: usize = 8;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// The wait before a failed fetch is tried again: two consensus intervals of the test network.
 const FETCH_RETRY_AFTER: Duration = Duration::from_secs(40);
+/// How long the master descriptor may disagree with the backends' after a change of time
+/// period: a health round and a publish of the slowest test's timing, with room to spare.
+const LISTING_SETTLES: Duration = Duration::from_secs(60);
 
 /// Fetch through the master address over fresh circuits until every page in `expected` has
 /// been seen: up to [`REACH_ROUNDS`] rounds of [`FETCHES_PER_ROUND`] fetches, as a new client
@@ -133,6 +136,14 @@ impl Observer {
         })
     }
 
+    /// The time period clients use now.
+    pub fn current_period(&self) -> tor_hscrypto::time::TimePeriod {
+        self.runtime
+            .block_on(self.tor.current_period())
+            .expect("current period")
+            .time_period
+    }
+
     /// The master key's blinded signing keys for every time period the network publishes for
     /// now (secret bytes), for the leak audit.
     pub fn blinded_secrets(&self, master: &MasterKey) -> Vec<Vec<u8>> {
@@ -151,9 +162,35 @@ impl Observer {
             .collect()
     }
 
+    /// Which of `backends` the master descriptor on the HSDirs lists: read until it lists
+    /// exactly `expected`, or for [`LISTING_SETTLES`] (then the last reading). One reading can
+    /// disagree for a moment: a C-tor service keeps one set of introduction points per time
+    /// period, so when the period changes between the balancer's health round and this
+    /// reading, the backends' new descriptors are compared with a master descriptor merged
+    /// from their previous ones, until the next round.
+    pub fn backends_listed(
+        &self,
+        master: &OnionAddress,
+        net: &TorNetwork,
+        backends: &[&str],
+        expected: &[&str],
+    ) -> Vec<String> {
+        let deadline = std::time::Instant::now() + LISTING_SETTLES;
+        loop {
+            let listed = self.backends_in_master_descriptor(master, net, backends);
+            if listed == expected || std::time::Instant::now() >= deadline {
+                return listed;
+            }
+            eprintln!(
+                "the master descriptor lists {listed:?}, not {expected:?} (yet): reading again"
+            );
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    }
+
     /// Which of `backends` have introduction points in the master descriptor the HSDirs hold
     /// now (fetched, verified and decrypted like a client does).
-    pub fn backends_in_master_descriptor(
+    fn backends_in_master_descriptor(
         &self,
         master: &OnionAddress,
         net: &TorNetwork,

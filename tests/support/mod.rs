@@ -14,6 +14,7 @@
 //! - [`process`]: a guard that stops a child process by PID when dropped, also on panic.
 //! - [`secrets`]: the leak audit (no secret in any encoding in a log or status report).
 //! - [`master`]: fetches through the master address, and an Arti observer of its descriptor.
+//! - [`hsdesc`]: a descriptor's three layers decrypted, to compare ours with C tor's.
 //! - [`balancer`]: RustBalance nodes as processes of the built binary, and a log watcher.
 //! - [`firewall`]: one process's TCP cut off (cgroup v2 and iptables) while its UDP flows.
 //! - [`impostor`]: a holder of the cluster secret that joins and lies about its priority.
@@ -25,6 +26,8 @@
 pub mod balancer;
 #[cfg(test)]
 pub mod firewall;
+#[cfg(test)]
+pub mod hsdesc;
 pub mod http;
 #[cfg(test)]
 pub mod impostor;

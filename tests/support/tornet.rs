@@ -221,6 +221,7 @@ impl TorNetwork {
             self.socks_port,
         );
         self.client.write_torrc(&text)?;
+        create_private_dir(&self.client.dir().join(torrc::CLIENT_AUTH_DIR))?;
         self.client.start()?;
         self.client
             .wait_bootstrapped(Instant::now() + BOOTSTRAP_TIMEOUT)?;
@@ -585,6 +586,39 @@ impl TorNetwork {
             self.newnym()?;
             thread::sleep(RETRY_PAUSE);
         }
+    }
+
+    /// Give the client the restricted-discovery key of `onion` as a tor user would: a
+    /// `<name>.auth_private` file (`<address>:descriptor:x25519:<base32 secret>`) in its
+    /// `ClientOnionAuthDir`, then a reload. `None`: the file is removed.
+    pub fn set_client_auth_key(
+        &self,
+        onion: &str,
+        secret: Option<&[u8; 32]>,
+    ) -> Result<(), HarnessError> {
+        let address = check_onion(onion)?;
+        let file = self
+            .client
+            .dir()
+            .join(torrc::CLIENT_AUTH_DIR)
+            .join("master.auth_private");
+        match secret {
+            Some(secret) => write_file(
+                &file,
+                &format!(
+                    "{address}:descriptor:x25519:{}\n",
+                    rustbalance::keys::onion_address::base32_encode(secret)
+                ),
+            )?,
+            None => {
+                let _ = fs::remove_file(&file);
+            }
+        }
+        let deadline = Instant::now() + CONTROL_TIMEOUT;
+        self.client
+            .connect_control(deadline)?
+            .command("SIGNAL RELOAD", deadline)?;
+        Ok(())
     }
 
     /// `SIGNAL NEWNYM` to the client: new circuits, and its onion-service state (cached

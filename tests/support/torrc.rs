@@ -142,14 +142,20 @@ pub fn relay(base: &Base<'_>, nickname: &str, or_port: u16, exit: bool) -> Strin
 
 /// The client the tests fetch pages through. `UseMicrodescriptors 0`: with microdescriptors
 /// C tor does not see our exits' 127.0.0.0/8 policies. `ExtendedErrors` makes SOCKS failures
-/// say why (e.g. onion descriptor not found vs. introduction failed).
+/// say why (e.g. onion descriptor not found vs. introduction failed). Restricted-discovery
+/// keys (`*.auth_private`) are read from `<data dir>/onion_auth` at start and on reload.
 pub fn client(base: &Base<'_>, socks_port: u16) -> String {
     format!(
         "{}SocksPort 127.0.0.1:{socks_port} ExtendedErrors\n\
-         UseMicrodescriptors 0\n",
-        base.render()
+         UseMicrodescriptors 0\n\
+         ClientOnionAuthDir {}\n",
+        base.render(),
+        base.data_dir.join(CLIENT_AUTH_DIR).display()
     )
 }
+
+/// The client's `ClientOnionAuthDir`, inside its data directory.
+pub const CLIENT_AUTH_DIR: &str = "onion_auth";
 
 /// An onion-service backend. It starts with its network disabled so that the harness can
 /// subscribe to its descriptor events before it could possibly upload anything.
