@@ -5,7 +5,8 @@
 #    archive (the linker, ring, the static binary), tor (with tor-gencert) for the private Tor
 #    network, iproute2 and util-linux for the network namespace, iptables to cut one node's TCP
 #    (tests/support/firewall.rs), libfaketime to run one node with its clock ahead
-#    (tests/e2e_cluster.rs).
+#    (tests/e2e_cluster.rs), python3-venv; and Onionbalance 0.2.4 from PyPI into a virtualenv
+#    outside the clone (tests/e2e_onionbalance.rs replaces a running Onionbalance).
 # 2. Builds everything (this needs crates.io the first time), including the static release
 #    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it).
 # 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
@@ -25,6 +26,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v iptables >/dev/null || missing+=(iptables)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(libfaketime)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     sudo=""
     [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -33,6 +35,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian's tor package starts a system tor service where systemd runs; the tests need none.
+
+# The incumbent, for the migration test: its own virtualenv, installed once per machine.
+onionbalance_venv="${RB_ONIONBALANCE_VENV:-/var/tmp/rustbalance-onionbalance-venv}"
+if [ ! -x "$onionbalance_venv/bin/onionbalance" ]; then
+    echo "tests/run.sh: installing onionbalance 0.2.4 into $onionbalance_venv"
+    python3 -m venv "$onionbalance_venv"
+    "$onionbalance_venv/bin/pip" install -q onionbalance==0.2.4
+fi
+export RB_ONIONBALANCE="$onionbalance_venv/bin/onionbalance"
 
 cargo build --locked --all-targets
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu

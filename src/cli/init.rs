@@ -1,19 +1,21 @@
-//! `rustbalance init` and `rustbalance token`: set up the first node of a cluster, and print
-//! a join token for further nodes.
+//! `rustbalance init`, `rustbalance import onionbalance` and `rustbalance token`: set up the
+//! first node of a cluster (from new or imported keys, or from Onionbalance's configuration),
+//! and print a join token for further nodes.
 //!
-//! `init` checks every argument before it creates anything, then writes the node's files
-//! (`node_files`), prints what the operator needs (master address, node id, priority, the
-//! join token in a box with the `rustbalance join` line) and starts the daemon unless
+//! Both set-ups check every argument before they create anything, then write the node's
+//! files (`node_files`), print what the operator needs (master address, node id, priority,
+//! the join token in a box with the `rustbalance join` line) and start the daemon unless
 //! `--no-start`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
-use super::{keygen, CliError, InitArgs};
+use super::{keygen, CliError, FirstNodeArgs, ImportOnionbalanceArgs, InitArgs};
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::token::{JoinToken, TokenOrigin, TOKEN_WARNING};
 use crate::cluster::wg_keys::WgPrivateKey;
 use crate::cluster::{Endpoint, NodeId, Priority};
-use crate::config::{BackendName, Config};
+use crate::config::{onionbalance, BackendName, Config};
 use crate::keys::files::{import_master_key, load_master_key};
 use crate::keys::onion_address::OnionAddress;
 use crate::keys::vanity::{self, VanityPrefix};
@@ -23,28 +25,13 @@ use crate::storage::node_files::{self, NewNode};
 
 pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Result<(), CliError> {
     // Everything the operator typed is checked before anything is created.
-    let endpoint = args
-        .endpoint
-        .as_deref()
-        .map(|text| {
-            text.parse::<Endpoint>()
-                .map_err(|reason| CliError::Argument(format!("--endpoint: {reason}")))
-        })
-        .transpose()?;
     let backends = args
         .backends
         .iter()
         .map(|spec| parse_backend(spec))
         .collect::<Result<Vec<_>, _>>()?;
-    let listen = super::listen_address(args.listen.as_deref(), endpoint.as_ref())?;
+    let (endpoint, listen) = check_first_node(&args.setup, config_dir)?;
     let prefix: Option<VanityPrefix> = args.vanity_prefix.as_deref().map(str::parse).transpose()?;
-    let config_path = config_dir.join(params::CONFIG_FILE_NAME);
-    if config_path.exists() {
-        return Err(CliError::Argument(format!(
-            "{} already exists: this machine is already set up as a node; nothing was changed",
-            config_path.display()
-        )));
-    }
 
     let master_key = match (&args.import_key, &prefix) {
         (Some(path), _) => import_master_key(path)?,
@@ -54,6 +41,76 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
         }
         (None, None) => MasterKey::generate()?,
     };
+    set_up_first_node(
+        config_dir,
+        state_dir,
+        &args.setup,
+        (endpoint, listen),
+        master_key,
+        &backends,
+    )
+}
+
+/// `rustbalance import onionbalance`: `init` with Onionbalance's master key and instances.
+pub(super) fn import_onionbalance(
+    args: ImportOnionbalanceArgs,
+    config_dir: &Path,
+    state_dir: &Path,
+) -> Result<(), CliError> {
+    let service = onionbalance::read(&args.config)?;
+    let addresses = check_first_node(&args.setup, config_dir)?;
+    let master_key = import_master_key(&service.key)?;
+    println!(
+        "Onionbalance service {} read from {}: master key {}, {} instance(s)",
+        master_key.onion_address(),
+        args.config.display(),
+        service.key.display(),
+        service.instances.len()
+    );
+    set_up_first_node(
+        config_dir,
+        state_dir,
+        &args.setup,
+        addresses,
+        master_key,
+        &service.instances,
+    )
+}
+
+/// The endpoint and listen address of a first node, once it is clear that the config
+/// directory holds no node yet.
+fn check_first_node(
+    setup: &FirstNodeArgs,
+    config_dir: &Path,
+) -> Result<(Option<Endpoint>, SocketAddr), CliError> {
+    let endpoint = setup
+        .endpoint
+        .as_deref()
+        .map(|text| {
+            text.parse::<Endpoint>()
+                .map_err(|reason| CliError::Argument(format!("--endpoint: {reason}")))
+        })
+        .transpose()?;
+    let listen = super::listen_address(setup.listen.as_deref(), endpoint.as_ref())?;
+    let config_path = config_dir.join(params::CONFIG_FILE_NAME);
+    if config_path.exists() {
+        return Err(CliError::Argument(format!(
+            "{} already exists: this machine is already set up as a node; nothing was changed",
+            config_path.display()
+        )));
+    }
+    Ok((endpoint, listen))
+}
+
+/// Write the first node's files, say what the operator needs, and start it.
+fn set_up_first_node(
+    config_dir: &Path,
+    state_dir: &Path,
+    setup: &FirstNodeArgs,
+    (endpoint, listen): (Option<Endpoint>, SocketAddr),
+    master_key: MasterKey,
+    backends: &[(BackendName, OnionAddress)],
+) -> Result<(), CliError> {
     let node_id = new_node_id();
     let priority = Priority::try_from(1).map_err(|e| CliError::Argument(e.to_owned()))?;
     let wg_private_key = WgPrivateKey::generate();
@@ -70,7 +127,7 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
             cluster_secret: &cluster_secret,
             listen,
             endpoint: endpoint.as_ref(),
-            backends: &backends,
+            backends,
             shared_config: None,
             peers: &[],
         },
@@ -103,10 +160,10 @@ pub(super) fn init(args: InitArgs, config_dir: &Path, state_dir: &Path) -> Resul
         println!("\nNo backends yet: add [[backends]] tables to config.toml (see README).");
     }
 
-    if args.no_start {
+    if setup.no_start {
         return Ok(());
     }
-    super::start_node(config_dir, state_dir, args.no_systemd)
+    super::start_node(config_dir, state_dir, setup.no_systemd)
 }
 
 /// `rustbalance token`: a fresh join token for this node's cluster.

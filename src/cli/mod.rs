@@ -118,6 +118,11 @@ pub enum Command {
     /// The token carries the master key and the cluster secret: handle it like the key itself.
     Token,
 
+    /// Set up the first node of a new cluster from another balancer's configuration, then
+    /// run it.
+    #[command(subcommand)]
+    Import(ImportCommand),
+
     /// Create a master identity key and print its onion address.
     ///
     /// Writes a directory exactly as tor writes a HiddenServiceDir (hs_ed25519_secret_key,
@@ -129,6 +134,27 @@ pub enum Command {
     /// extra character takes 32 times longer (5 characters: seconds; 7: about an hour on
     /// two cores). Ctrl-C stops the search and writes nothing.
     Keygen(KeygenArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// From Onionbalance's config.yaml: its service's master key (PEM or tor's format, stored
+    /// encrypted here) and its instances as backends.
+    ///
+    /// Everything else is as `init --import-key`: a new cluster of one node, config.toml in the
+    /// config directory, a join token if --endpoint is given. Stop Onionbalance once this node
+    /// publishes (`rustbalance status`): the first uploads go above the revision Onionbalance
+    /// left on the HSDirs, so clients see no gap.
+    Onionbalance(ImportOnionbalanceArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportOnionbalanceArgs {
+    /// Onionbalance's configuration file (its `key` is read relative to this file).
+    #[arg(value_name = "CONFIG.YAML")]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub setup: FirstNodeArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -153,13 +179,6 @@ pub struct InitArgs {
     /// Search for a master address starting with this base32 prefix (a-z, 2-7).
     #[arg(long, value_name = "PREFIX")]
     pub vanity_prefix: Option<String>,
-    /// How other nodes reach this one over UDP (HOST:PORT).
-    #[arg(long, value_name = "HOST:PORT")]
-    pub endpoint: Option<String>,
-    /// Local UDP address for the cluster tunnel [default: 0.0.0.0 and the --endpoint port,
-    /// else 0.0.0.0:51820].
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: Option<String>,
     /// A backend onion service to balance over; repeat for each backend.
     #[arg(long = "backend", value_name = "NAME=ADDRESS")]
     pub backends: Vec<String>,
@@ -167,6 +186,20 @@ pub struct InitArgs {
     /// HiddenServiceDir or mkp224o directory, an Onionbalance PEM key, or a 32-byte seed.
     #[arg(long, value_name = "PATH", conflicts_with = "vanity_prefix")]
     pub import_key: Option<PathBuf>,
+    #[command(flatten)]
+    pub setup: FirstNodeArgs,
+}
+
+/// How the first node of a cluster is set up and started (`init`, `import`).
+#[derive(Debug, Args)]
+pub struct FirstNodeArgs {
+    /// How other nodes reach this one over UDP (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub endpoint: Option<String>,
+    /// Local UDP address for the cluster tunnel [default: 0.0.0.0 and the --endpoint port,
+    /// else 0.0.0.0:51820].
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<String>,
     /// Write everything but do not start the daemon.
     #[arg(long)]
     pub no_start: bool,
@@ -258,6 +291,8 @@ enum CliError {
     Interrupted(SearchError),
     #[error(transparent)]
     Token(#[from] crate::cluster::token::TokenError),
+    #[error(transparent)]
+    Onionbalance(#[from] crate::config::onionbalance::OnionbalanceConfigError),
     #[error("{0}")]
     Join(String),
     #[error(
@@ -290,9 +325,10 @@ impl CliError {
                 ExitCode::from(2)
             }
             CliError::NodeFiles(_) => ExitCode::from(1),
-            CliError::VanityPrefix(_) | CliError::Argument(_) | CliError::Token(_) => {
-                ExitCode::from(2)
-            }
+            CliError::VanityPrefix(_)
+            | CliError::Argument(_)
+            | CliError::Token(_)
+            | CliError::Onionbalance(_) => ExitCode::from(2),
             CliError::Join(_)
             | CliError::Unhealthy(_)
             | CliError::Install(_)
@@ -321,6 +357,9 @@ fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Run => run_node(&cli.config_dir, &cli.state_dir),
         Command::Init(args) => init::init(args, &cli.config_dir, &cli.state_dir),
+        Command::Import(ImportCommand::Onionbalance(args)) => {
+            init::import_onionbalance(args, &cli.config_dir, &cli.state_dir)
+        }
         Command::Token => init::token(&cli.config_dir, &cli.state_dir),
         Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
         Command::Status(args) => status(args, &cli.state_dir),

@@ -22,6 +22,7 @@ use crate::cluster::{Endpoint, NodeId, Priority};
 use crate::keys::onion_address::OnionAddress;
 use crate::params;
 
+pub mod onionbalance;
 pub mod shared;
 
 /// A complete, validated configuration.

@@ -133,6 +133,14 @@ struct NodeKeys {
 /// Run the node in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
     node_files::ensure_not_removed(&config.config_dir)?;
+    if node_files::create_cluster_files_if_none(&config.config_dir)? {
+        tracing::info!(
+            "no cluster files in {}: created {} and {} for this node, which runs alone until another joins it (`rustbalance token` there; set [cluster] endpoint first)",
+            config.config_dir.display(),
+            node_files::CLUSTER_SECRET_FILE,
+            node_files::WG_PRIVATE_KEY_FILE
+        );
+    }
     let mut keys = NodeKeys {
         master: load_master_identity(&config)?,
         cluster_secret: node_files::load_cluster_secret(&config.config_dir)?,

@@ -372,6 +372,26 @@ pub fn load_previous_secret(
     Ok(Some((ClusterSecret::from_bytes(bytes), file.peers)))
 }
 
+/// A node set up by hand (a config.toml and a master key, as for Onionbalance) has no cluster
+/// files: create them on its first run, so that it runs alone now and others can join it
+/// later. Returns whether they were created. A directory with one of the two but not the
+/// other, or with peers, was not set up by hand: nothing is created and the missing file is
+/// reported when it is read.
+pub fn create_cluster_files_if_none(config_dir: &Path) -> Result<bool, NodeFilesError> {
+    let secret_path = config_dir.join(CLUSTER_SECRET_FILE);
+    let wg_path = config_dir.join(WG_PRIVATE_KEY_FILE);
+    let exists = |path: &Path| path.symlink_metadata().is_ok();
+    if exists(&secret_path) || exists(&wg_path) || !load_peers(config_dir)?.is_empty() {
+        return Ok(false);
+    }
+    write_secret(&wg_path, &WgPrivateKey::generate().to_base64())?;
+    write_secret(
+        &secret_path,
+        &Zeroizing::new(STANDARD.encode(ClusterSecret::generate().as_bytes())),
+    )?;
+    Ok(true)
+}
+
 /// The cluster secret from `<config-dir>/cluster.key`.
 pub fn load_cluster_secret(config_dir: &Path) -> Result<ClusterSecret, NodeFilesError> {
     let path = config_dir.join(CLUSTER_SECRET_FILE);

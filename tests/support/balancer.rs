@@ -155,13 +155,32 @@ impl Balancer {
     /// `init --no-start` with `args`, listening on a free UDP port of 127.0.0.1, then `append`
     /// added to config.toml. Returns config.toml's text.
     pub fn init_local(&self, args: &[&str], append: &str) -> String {
+        self.set_up_local(&["init"], args, append)
+    }
+
+    /// `import onionbalance <config_yaml> --no-start` on `net`, listening on a free UDP port
+    /// of 127.0.0.1, then the network's `[arti]` table added to config.toml. Returns
+    /// config.toml's text.
+    pub fn import_onionbalance_on_network(&self, net: &TorNetwork, config_yaml: &Path) -> String {
+        let config_yaml = config_yaml.display().to_string();
+        self.set_up_local(
+            &["import", "onionbalance", &config_yaml],
+            &[],
+            &format!("\n{}", net.arti_toml()),
+        )
+    }
+
+    /// `<command> --no-start --listen <free port> <args>`, then `append` added to config.toml.
+    fn set_up_local(&self, command: &[&str], args: &[&str], append: &str) -> String {
         let listen = format!("127.0.0.1:{}", free_udp_port());
-        let mut all = vec!["init", "--no-start", "--listen", &listen];
+        let mut all = command.to_vec();
+        all.extend_from_slice(&["--no-start", "--listen", &listen]);
         all.extend_from_slice(args);
         let init = self.run(&all);
         assert!(
             init.status.success(),
-            "init: {}",
+            "{}: {}",
+            command.join(" "),
             String::from_utf8_lossy(&init.stderr)
         );
         let config_path = self.config_dir.join("config.toml");

@@ -128,6 +128,8 @@ pub struct TorNetwork {
     /// Relay fingerprints of every node with the HSDir flag (authorities and relays).
     hsdirs: Vec<String>,
     backends: BTreeMap<String, Backend>,
+    /// Further clients, each for a controller that brings no tor of its own.
+    controlled_clients: Vec<TorNode>,
 }
 
 impl TorNetwork {
@@ -154,6 +156,7 @@ impl TorNetwork {
             socks_port: free_port()?,
             hsdirs: Vec::new(),
             backends: BTreeMap::new(),
+            controlled_clients: Vec::new(),
         };
         // On error `network` is dropped here, which stops whatever was started.
         network.launch(&opts)?;
@@ -328,6 +331,21 @@ impl TorNetwork {
     }
 
     /// The client's SOCKS5 port.
+    /// One more C-tor client, with tor's defaults, bootstrapped, for a controller such as
+    /// Onionbalance (as its operators run it: beside a tor of its own). Returns its control
+    /// port (cookie authentication).
+    pub fn add_controlled_client(&mut self, name: &str) -> Result<u16, HarnessError> {
+        let mut node = TorNode::new(name, self.dir.join(name), free_port()?, &self.empty_file)?;
+        let authorities = self.dir_authority_lines();
+        let text = torrc::controlled_client(&base_config(&node, &authorities, &self.empty_file));
+        node.write_torrc(&text)?;
+        node.start()?;
+        node.wait_bootstrapped(Instant::now() + BOOTSTRAP_TIMEOUT)?;
+        let port = node.control_port();
+        self.controlled_clients.push(node);
+        Ok(port)
+    }
+
     pub fn socks_addr(&self) -> SocketAddr {
         SocketAddr::from((Ipv4Addr::LOCALHOST, self.socks_port))
     }

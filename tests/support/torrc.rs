@@ -154,6 +154,12 @@ pub fn client(base: &Base<'_>, socks_port: u16) -> String {
     )
 }
 
+/// A client with tor's defaults (microdescriptors) and no SOCKS port, for a controller that
+/// needs a tor of its own (Onionbalance reads the microdescriptor consensus).
+pub fn controlled_client(base: &Base<'_>) -> String {
+    format!("{}SocksPort 0\n", base.render())
+}
+
 /// The client's `ClientOnionAuthDir`, inside its data directory.
 pub const CLIENT_AUTH_DIR: &str = "onion_auth";
 

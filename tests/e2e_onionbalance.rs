@@ -1,0 +1,226 @@
+//! End to end, on a private Tor network: a running Onionbalance 0.2.4 is replaced by
+//! RustBalance and a client polling the master address sees no gap.
+//!
+//! 1. Two C-tor backends are Onionbalance instances of a master key in Onionbalance's PEM
+//!    format; Onionbalance itself (from PyPI, `RB_ONIONBALANCE`, installed by tests/run.sh)
+//!    publishes the master descriptor through the C-tor client's control port, and the client
+//!    fetches a page through the master address.
+//! 2. From then on the client fetches through the master address every few seconds, as a new
+//!    client each time (NEWNYM: no cached descriptor), until the end.
+//! 3. `rustbalance import onionbalance config.yaml` sets a node up from Onionbalance's own
+//!    configuration and key; it starts while Onionbalance still runs. Its first uploads are
+//!    accepted by the HSDirs although Onionbalance's revision counters follow another key: it
+//!    reads what the HSDirs hold and publishes above it.
+//! 4. Onionbalance is stopped; the balancer alone keeps the address up.
+//!
+//! Every poll must succeed (one immediate retry allowed, as the harness allows elsewhere for
+//! a client that asked an HSDir during a consensus change).
+
+mod support;
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustbalance::keys::onion_address::OnionAddress;
+use support::balancer::{Balancer, LogWatcher};
+use support::master::Observer;
+use support::process::ProcessGuard;
+use support::{NetworkOptions, TorNetwork};
+
+/// The key `onionbalance-config` would have made: tests/data has one in its PEM format.
+const MASTER_KEY_PEM: &str = "tests/data/onionbalance_master_key.pem";
+const MASTER_ONION: &str = "75w6bo2hfqkeyltppkrnaxrmo542ty5evcuuxkideukynzfqa32mu6ad.onion";
+/// Onionbalance on this network: fetches every 20 s and publishes within a minute or two.
+const ONIONBALANCE_PUBLISH_TIMEOUT: Duration = Duration::from_secs(240);
+const FIRST_PUBLISH_TIMEOUT: Duration = Duration::from_secs(90);
+const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
+/// Tor delays a NEWNYM that comes within 10 s of the previous one.
+const POLL_EVERY: Duration = Duration::from_secs(10);
+/// How long the balancer alone is watched after Onionbalance stopped.
+const WATCH_ALONE: Duration = Duration::from_secs(40);
+
+#[test]
+fn a_running_onionbalance_is_replaced_without_a_gap() {
+    let onionbalance =
+        std::env::var("RB_ONIONBALANCE").unwrap_or_else(|_| "onionbalance".to_owned());
+    let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
+    net.add_backend("alpha", Some(MASTER_ONION))
+        .expect("backend alpha");
+    net.add_backend("beta", Some(MASTER_ONION))
+        .expect("backend beta");
+
+    // Onionbalance's directory: its config.yaml as `onionbalance-config` writes it.
+    let ob_dir = net.data_dir().join("onionbalance");
+    fs::create_dir_all(&ob_dir).unwrap();
+    let key_path = ob_dir.join("master.key");
+    fs::copy(MASTER_KEY_PEM, &key_path).unwrap();
+    let config_yaml = ob_dir.join("config.yaml");
+    fs::write(
+        &config_yaml,
+        format!(
+            "services:\n- instances:\n  - address: {}\n    name: alpha\n  - address: {}\n    name: beta\n  key: master.key\n",
+            net.backend_onion("alpha"),
+            net.backend_onion("beta")
+        ),
+    )
+    .unwrap();
+    let ob_log = ob_dir.join("onionbalance.log");
+    // Onionbalance runs beside a tor of its own, as its operators run it.
+    let ob_tor = net
+        .add_controlled_client("onionbalance-tor")
+        .expect("Onionbalance's tor");
+    let mut ob = start_onionbalance(&onionbalance, &config_yaml, &ob_log, ob_tor);
+
+    // 1. Onionbalance publishes; the client reaches a backend through the master address.
+    let started = Instant::now();
+    loop {
+        let fetched = net.fetch(
+            &format!("http://{MASTER_ONION}/"),
+            &format!("ob-{}", started.elapsed().as_secs()),
+            FETCH_TIMEOUT,
+        );
+        if fetched.is_ok() {
+            break;
+        }
+        assert!(
+            started.elapsed() < ONIONBALANCE_PUBLISH_TIMEOUT,
+            "Onionbalance did not make the master address reachable in time; its log:\n{}",
+            fs::read_to_string(&ob_log).unwrap_or_default()
+        );
+        net.newnym().expect("NEWNYM");
+        std::thread::sleep(POLL_EVERY);
+    }
+    eprintln!(
+        "measured: Onionbalance made the master address reachable {:.0} s after it started",
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. + 3. The balancer set up from Onionbalance's files, started beside it.
+    let mut node = Balancer::new(net.data_dir(), "rustbalance");
+    let config = node.import_onionbalance_on_network(&net, &config_yaml);
+    assert!(
+        config.contains(&net.backend_onion("alpha")) && config.contains(&net.backend_onion("beta")),
+        "the instances became backends:\n{config}"
+    );
+    let mut polls = Poller::new(&net);
+    polls.poll();
+    // What Onionbalance left on the HSDirs, per time period.
+    let observer = Observer::start(&config, &net.data_dir().join("observer"));
+    let master: OnionAddress = MASTER_ONION.parse().unwrap();
+    let onionbalance_revisions = observer.master_revisions(&master);
+    node.start(&["run"]);
+    let mut log = LogWatcher::new(node.log_path());
+    let first_upload = log.wait_for("published descriptor", "", FIRST_PUBLISH_TIMEOUT);
+    assert!(
+        !first_upload.contains(" 0/"),
+        "the balancer's first upload was refused: {first_upload}"
+    );
+    let (period, revision) = period_and_revision(&first_upload);
+    eprintln!(
+        "measured: the balancer's first upload, period {period}: revision {revision}; Onionbalance's there: {:?}",
+        onionbalance_revisions.get(&period)
+    );
+    if let Some(theirs) = onionbalance_revisions.get(&period) {
+        assert!(
+            revision > *theirs,
+            "not above Onionbalance's revision {theirs}: {first_upload}"
+        );
+    }
+    let whole = fs::read_to_string(node.log_path()).unwrap();
+    assert!(
+        !whole.contains("HTTP 400"),
+        "an HSDir refused a revision counter of the balancer's:\n{whole}"
+    );
+    polls.poll();
+
+    // 4. Onionbalance stopped: the balancer alone.
+    ob.stop();
+    let alone = Instant::now();
+    while alone.elapsed() < WATCH_ALONE {
+        polls.poll();
+    }
+    let refusals = fs::read_to_string(node.log_path())
+        .unwrap()
+        .matches("HTTP 400")
+        .count();
+    assert_eq!(
+        refusals, 0,
+        "the HSDirs refused some of the balancer's uploads"
+    );
+    eprintln!(
+        "measured: {} polls through the master address across the switch, {} needed a retry",
+        polls.count, polls.retried
+    );
+    assert!(node.stop_cleanly());
+}
+
+/// `period=<n> revision_counter=<n>` of an upload's log line.
+fn period_and_revision(line: &str) -> (u64, u64) {
+    let field = |name: &str| -> u64 {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    (field("period"), field("revision_counter"))
+}
+
+fn start_onionbalance(
+    binary: &str,
+    config_yaml: &Path,
+    log: &Path,
+    control_port: u16,
+) -> ProcessGuard {
+    let log_file = fs::File::create(log).unwrap();
+    let mut command = Command::new(binary);
+    command
+        .args(["--is-testnet", "-v", "info", "-i", "127.0.0.1", "-p"])
+        .arg(control_port.to_string())
+        .arg("-c")
+        .arg(config_yaml)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().unwrap())
+        .stderr(log_file);
+    ProcessGuard::spawn("onionbalance", &mut command).unwrap_or_else(|err| {
+        panic!("{err} (tests/run.sh installs Onionbalance 0.2.4 and sets RB_ONIONBALANCE)")
+    })
+}
+
+/// Fetches through the master address as a new client each time.
+struct Poller<'a> {
+    net: &'a TorNetwork,
+    count: usize,
+    retried: usize,
+}
+
+impl<'a> Poller<'a> {
+    fn new(net: &'a TorNetwork) -> Self {
+        Poller {
+            net,
+            count: 0,
+            retried: 0,
+        }
+    }
+
+    /// One poll, then the wait until the next NEWNYM takes effect.
+    fn poll(&mut self) {
+        self.net.newnym().expect("NEWNYM");
+        let url = format!("http://{MASTER_ONION}/");
+        let isolation = format!("poll-{}", self.count);
+        if let Err(first) = self.net.fetch(&url, &isolation, FETCH_TIMEOUT) {
+            self.retried += 1;
+            eprintln!("poll {} failed ({first}); trying again at once", self.count);
+            if let Err(again) = self
+                .net
+                .fetch(&url, &format!("{isolation}-again"), FETCH_TIMEOUT)
+            {
+                panic!("a gap: the master address did not answer ({first}; again: {again})");
+            }
+        }
+        self.count += 1;
+        std::thread::sleep(POLL_EVERY);
+    }
+}
