@@ -226,3 +226,80 @@ fn init_imports_an_existing_key_or_finds_a_vanity_one() {
     let master = load_master_key_with(&config.master_key_path(), &vanity.kek_source()).unwrap();
     assert!(master.onion_address().to_string().starts_with("ab"));
 }
+
+/// Onionbalance's own files: its config.yaml (as `onionbalance-config` writes it) and its PEM
+/// key next to it.
+const OB_MASTER: &str = "75w6bo2hfqkeyltppkrnaxrmo542ty5evcuuxkideukynzfqa32mu6ad.onion";
+const OB_INSTANCE_1: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
+const OB_INSTANCE_2: &str = "pg6mmjiyjmcrsslvykfwnntlaru7p5svn6y2ymmju6nubxndf4pscryd.onion";
+
+#[test]
+fn import_onionbalance_sets_a_node_up_from_its_config_and_key() {
+    let dirs = Dirs::new("import-ob");
+    let ob_dir = dirs.root.join("onionbalance");
+    fs::create_dir_all(&ob_dir).unwrap();
+    fs::copy(
+        "tests/data/onionbalance_master_key.pem",
+        ob_dir.join("master.key"),
+    )
+    .unwrap();
+    let yaml = ob_dir.join("config.yaml");
+    fs::write(
+        &yaml,
+        format!(
+            "services:\n- instances:\n  - address: {OB_INSTANCE_1}\n    name: node1\n  - address: {OB_INSTANCE_2}\n    name: node2\n  key: master.key\n"
+        ),
+    )
+    .unwrap();
+
+    let output = dirs.run(&[
+        "import",
+        "onionbalance",
+        yaml.to_str().unwrap(),
+        "--endpoint",
+        "127.0.0.1:51999",
+        "--no-start",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).contains(OB_MASTER));
+    let config = Config::load(&dirs.config, &dirs.state).unwrap();
+    let backends: Vec<(String, String)> = config
+        .backends
+        .iter()
+        .map(|b| (b.name.to_string(), b.address.to_string()))
+        .collect();
+    assert_eq!(
+        backends,
+        [
+            ("node1".to_owned(), OB_INSTANCE_1.to_owned()),
+            ("node2".to_owned(), OB_INSTANCE_2.to_owned())
+        ]
+    );
+    // The key is stored sealed, as `init --import-key` stores it; the token carries it.
+    let master = load_master_key_with(&config.master_key_path(), &dirs.kek_source()).unwrap();
+    assert_eq!(master.onion_address().to_string(), OB_MASTER);
+    assert!(!fs::read(config.master_key_path())
+        .unwrap()
+        .starts_with(b"-----BEGIN"));
+    let token = token_in(&stdout(&output));
+    assert_eq!(token.master_key.onion_address().to_string(), OB_MASTER);
+
+    // A file that is not an Onionbalance configuration: one line, exit 2, nothing written.
+    let bad = Dirs::new("import-ob-bad");
+    fs::create_dir_all(&bad.root).unwrap();
+    let bad_yaml = bad.root.join("config.yaml");
+    fs::write(&bad_yaml, "services:\n- key: k\n  instances:\n  - name: a\n").unwrap();
+    let output = bad.run(&["import", "onionbalance", bad_yaml.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("services[0].instances[0].address: missing"),
+        "{stderr}"
+    );
+    assert!(!bad.config.exists(), "a refused import wrote files");
+}

@@ -1,6 +1,7 @@
 //! The daemon's state file and configuration reload, as real processes on 127.0.0.1 without
-//! Tor: state.json is always whole however the daemon is killed, and SIGHUP applies a good
-//! config and refuses a bad one, keeping the running one.
+//! Tor: state.json is always whole however the daemon is killed, SIGHUP applies a good
+//! config and refuses a bad one, keeping the running one, and a node set up by hand (a
+//! config.toml and a master key, as for Onionbalance) runs.
 
 mod support;
 
@@ -8,7 +9,7 @@ use std::fs;
 use std::time::Duration;
 
 use rustbalance::storage::state::{SavedState, STATE_FILE};
-use support::balancer::{Balancer, LogWatcher};
+use support::balancer::{Balancer, LogWatcher, NOWHERE_ARTI};
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
 const SETTLE: Duration = Duration::from_secs(30);
@@ -93,6 +94,57 @@ fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
     let text = fs::read_to_string(node.log_path()).unwrap();
     assert!(!text.contains("panicked"), "{text}");
     assert!(node.stop_cleanly());
+}
+
+#[test]
+fn a_node_written_by_hand_runs_and_creates_its_cluster_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Balancer::new(root.path(), "node");
+    let dir = node.config_dir().to_owned();
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::copy("tests/data/onionbalance_master_key.pem", dir.join("ob.pem")).unwrap();
+    fs::set_permissions(dir.join("ob.pem"), fs::Permissions::from_mode(0o600)).unwrap();
+    let listen = support::balancer::free_udp_port();
+    fs::write(
+        dir.join("config.toml"),
+        format!(
+            "[node]\nid = \"by-hand\"\npriority = 1\nmaster_key = \"ob.pem\"\n\n[cluster]\nlisten = \"127.0.0.1:{listen}\"\nendpoint = \"127.0.0.1:{listen}\"\n\n[[backends]]\nname = \"web1\"\naddress = \"{BACKEND}\"\n{NOWHERE_ARTI}"
+        ),
+    )
+    .unwrap();
+    node.start(&["run"]);
+    let mut log = LogWatcher::new(node.log_path());
+    log.wait_for("no cluster files", "created cluster.key", SETTLE);
+    log.wait_for("cluster transport listening", "", SETTLE);
+    let status = node.status().expect("status");
+    assert_eq!(status["node_id"], "by-hand", "{status:#}");
+    assert_eq!(
+        status["master_address"],
+        "75w6bo2hfqkeyltppkrnaxrmo542ty5evcuuxkideukynzfqa32mu6ad.onion"
+    );
+    for file in ["cluster.key", "wg_private.key"] {
+        let mode = fs::metadata(dir.join(file)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file}");
+    }
+    let secret = fs::read(dir.join("cluster.key")).unwrap();
+    // Others can join it now: a token is printed from these files.
+    let token = node.run(&["token"]);
+    assert!(
+        token.status.success(),
+        "{}",
+        String::from_utf8_lossy(&token.stderr)
+    );
+    assert!(node.stop_cleanly());
+
+    // Created once: a restart keeps them.
+    node.start(&["run"]);
+    log.wait_for("cluster transport listening", "", SETTLE);
+    assert!(node.stop_cleanly());
+    assert_eq!(fs::read(dir.join("cluster.key")).unwrap(), secret);
+    let text = fs::read_to_string(node.log_path()).unwrap();
+    assert_eq!(text.matches("no cluster files").count(), 1, "{text}");
 }
 
 #[test]
