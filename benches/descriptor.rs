@@ -7,7 +7,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use rustbalance::descriptor::build::{build_descriptor, DescriptorParams, MasterIdentity};
+use rustbalance::descriptor::encode::FlowControl;
 use rustbalance::descriptor::merge::{merge, BackendIntroPoints};
+use rustbalance::descriptor::signer::intro_point_relay;
 use rustbalance::descriptor::synthetic::synthetic_intro_points;
 use rustbalance::keys::MasterKey;
 use tor_hscrypto::time::TimePeriod;
@@ -31,6 +33,8 @@ fn main() {
     let base = DescriptorParams {
         intro_points: &[],
         revision_counter: 1,
+        flow_control: Some(FlowControl { sendme_inc: 31 }),
+        authorized_clients: &[],
         now,
         size_limit: 50_000,
     };
@@ -59,12 +63,12 @@ fn main() {
         })
         .collect();
     report("merge 4 x 10 intro points (cap only)", || {
-        merge(&inputs, 20, 7, |_| true);
+        merge(&inputs, 20, 7, intro_point_relay, |_| true);
     });
     report(
         "merge 4 x 10 + size check by building (publish path)",
         || {
-            merge(&inputs, 20, 7, |ips| {
+            merge(&inputs, 20, 7, intro_point_relay, |ips| {
                 let params = DescriptorParams {
                     intro_points: ips,
                     ..base

@@ -292,7 +292,11 @@ fn import_onionbalance_sets_a_node_up_from_its_config_and_key() {
     let bad = Dirs::new("import-ob-bad");
     fs::create_dir_all(&bad.root).unwrap();
     let bad_yaml = bad.root.join("config.yaml");
-    fs::write(&bad_yaml, "services:\n- key: k\n  instances:\n  - name: a\n").unwrap();
+    fs::write(
+        &bad_yaml,
+        "services:\n- key: k\n  instances:\n  - name: a\n",
+    )
+    .unwrap();
     let output = bad.run(&["import", "onionbalance", bad_yaml.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");

@@ -391,6 +391,11 @@ impl DescriptorSigner for SimSigner {
         intro_point.clone()
     }
 
+    /// Every simulated introduction point has a relay of its own.
+    fn intro_point_relay(intro_point: &String) -> String {
+        intro_point.clone()
+    }
+
     fn revision_counter(
         &mut self,
         _period: TimePeriod,

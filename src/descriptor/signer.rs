@@ -13,6 +13,7 @@ use std::sync::Arc;
 use tor_hscrypto::ope::SrvPeriodOffset;
 use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
+use tor_linkspec::LinkSpec;
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 
 use super::build::{
@@ -30,6 +31,10 @@ pub trait DescriptorSigner {
 
     /// A stable identity of an introduction point, unchanged while its backend keeps it.
     fn intro_point_id(intro_point: &Self::IntroPoint) -> String;
+
+    /// The relay an introduction point sits on: a descriptor lists one per relay (see
+    /// `descriptor::merge`).
+    fn intro_point_relay(intro_point: &Self::IntroPoint) -> String;
 
     /// The revision counter of a descriptor for `period` built `srv_offset_secs` seconds after
     /// the start of its SRV period. Strictly increasing in the offset, and the same on every
@@ -91,6 +96,10 @@ impl DescriptorSigner for MasterSigner {
         intro_point_id(intro_point)
     }
 
+    fn intro_point_relay(intro_point: &IntroPointDesc) -> String {
+        intro_point_relay(intro_point)
+    }
+
     fn revision_counter(
         &mut self,
         period: TimePeriod,
@@ -117,6 +126,30 @@ impl DescriptorSigner for MasterSigner {
     fn retain_periods(&mut self, periods: &[u64]) {
         self.blinded.retain(|period, _| periods.contains(period));
     }
+}
+
+/// The relay an introduction point sits on, as C-tor clients identify it: the RSA identity of
+/// its link specifiers (else the ed25519 identity; an introduction point with neither, which
+/// no client could reach, counts as a relay of its own).
+pub fn intro_point_relay(intro_point: &IntroPointDesc) -> String {
+    let parsed = || {
+        intro_point
+            .link_specifiers()
+            .iter()
+            .filter_map(|spec| spec.parse().ok())
+    };
+    parsed()
+        .find_map(|spec| match spec {
+            LinkSpec::RsaId(id) => Some(format!("rsa:{}", id.as_hex_upper())),
+            _ => None,
+        })
+        .or_else(|| {
+            parsed().find_map(|spec| match spec {
+                LinkSpec::Ed25519Id(id) => Some(format!("ed25519:{id}")),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| format!("auth-key:{}", intro_point_id(intro_point)))
 }
 
 /// A stable identity for an introduction point: its auth key (`KP_hs_ipt_sid`), unique per

@@ -399,6 +399,28 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_offering_proof_of_work_is_reported_while_its_descriptor_says_so() {
+        let mut monitor = monitor();
+        let with_pow = Check {
+            offers_pow: true,
+            ..check(descriptor(5), Some(&["a"]), true)
+        };
+        monitor.apply_round(vec![Some(with_pow)], at(0));
+        assert!(monitor.report()[0].offers_pow);
+        // A round that fetched no descriptor changes nothing.
+        let failed = Observation::FetchFailed {
+            reason: "404".into(),
+        };
+        monitor.apply_round(vec![Some(check(failed, None, true))], at(60));
+        assert!(monitor.report()[0].offers_pow);
+        monitor.apply_round(
+            vec![Some(check(descriptor(6), Some(&["a"]), true))],
+            at(120),
+        );
+        assert!(!monitor.report()[0].offers_pow);
+    }
+
+    #[test]
     fn an_older_descriptor_does_not_bring_back_old_intro_points() {
         let mut monitor = monitor();
         monitor.apply_round(

@@ -346,23 +346,29 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let time_period = target.info.time_period;
         let mut built = None;
         let signer = &mut self.signer;
-        let merged = merge(&inputs, MAX_INTRO_POINTS, period, |ips| {
-            let params = DescriptorParams {
-                intro_points: ips,
-                ..base
-            };
-            match signer.build(time_period, &params) {
-                Ok(text) => {
-                    built = Some(text);
-                    true
+        let merged = merge(
+            &inputs,
+            MAX_INTRO_POINTS,
+            period,
+            S::intro_point_relay,
+            |ips| {
+                let params = DescriptorParams {
+                    intro_points: ips,
+                    ..base
+                };
+                match signer.build(time_period, &params) {
+                    Ok(text) => {
+                        built = Some(text);
+                        true
+                    }
+                    Err(BuildError::TooLarge { .. }) => false,
+                    Err(err) => {
+                        tracing::error!(period, "cannot build the descriptor: {err}");
+                        false
+                    }
                 }
-                Err(BuildError::TooLarge { .. }) => false,
-                Err(err) => {
-                    tracing::error!(period, "cannot build the descriptor: {err}");
-                    false
-                }
-            }
-        });
+            },
+        );
         let (Some(descriptor), false) = (built, merged.intro_points.is_empty()) else {
             tracing::error!(
                 period,
@@ -399,6 +405,9 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         }
         for left in &merged.left_out {
             let why = match left.reason {
+                LeftOutReason::SharedRelay => {
+                    "another backend's introduction point on the same relay (clients would only ever reach that one)"
+                }
                 LeftOutReason::Cap => "the 20-introduction-point cap",
                 LeftOutReason::Size => "the HSDirs' descriptor size limit",
             };
@@ -613,6 +622,9 @@ mod tests {
                 .unwrap()
         }
         fn intro_point_id(intro_point: &String) -> String {
+            intro_point.clone()
+        }
+        fn intro_point_relay(intro_point: &String) -> String {
             intro_point.clone()
         }
         fn revision_counter(

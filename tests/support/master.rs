@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
-use rustbalance::descriptor::signer::intro_point_id;
+use rustbalance::descriptor::signer::{intro_point_id, intro_point_relay};
 use rustbalance::health::fetch::{fetch_current, fetch_for_period};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
@@ -186,6 +186,17 @@ impl Observer {
             );
             std::thread::sleep(Duration::from_secs(5));
         }
+    }
+
+    /// The relay of every introduction point of the master descriptor the HSDirs hold now.
+    pub fn master_intro_point_relays(&self, master: &OnionAddress) -> Vec<String> {
+        self.runtime
+            .block_on(fetch_current(&self.tor, master))
+            .unwrap_or_else(|err| panic!("fetching {master}: {err}"))
+            .intro_points
+            .iter()
+            .map(intro_point_relay)
+            .collect()
     }
 
     /// Which of `backends` have introduction points in the master descriptor the HSDirs hold

@@ -1,6 +1,8 @@
-//! End to end, on a private Tor network: a running Onionbalance 0.2.4 is replaced by
-//! RustBalance and a client polling the master address sees no gap.
+//! End to end, on one private Tor network, what no peer does: a running Onionbalance 0.2.4
+//! replaced by RustBalance while a client polling the master address sees no gap, and eight
+//! backends with three introduction points each all reached by C-tor clients.
 //!
+//! Onionbalance replaced:
 //! 1. Two C-tor backends are Onionbalance instances of a master key in Onionbalance's PEM
 //!    format; Onionbalance itself (from PyPI, `RB_ONIONBALANCE`, installed by tests/run.sh)
 //!    publishes the master descriptor through the C-tor client's control port, and the client
@@ -15,15 +17,22 @@
 //!
 //! Every poll must succeed (one immediate retry allowed, as the harness allows elsewhere for
 //! a client that asked an HSDir during a consensus change).
+//!
+//! Eight backends (24 introduction points on the network's 9 relays): the published
+//! descriptor lists at most one introduction point per relay (a C-tor client reaches only the
+//! first one listed on a relay), and a C-tor client fetching with fresh circuits reaches
+//! every backend.
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustbalance::keys::onion_address::OnionAddress;
+use rustbalance::keys::MasterKey;
 use support::balancer::{Balancer, LogWatcher};
 use support::master::Observer;
 use support::process::ProcessGuard;
@@ -40,12 +49,21 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(60);
 const POLL_EVERY: Duration = Duration::from_secs(10);
 /// How long the balancer alone is watched after Onionbalance stopped.
 const WATCH_ALONE: Duration = Duration::from_secs(40);
+const MANY_BACKENDS: usize = 8;
+/// With one listed introduction point of each backend among at most 9, a backend is missed by
+/// 150 fetches with probability (8/9)^150 < 10^-7.
+const MANY_FETCHES: usize = 150;
 
 #[test]
-fn a_running_onionbalance_is_replaced_without_a_gap() {
+fn further_than_any_peer() {
+    let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
+    onionbalance_is_replaced_without_a_gap(&mut net);
+    eight_backends_are_all_reached(&mut net);
+}
+
+fn onionbalance_is_replaced_without_a_gap(net: &mut TorNetwork) {
     let onionbalance =
         std::env::var("RB_ONIONBALANCE").unwrap_or_else(|_| "onionbalance".to_owned());
-    let mut net = TorNetwork::start(NetworkOptions::default()).expect("private Tor network");
     net.add_backend("alpha", Some(MASTER_ONION))
         .expect("backend alpha");
     net.add_backend("beta", Some(MASTER_ONION))
@@ -99,12 +117,12 @@ fn a_running_onionbalance_is_replaced_without_a_gap() {
 
     // 2. + 3. The balancer set up from Onionbalance's files, started beside it.
     let mut node = Balancer::new(net.data_dir(), "rustbalance");
-    let config = node.import_onionbalance_on_network(&net, &config_yaml);
+    let config = node.import_onionbalance_on_network(net, &config_yaml);
     assert!(
         config.contains(&net.backend_onion("alpha")) && config.contains(&net.backend_onion("beta")),
         "the instances became backends:\n{config}"
     );
-    let mut polls = Poller::new(&net);
+    let mut polls = Poller::new(net);
     polls.poll();
     // What Onionbalance left on the HSDirs, per time period.
     let observer = Observer::start(&config, &net.data_dir().join("observer"));
@@ -153,6 +171,71 @@ fn a_running_onionbalance_is_replaced_without_a_gap() {
         "measured: {} polls through the master address across the switch, {} needed a retry",
         polls.count, polls.retried
     );
+    assert!(node.stop_cleanly());
+    // Make room for the next scenario on this network.
+    net.stop_backend("alpha");
+    net.stop_backend("beta");
+}
+
+/// Eight backends with three introduction points each, on the network's 9 relays.
+fn eight_backends_are_all_reached(net: &mut TorNetwork) {
+    let seed: [u8; 32] = rand::random();
+    let master = MasterKey::from_seed(&seed).onion_address();
+    let master_onion = master.to_string();
+    let names: Vec<String> = (0..MANY_BACKENDS).map(|i| format!("many{i}")).collect();
+    for name in &names {
+        net.add_backend(name, Some(&master_onion))
+            .unwrap_or_else(|err| panic!("backend {name}: {err}"));
+    }
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut node = Balancer::new(net.data_dir(), "many");
+    let config = node.init_on_network(
+        net,
+        &seed,
+        &names,
+        "\n[timing]\nhealth_interval_secs = 10\n",
+    );
+    node.start(&["run"]);
+    let mut log = LogWatcher::new(node.log_path());
+    let upload = log.wait_for("published descriptor", "", FIRST_PUBLISH_TIMEOUT);
+    eprintln!("first upload: {upload}");
+
+    // On the HSDirs: one introduction point per relay, and every backend listed.
+    let observer = Observer::start(&config, &net.data_dir().join("many-observer"));
+    assert_eq!(
+        observer.backends_listed(&master, net, &names, &names),
+        names,
+        "the master descriptor must list every backend"
+    );
+    let relays = observer.master_intro_point_relays(&master);
+    let distinct: BTreeSet<&String> = relays.iter().collect();
+    assert_eq!(
+        distinct.len(),
+        relays.len(),
+        "a relay listed twice: {relays:?}"
+    );
+
+    // C-tor clients with fresh circuits reach every backend.
+    let expected: BTreeSet<String> = names.iter().map(|name| net.backend_page(name)).collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fetches = 0;
+    while fetches < MANY_FETCHES && seen.len() < expected.len() {
+        let page = net
+            .fetch(
+                &format!("http://{master_onion}/"),
+                &format!("many-{fetches}"),
+                FETCH_TIMEOUT,
+            )
+            .unwrap_or_else(|err| panic!("fetch {fetches} through the master address: {err}"));
+        *seen.entry(page).or_default() += 1;
+        fetches += 1;
+    }
+    eprintln!(
+        "measured: {} of {MANY_BACKENDS} backends reached in {fetches} fetches with fresh circuits ({} introduction points listed): {seen:?}",
+        seen.len(),
+        relays.len()
+    );
+    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
     assert!(node.stop_cleanly());
 }
 
