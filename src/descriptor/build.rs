@@ -1,9 +1,10 @@
 //! Building and signing the master descriptor (rend-spec-v3 §2.4-2.5).
 //!
-//! For one time period: blind the master identity key for that period ([`BlindedIdentity`],
-//! computed once per period: the blinded key is what the HSDirs index and what signs the
-//! descriptor-signing certificate), then for every descriptor make a fresh
-//! descriptor-signing key, certify it for [`CERT_LIFETIME`], and write, encrypt and sign the
+//! For one time period: blind the master identity key for that period and make that period's
+//! descriptor-signing key ([`BlindedIdentity`], computed once per period: the blinded key is
+//! what the HSDirs index and what certifies the descriptor-signing key; C tor too keeps one
+//! signing key for all uploads of a period's descriptor), then for every descriptor certify
+//! the signing key anew for [`CERT_LIFETIME`], and write, encrypt and sign the
 //! document as C tor does ([`super::encode`]). Every backend introduction point's auth-key and
 //! enc-key is re-certified under our descriptor-signing key (certificate types 09 and 0B),
 //! which is what makes a client accept backend introduction points under the master address.
@@ -96,6 +97,8 @@ pub struct BlindedIdentity {
     keypair: HsBlindIdKeypair,
     subcredential: Subcredential,
     revision_key: AesOpeKey,
+    /// This node's descriptor-signing key for the period (`KP_hs_desc_sign`).
+    desc_signing: ed25519::Keypair,
 }
 
 impl MasterIdentity {
@@ -116,6 +119,7 @@ impl MasterIdentity {
             keypair,
             subcredential,
             revision_key: AesOpeKey::from_secret(&revision_secret),
+            desc_signing: ed25519::Keypair::generate(&mut rand::rng()),
         })
     }
 }
@@ -172,7 +176,7 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
     params: &DescriptorParams<'_>,
     rng: &mut R,
 ) -> Result<String, BuildError> {
-    let desc_signing = ed25519::Keypair::generate(rng);
+    let desc_signing = &blinded.desc_signing;
     let desc_signing_cert = create_desc_sign_key_cert(
         &desc_signing.verifying_key(),
         &blinded.keypair,
@@ -184,7 +188,7 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
             blinded_public: blinded.public.as_ref().to_bytes(),
             subcredential: blinded.subcredential,
             revision_counter: params.revision_counter,
-            desc_signing: &desc_signing,
+            desc_signing,
             desc_signing_cert: desc_signing_cert.as_ref(),
         },
         &LayerContent {
@@ -449,6 +453,31 @@ mod tests {
                 "offset {offset}"
             );
         }
+    }
+
+    /// As C tor, one descriptor-signing key serves every upload of a period (its certificate,
+    /// a deterministic ed25519 signature, is then the same within the hour).
+    #[test]
+    fn one_signing_key_per_period() {
+        let master = MasterIdentity::from_expanded_secret(&random_expanded_secret()).unwrap();
+        let ips = synthetic_intro_points(2);
+        let now = SystemTime::now();
+        let cert = |blinded: &BlindedIdentity| {
+            let same_moment = DescriptorParams {
+                now,
+                ..params(&ips)
+            };
+            let text = build_descriptor(blinded, &same_moment, &mut rand::rng()).unwrap();
+            text.split("descriptor-signing-key-cert\n")
+                .nth(1)
+                .and_then(|rest| rest.split("-----END").next())
+                .unwrap()
+                .to_owned()
+        };
+        let period_a = master.blind(period(20_000)).unwrap();
+        let period_b = master.blind(period(20_001)).unwrap();
+        assert_eq!(cert(&period_a), cert(&period_a));
+        assert_ne!(cert(&period_a), cert(&period_b));
     }
 
     #[test]

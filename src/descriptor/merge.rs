@@ -128,6 +128,9 @@ pub fn merge<T: Clone, R: Eq + std::hash::Hash>(
     }
 }
 
+/// An introduction point by position: (backend index, index in that backend's list).
+type Entry = (usize, usize);
+
 /// The order in which introduction points are listed, one per relay, and those left out
 /// because their relay is taken. First one introduction point for every backend that can
 /// have a relay of its own (a maximum matching, found with augmenting paths: a backend whose
@@ -138,7 +141,7 @@ fn one_per_relay_order<T, R: Eq + std::hash::Hash>(
     backends: &[BackendIntroPoints<'_, T>],
     seed: u64,
     relay_of: impl Fn(&T) -> R,
-) -> (Vec<(usize, usize)>, Vec<(usize, usize)>) {
+) -> (Vec<Entry>, Vec<Entry>) {
     // Relays as small numbers, per backend and introduction point.
     let mut relay_numbers = std::collections::HashMap::new();
     let relays: Vec<Vec<usize>> = backends
