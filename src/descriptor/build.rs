@@ -29,7 +29,7 @@ use tor_llcrypto::pk::{curve25519, ed25519};
 use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, IntroPointDesc};
 use zeroize::Zeroizing;
 
-use super::encode::{encode_descriptor, FlowControl, LayerContent, LayerKeys};
+use super::encode::{encode_descriptor, EncodeError, FlowControl, LayerContent, LayerKeys};
 use crate::keys::onion_address::OnionAddress;
 use crate::params::CERT_LIFETIME;
 
@@ -49,7 +49,7 @@ pub enum BuildError {
     #[error("cannot certify the descriptor-signing key: {0}")]
     Certificate(String),
     #[error("cannot encode the descriptor: {0}")]
-    Encode(String),
+    Encode(#[from] EncodeError),
     #[error("the descriptor would be {limit} bytes or more, the HSDirs' limit")]
     TooLarge { limit: usize },
 }

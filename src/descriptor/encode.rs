@@ -43,7 +43,6 @@ use tor_llcrypto::pk::{curve25519, ed25519};
 use tor_netdoc::doc::hsdesc::IntroPointDesc;
 use zeroize::Zeroizing;
 
-use super::build::BuildError;
 use crate::params::{CERT_LIFETIME, C_TOR_FLOWCTRL_VERSIONS, DESCRIPTOR_LIFETIME_MINUTES};
 
 /// The first encrypted layer's plaintext is zero-padded to a multiple of this
@@ -62,6 +61,19 @@ const IV_LEN: usize = 16;
 const SIGNATURE_PREFIX: &[u8] = b"Tor onion service descriptor sig v3";
 /// The `create2-formats` a C-tor service lists: ntor.
 const CREATE2_FORMAT_NTOR: u8 = 2;
+
+/// Why an introduction point could not be written into the descriptor.
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("cannot certify an introduction point's key: {0}")]
+    Certificate(String),
+    #[error("an introduction point has more than 255 link specifiers")]
+    TooManyLinkSpecifiers,
+    #[error("cannot write a link specifier: {0}")]
+    LinkSpecifier(String),
+    #[error("an introduction point's enc-key has no ed25519 form")]
+    EncKeyNotConvertible,
+}
 
 /// The `flow-control` line: the SENDME increment a client's rendezvous circuit should use
 /// with congestion control (proposal 324), after the FlowCtrl versions C tor writes.
@@ -96,7 +108,7 @@ pub fn encode_descriptor<R: Rng + CryptoRng>(
     keys: &LayerKeys<'_>,
     content: &LayerContent<'_>,
     rng: &mut R,
-) -> Result<String, BuildError> {
+) -> Result<String, EncodeError> {
     let inner = inner_layer(keys.desc_signing, content, rng)?;
     let cookie = (!content.authorized_clients.is_empty())
         .then(|| Zeroizing::new(rng.random::<[u8; DESCRIPTOR_COOKIE_LEN]>()));
@@ -136,7 +148,7 @@ fn inner_layer<R: Rng + CryptoRng>(
     desc_signing: &ed25519::Keypair,
     content: &LayerContent<'_>,
     rng: &mut R,
-) -> Result<String, BuildError> {
+) -> Result<String, EncodeError> {
     let mut text = format!("create2-formats {CREATE2_FORMAT_NTOR}\n");
     if let Some(flow) = content.flow_control {
         text += &format!(
@@ -160,7 +172,7 @@ fn inner_layer<R: Rng + CryptoRng>(
             .signing_key(signer_id)
             .cert_key(CertifiedKey::Ed25519(key))
             .encode_and_sign(desc_signing)
-            .map_err(|err| BuildError::Certificate(err.to_string()))
+            .map_err(|err| EncodeError::Certificate(err.to_string()))
     };
     // C tor lists them in the order of a hash table; the merge's order would group them by
     // backend.
@@ -168,16 +180,16 @@ fn inner_layer<R: Rng + CryptoRng>(
     intro_points.shuffle(rng);
     for intro_point in intro_points {
         let mut link_specifiers = vec![u8::try_from(intro_point.link_specifiers().len())
-            .map_err(|_| BuildError::Encode("more than 255 link specifiers".into()))?];
+            .map_err(|_| EncodeError::TooManyLinkSpecifiers)?];
         for spec in intro_point.link_specifiers() {
             tor_bytes::Writer::write(&mut link_specifiers, spec)
-                .map_err(|err| BuildError::Encode(err.to_string()))?;
+                .map_err(|err| EncodeError::LinkSpecifier(err.to_string()))?;
         }
         let auth_key: &ed25519::PublicKey = intro_point.ipt_sid_key().as_ref();
         let auth_cert = certify(CertType::HS_IP_V_SIGNING, auth_key.into())?;
         let enc_key: &curve25519::PublicKey = intro_point.svc_ntor_key().as_ref();
         let enc_key_as_ed25519 = convert_curve25519_to_ed25519_public(enc_key, 0)
-            .ok_or_else(|| BuildError::Encode("an enc-key has no ed25519 form".into()))?;
+            .ok_or(EncodeError::EncKeyNotConvertible)?;
         let enc_cert = certify(CertType::HS_IP_CC_SIGNING, (&enc_key_as_ed25519).into())?;
         text += &format!(
             "introduction-point {}\nonion-key ntor {}\nauth-key\n{}enc-key ntor {}\nenc-key-cert\n{}",
