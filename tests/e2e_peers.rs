@@ -20,8 +20,8 @@
 //!
 //! Eight backends (24 introduction points on the network's 9 relays): the published
 //! descriptor lists at most one introduction point per relay (a C-tor client reaches only the
-//! first one listed on a relay), and a C-tor client fetching with fresh circuits reaches
-//! every backend.
+//! first one listed on a relay) and as many backends as the backends' relays allow, and a
+//! C-tor client fetching with fresh circuits reaches every listed backend.
 
 mod support;
 
@@ -200,14 +200,25 @@ fn eight_backends_are_all_reached(net: &mut TorNetwork) {
     let upload = log.wait_for("published descriptor", "", FIRST_PUBLISH_TIMEOUT);
     eprintln!("first upload: {upload}");
 
-    // On the HSDirs: one introduction point per relay, and every backend listed.
+    // On the HSDirs: one introduction point per relay, and as many backends as the relays
+    // the backends chose allow (here the 9 relays may not be enough for 8 backends: several
+    // may have all their introduction points on relays other backends use too; distinct
+    // descriptors for different HSDirs are what lifts that).
     let observer = Observer::start(&config, &net.data_dir().join("many-observer"));
+    let backend_relays: Vec<Vec<String>> = names
+        .iter()
+        .map(|name| observer.intro_point_relays(&net.backend_onion(name).parse().unwrap()))
+        .collect();
+    let coverable = best_cover(&backend_relays, &mut Vec::new());
+    // The first upload may come from a health round that had not seen every backend yet.
+    let listed =
+        observer.backends_listed_until(&master, net, &names, |listed| listed.len() >= coverable);
     assert_eq!(
-        observer.backends_listed(&master, net, &names, &names),
-        names,
-        "the master descriptor must list every backend"
+        listed.len(),
+        coverable,
+        "the master descriptor lists {listed:?}; {coverable} backends could each have a relay of their own"
     );
-    let relays = observer.master_intro_point_relays(&master);
+    let relays = observer.intro_point_relays(&master);
     let distinct: BTreeSet<&String> = relays.iter().collect();
     assert_eq!(
         distinct.len(),
@@ -215,11 +226,11 @@ fn eight_backends_are_all_reached(net: &mut TorNetwork) {
         "a relay listed twice: {relays:?}"
     );
 
-    // C-tor clients with fresh circuits reach every backend.
-    let expected: BTreeSet<String> = names.iter().map(|name| net.backend_page(name)).collect();
+    // C-tor clients with fresh circuits reach every listed backend.
+    let expected: BTreeSet<String> = listed.iter().map(|name| net.backend_page(name)).collect();
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut fetches = 0;
-    while fetches < MANY_FETCHES && seen.len() < expected.len() {
+    while fetches < MANY_FETCHES && !expected.iter().all(|page| seen.contains_key(page)) {
         let page = net
             .fetch(
                 &format!("http://{master_onion}/"),
@@ -231,12 +242,30 @@ fn eight_backends_are_all_reached(net: &mut TorNetwork) {
         fetches += 1;
     }
     eprintln!(
-        "measured: {} of {MANY_BACKENDS} backends reached in {fetches} fetches with fresh circuits ({} introduction points listed): {seen:?}",
+        "measured: {} of {MANY_BACKENDS} backends reached in {fetches} fetches with fresh circuits ({} introduction points listed, one per relay; {} backends on relays of their own at best): {seen:?}",
         seen.len(),
-        relays.len()
+        relays.len(),
+        coverable
     );
     assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
     assert!(node.stop_cleanly());
+}
+
+/// The most backends that can each have one introduction point on a relay of its own, given
+/// each backend's relays (tried exhaustively: 3^8 choices at most here).
+fn best_cover(backends: &[Vec<String>], used: &mut Vec<String>) -> usize {
+    let Some((first, rest)) = backends.split_first() else {
+        return 0;
+    };
+    let mut best = best_cover(rest, used);
+    for relay in first {
+        if !used.contains(relay) {
+            used.push(relay.clone());
+            best = best.max(1 + best_cover(rest, used));
+            used.pop();
+        }
+    }
+    best
 }
 
 /// `period=<n> revision_counter=<n>` of an upload's log line.

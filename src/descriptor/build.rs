@@ -29,7 +29,9 @@ use tor_llcrypto::pk::{curve25519, ed25519};
 use tor_netdoc::doc::hsdesc::{create_desc_sign_key_cert, IntroPointDesc};
 use zeroize::Zeroizing;
 
-use super::encode::{encode_descriptor, EncodeError, FlowControl, LayerContent, LayerKeys};
+use super::encode::{
+    encode_descriptor, EncodeError, FlowControl, IntroPointCerts, LayerContent, LayerKeys,
+};
 use crate::keys::onion_address::OnionAddress;
 use crate::params::CERT_LIFETIME;
 
@@ -99,6 +101,8 @@ pub struct BlindedIdentity {
     revision_key: AesOpeKey,
     /// This node's descriptor-signing key for the period (`KP_hs_desc_sign`).
     desc_signing: ed25519::Keypair,
+    /// The introduction points' certificates under `desc_signing`, for the current hour.
+    intro_point_certs: std::sync::Mutex<IntroPointCerts>,
 }
 
 impl MasterIdentity {
@@ -120,6 +124,7 @@ impl MasterIdentity {
             subcredential,
             revision_key: AesOpeKey::from_secret(&revision_secret),
             desc_signing: ed25519::Keypair::generate(&mut rand::rng()),
+            intro_point_certs: std::sync::Mutex::default(),
         })
     }
 }
@@ -197,6 +202,11 @@ pub fn build_descriptor<R: Rng + CryptoRng>(
             authorized_clients: params.authorized_clients,
             now: params.now,
         },
+        // A panic elsewhere while the lock was held leaves whole entries or none.
+        &mut blinded
+            .intro_point_certs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
         rng,
     )?;
     // The HSDirs require `len < limit`.

@@ -26,6 +26,7 @@
 //! restricted discovery the inner layer's secret data also holds a random descriptor cookie,
 //! which each authorized client finds, encrypted to it, in its `auth-client` line.
 
+use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -35,7 +36,7 @@ use rand::seq::SliceRandom as _;
 use rand::{CryptoRng, Rng, RngExt as _};
 use sha3::digest::{ExtendableOutput as _, Update as _, XofReader as _};
 use sha3::{Digest as _, Sha3_256, Shake256};
-use tor_cert::{CertType, CertifiedKey, Ed25519Cert};
+use tor_cert::{CertType, CertifiedKey, Ed25519Cert, EncodedEd25519Cert};
 use tor_hscrypto::Subcredential;
 use tor_llcrypto::cipher::aes::Aes256Ctr;
 use tor_llcrypto::pk::keymanip::convert_curve25519_to_ed25519_public;
@@ -82,6 +83,62 @@ pub struct FlowControl {
     pub sendme_inc: u8,
 }
 
+/// The two certificates (auth-key, enc-key-cert) of each introduction point under one
+/// descriptor-signing key, for the hour they are dated from. C tor dates them from the start
+/// of the hour, so every build within the hour would sign the same bytes again: two ed25519
+/// signatures and a curve25519-to-ed25519 conversion per introduction point, most of a
+/// build's time. Entries of an earlier hour are dropped when the hour changes.
+#[derive(Default)]
+pub struct IntroPointCerts {
+    hour_start: u64,
+    /// Keyed by the introduction point's auth key and enc key together.
+    certs: HashMap<[u8; 64], (EncodedEd25519Cert, EncodedEd25519Cert)>,
+}
+
+impl IntroPointCerts {
+    /// Both certificates of `intro_point`, signed by `desc_signing` until `hour_start` +
+    /// [`CERT_LIFETIME`].
+    fn get(
+        &mut self,
+        desc_signing: &ed25519::Keypair,
+        intro_point: &IntroPointDesc,
+        hour_start: u64,
+    ) -> Result<&(EncodedEd25519Cert, EncodedEd25519Cert), EncodeError> {
+        if hour_start != self.hour_start {
+            self.certs.clear();
+            self.hour_start = hour_start;
+        }
+        let auth_key: &ed25519::PublicKey = intro_point.ipt_sid_key().as_ref();
+        let enc_key: &curve25519::PublicKey = intro_point.svc_ntor_key().as_ref();
+        let mut id = [0u8; 64];
+        id[..32].copy_from_slice(auth_key.as_bytes());
+        id[32..].copy_from_slice(enc_key.as_bytes());
+        let entry = match self.certs.entry(id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                let expiry =
+                    SystemTime::UNIX_EPOCH + Duration::from_secs(hour_start) + CERT_LIFETIME;
+                let signer_id = ed25519::Ed25519Identity::from(desc_signing.verifying_key());
+                let certify = |cert_type, key: ed25519::Ed25519Identity| {
+                    Ed25519Cert::builder()
+                        .cert_type(cert_type)
+                        .expiration(expiry)
+                        .signing_key(signer_id)
+                        .cert_key(CertifiedKey::Ed25519(key))
+                        .encode_and_sign(desc_signing)
+                        .map_err(|err| EncodeError::Certificate(err.to_string()))
+                };
+                let auth_cert = certify(CertType::HS_IP_V_SIGNING, auth_key.into())?;
+                let enc_key_as_ed25519 = convert_curve25519_to_ed25519_public(enc_key, 0)
+                    .ok_or(EncodeError::EncKeyNotConvertible)?;
+                let enc_cert = certify(CertType::HS_IP_CC_SIGNING, (&enc_key_as_ed25519).into())?;
+                entry.insert((auth_cert, enc_cert))
+            }
+        };
+        Ok(entry)
+    }
+}
+
 /// Keys of one descriptor: the blinded identity and a descriptor-signing key made for it.
 pub struct LayerKeys<'a> {
     /// The blinded public key (first part of every layer's secret data).
@@ -107,9 +164,10 @@ pub struct LayerContent<'a> {
 pub fn encode_descriptor<R: Rng + CryptoRng>(
     keys: &LayerKeys<'_>,
     content: &LayerContent<'_>,
+    certs: &mut IntroPointCerts,
     rng: &mut R,
 ) -> Result<String, EncodeError> {
-    let inner = inner_layer(keys.desc_signing, content, rng)?;
+    let inner = inner_layer(keys.desc_signing, content, certs, rng)?;
     let cookie = (!content.authorized_clients.is_empty())
         .then(|| Zeroizing::new(rng.random::<[u8; DESCRIPTOR_COOKIE_LEN]>()));
     let mut inner_secret = Zeroizing::new(keys.blinded_public.to_vec());
@@ -147,6 +205,7 @@ pub fn encode_descriptor<R: Rng + CryptoRng>(
 fn inner_layer<R: Rng + CryptoRng>(
     desc_signing: &ed25519::Keypair,
     content: &LayerContent<'_>,
+    certs: &mut IntroPointCerts,
     rng: &mut R,
 ) -> Result<String, EncodeError> {
     let mut text = format!("create2-formats {CREATE2_FORMAT_NTOR}\n");
@@ -162,18 +221,7 @@ fn inner_layer<R: Rng + CryptoRng>(
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
-    let hour_start = SystemTime::UNIX_EPOCH + Duration::from_secs(since_epoch - since_epoch % 3600);
-    let expiry = hour_start + CERT_LIFETIME;
-    let signer_id = ed25519::Ed25519Identity::from(desc_signing.verifying_key());
-    let certify = |cert_type, key: ed25519::Ed25519Identity| {
-        Ed25519Cert::builder()
-            .cert_type(cert_type)
-            .expiration(expiry)
-            .signing_key(signer_id)
-            .cert_key(CertifiedKey::Ed25519(key))
-            .encode_and_sign(desc_signing)
-            .map_err(|err| EncodeError::Certificate(err.to_string()))
-    };
+    let hour_start = since_epoch - since_epoch % 3600;
     // C tor lists them in the order of a hash table; the merge's order would group them by
     // backend.
     let mut intro_points: Vec<&IntroPointDesc> = content.intro_points.iter().collect();
@@ -185,12 +233,8 @@ fn inner_layer<R: Rng + CryptoRng>(
             tor_bytes::Writer::write(&mut link_specifiers, spec)
                 .map_err(|err| EncodeError::LinkSpecifier(err.to_string()))?;
         }
-        let auth_key: &ed25519::PublicKey = intro_point.ipt_sid_key().as_ref();
-        let auth_cert = certify(CertType::HS_IP_V_SIGNING, auth_key.into())?;
+        let (auth_cert, enc_cert) = certs.get(desc_signing, intro_point, hour_start)?;
         let enc_key: &curve25519::PublicKey = intro_point.svc_ntor_key().as_ref();
-        let enc_key_as_ed25519 = convert_curve25519_to_ed25519_public(enc_key, 0)
-            .ok_or(EncodeError::EncKeyNotConvertible)?;
-        let enc_cert = certify(CertType::HS_IP_CC_SIGNING, (&enc_key_as_ed25519).into())?;
         text += &format!(
             "introduction-point {}\nonion-key ntor {}\nauth-key\n{}enc-key ntor {}\nenc-key-cert\n{}",
             STANDARD.encode(&link_specifiers),
@@ -344,6 +388,35 @@ mod tests {
         assert_eq!(lines[3].len(), 8);
         assert!(lines[3].ends_with('='));
         assert_eq!(lines[4], "-----END MESSAGE-----");
+    }
+
+    #[test]
+    fn introduction_point_certificates_are_signed_once_an_hour() {
+        let desc_signing = ed25519::Keypair::generate(&mut rand::rng());
+        let ips = crate::descriptor::synthetic::synthetic_intro_points(2);
+        let mut certs = IntroPointCerts::default();
+        let bytes = |pair: &(EncodedEd25519Cert, EncodedEd25519Cert)| {
+            (pair.0.as_ref().to_vec(), pair.1.as_ref().to_vec())
+        };
+        let hour = 1_800_000_000 / 3600 * 3600;
+        let first = bytes(certs.get(&desc_signing, &ips[0], hour).unwrap());
+        certs.get(&desc_signing, &ips[1], hour).unwrap();
+        assert_eq!(certs.certs.len(), 2);
+        assert_eq!(
+            bytes(certs.get(&desc_signing, &ips[0], hour).unwrap()),
+            first
+        );
+        // The next hour: dated an hour later, and last hour's entries gone.
+        let next = bytes(certs.get(&desc_signing, &ips[0], hour + 3600).unwrap());
+        assert_ne!(next, first);
+        assert_eq!(certs.certs.len(), 1);
+        // version (1), type (1), expiry in hours (4)
+        let expiry_hours = |cert: &[u8]| u32::from_be_bytes(cert[2..6].try_into().unwrap());
+        assert_eq!(
+            expiry_hours(&first.0),
+            u32::try_from(hour / 3600 + 54).unwrap()
+        );
+        assert_eq!(expiry_hours(&next.1), expiry_hours(&first.1) + 1);
     }
 
     #[test]

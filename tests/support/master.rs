@@ -175,24 +175,35 @@ impl Observer {
         backends: &[&str],
         expected: &[&str],
     ) -> Vec<String> {
+        self.backends_listed_until(master, net, backends, |listed| listed == expected)
+    }
+
+    /// Like [`backends_listed`](Self::backends_listed), until `done` holds for the list.
+    pub fn backends_listed_until(
+        &self,
+        master: &OnionAddress,
+        net: &TorNetwork,
+        backends: &[&str],
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
         let deadline = std::time::Instant::now() + LISTING_SETTLES;
         loop {
             let listed = self.backends_in_master_descriptor(master, net, backends);
-            if listed == expected || std::time::Instant::now() >= deadline {
+            if done(&listed) || std::time::Instant::now() >= deadline {
                 return listed;
             }
             eprintln!(
-                "the master descriptor lists {listed:?}, not {expected:?} (yet): reading again"
+                "the master descriptor lists {listed:?}, not yet what is expected: reading again"
             );
             std::thread::sleep(Duration::from_secs(5));
         }
     }
 
-    /// The relay of every introduction point of the master descriptor the HSDirs hold now.
-    pub fn master_intro_point_relays(&self, master: &OnionAddress) -> Vec<String> {
+    /// The relay of every introduction point of `address`'s descriptor the HSDirs hold now.
+    pub fn intro_point_relays(&self, address: &OnionAddress) -> Vec<String> {
         self.runtime
-            .block_on(fetch_current(&self.tor, master))
-            .unwrap_or_else(|err| panic!("fetching {master}: {err}"))
+            .block_on(fetch_current(&self.tor, address))
+            .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
             .intro_points
             .iter()
             .map(intro_point_relay)
