@@ -134,6 +134,8 @@ pub struct Upload {
     pub hsdirs: Vec<HsDirId>,
     /// Identities of the introduction points listed.
     pub intro_points: Vec<String>,
+    /// Restricted discovery: the clients it admits (as [`PublishRecord::authorized_clients`]).
+    pub authorized_clients: Vec<String>,
     /// The backends they come from.
     pub backends: BTreeSet<String>,
     /// When the plan decided it: the record's time once an HSDir accepted it.
@@ -192,10 +194,8 @@ pub struct PublishPlan<S: DescriptorSigner> {
     revision_floor: BTreeMap<u64, u64>,
     /// Periods where the fetch-back found an HSDir lacking the last upload.
     lacking: BTreeSet<u64>,
-    /// Restricted discovery: the clients that may find the service (empty: anyone).
+    /// Restricted discovery: the clients that may find the service (empty: anyone), sorted.
     authorized_clients: Vec<curve25519::PublicKey>,
-    /// Periods uploaded for another list of authorized clients than the current one.
-    clients_changed: BTreeSet<u64>,
 }
 
 /// Failed uploads of one period in a row, and the earliest moment for the next.
@@ -218,19 +218,24 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             revision_floor: BTreeMap::new(),
             lacking: BTreeSet::new(),
             authorized_clients: Vec::new(),
-            clients_changed: BTreeSet::new(),
         }
     }
 
     /// Restricted discovery: the clients whose keys the descriptor carries from now on. A
-    /// changed list is uploaded at once for every period already published.
+    /// period whose last upload (also one from before a restart) carried another list is
+    /// uploaded again at once.
     pub fn set_authorized_clients(&mut self, mut clients: Vec<curve25519::PublicKey>) {
         clients.sort_by_key(|key| *key.as_bytes());
         clients.dedup_by_key(|key| *key.as_bytes());
-        if clients != self.authorized_clients {
-            self.authorized_clients = clients;
-            self.clients_changed.extend(self.records.keys().copied());
-        }
+        self.authorized_clients = clients;
+    }
+
+    /// The authorized clients as records keep them.
+    fn authorized_client_ids(&self) -> Vec<String> {
+        self.authorized_clients
+            .iter()
+            .map(|key| key.as_bytes().iter().map(|b| format!("{b:02x}")).collect())
+            .collect()
     }
 
     /// Whether there is nothing to publish because no backend is healthy; raises the alert
@@ -274,8 +279,6 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         self.revision_floor
             .retain(|period, _| periods.contains(period));
         self.lacking.retain(|period| periods.contains(period));
-        self.clients_changed
-            .retain(|period| periods.contains(period));
         self.signer.retain_periods(&periods);
 
         let mut decision = Decision::default();
@@ -379,6 +382,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         let intro_ids: Vec<String> = merged.intro_points.iter().map(S::intro_point_id).collect();
         let hsdir_names: Vec<String> = target.hsdirs.iter().map(ToString::to_string).collect();
 
+        let authorized_clients = self.authorized_client_ids();
         let last = self.records.get(&period);
         let reason = publish_reason(last, now, self.interval, &intro_ids, &hsdir_names)
             .or_else(|| {
@@ -387,9 +391,8 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                     .then_some(PublishReason::HsDirsLackIt)
             })
             .or_else(|| {
-                self.clients_changed
-                    .contains(&period)
-                    .then_some(PublishReason::AuthorizedClientsChanged)
+                last.filter(|last| last.authorized_clients != authorized_clients)
+                    .map(|_| PublishReason::AuthorizedClientsChanged)
             });
         let Some(reason) = reason else {
             return (None, last.map_or(now, |l| next_due(l, self.interval)));
@@ -425,6 +428,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             descriptor: Arc::from(descriptor),
             hsdirs: target.hsdirs.clone(),
             intro_points: intro_ids,
+            authorized_clients,
             backends: merged.sources.into_iter().collect(),
             decided_at: now,
         };
@@ -490,12 +494,12 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         }
         self.backoff.remove(&upload.period);
         self.lacking.remove(&upload.period);
-        self.clients_changed.remove(&upload.period);
         let record = PublishRecord {
             published_at: upload.decided_at,
             intro_points: upload.intro_points,
             hsdirs: upload.hsdirs.iter().map(ToString::to_string).collect(),
             revision_counter: upload.revision_counter,
+            authorized_clients: upload.authorized_clients,
             hsdirs_accepted: accepted,
             hsdirs_tried: results.len(),
         };
@@ -577,6 +581,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                 revision_counter: record.revision_counter,
                 intro_points: record.intro_points.clone(),
                 hsdirs: record.hsdirs.clone(),
+                authorized_clients: record.authorized_clients.clone(),
                 hsdirs_accepted: record.hsdirs_accepted,
                 hsdirs_tried: record.hsdirs_tried,
             })
@@ -594,6 +599,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                     intro_points: upload.intro_points.clone(),
                     hsdirs: upload.hsdirs.clone(),
                     revision_counter: upload.revision_counter,
+                    authorized_clients: upload.authorized_clients.clone(),
                     hsdirs_accepted: upload.hsdirs_accepted,
                     hsdirs_tried: upload.hsdirs_tried,
                 },
@@ -735,6 +741,20 @@ mod tests {
         // The same clients in another order, or listed twice, change nothing.
         plan.set_authorized_clients(vec![key(2), key(1), key(2)]);
         assert!(publish(&mut plan, at(120), &targets, &backends).is_empty());
+
+        // After a restart with restricted discovery turned off meanwhile: the restored
+        // records say which clients the HSDirs' copies admit, so both periods go again.
+        let saved = plan.saved_uploads();
+        let mut restarted = super::tests::plan();
+        restarted.restore(&saved);
+        restarted.set_authorized_clients(Vec::new());
+        assert_eq!(
+            publish(&mut restarted, at(130), &targets, &backends),
+            [
+                (10, PublishReason::AuthorizedClientsChanged, 130),
+                (11, PublishReason::AuthorizedClientsChanged, 130)
+            ]
+        );
     }
 
     #[test]

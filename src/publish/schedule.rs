@@ -21,6 +21,9 @@ pub struct PublishRecord {
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
     pub revision_counter: u64,
+    /// Restricted discovery: the clients it admitted (x25519 public keys in hex, sorted;
+    /// empty: anyone).
+    pub authorized_clients: Vec<String>,
     /// HSDirs that accepted the upload, of how many tried (shown by `status`).
     pub hsdirs_accepted: usize,
     pub hsdirs_tried: usize,
@@ -109,6 +112,7 @@ mod tests {
             intro_points: strings(&["ip1", "ip2"]),
             hsdirs: strings(&["h1", "h2"]),
             revision_counter: 1,
+            authorized_clients: Vec::new(),
             hsdirs_accepted: 2,
             hsdirs_tried: 2,
         }

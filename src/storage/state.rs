@@ -66,6 +66,10 @@ pub struct SavedUpload {
     /// Identities of the introduction points listed.
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
+    /// Restricted discovery: the clients the upload admitted (x25519 public keys in hex,
+    /// sorted; empty: anyone). Absent in files written before it existed.
+    #[serde(default)]
+    pub authorized_clients: Vec<String>,
     pub hsdirs_accepted: usize,
     pub hsdirs_tried: usize,
 }
@@ -177,6 +181,7 @@ mod tests {
             revision_counter: 42,
             intro_points: vec!["ab".into()],
             hsdirs: vec!["cd".into()],
+            authorized_clients: vec!["ef".into()],
             hsdirs_accepted: 8,
             hsdirs_tried: 8,
         });
