@@ -1,12 +1,13 @@
 //! End to end, on one private Tor network, what no peer does: a running Onionbalance 0.2.4
 //! replaced by RustBalance while a client polling the master address sees no gap, and eight
-//! backends with three introduction points each all reached by C-tor clients.
+//! backends with three introduction points each, of which C-tor clients reach every one a
+//! descriptor can carry.
 //!
 //! Onionbalance replaced:
 //! 1. Two C-tor backends are Onionbalance instances of a master key in Onionbalance's PEM
 //!    format; Onionbalance itself (from PyPI, `RB_ONIONBALANCE`, installed by tests/run.sh)
-//!    publishes the master descriptor through the C-tor client's control port, and the client
-//!    fetches a page through the master address.
+//!    publishes the master descriptor through a C tor of its own (its control port), and the
+//!    test's C-tor client fetches a page through the master address.
 //! 2. From then on the client fetches through the master address every few seconds, as a new
 //!    client each time (NEWNYM: no cached descriptor), until the end.
 //! 3. `rustbalance import onionbalance config.yaml` sets a node up from Onionbalance's own
@@ -50,8 +51,8 @@ const POLL_EVERY: Duration = Duration::from_secs(10);
 /// How long the balancer alone is watched after Onionbalance stopped.
 const WATCH_ALONE: Duration = Duration::from_secs(40);
 const MANY_BACKENDS: usize = 8;
-/// With one listed introduction point of each backend among at most 9, a backend is missed by
-/// 150 fetches with probability (8/9)^150 < 10^-7.
+/// With one listed introduction point of each listed backend among at most 9, a backend is
+/// missed by 150 fetches with probability (8/9)^150 < 10^-7.
 const MANY_FETCHES: usize = 150;
 
 #[test]
