@@ -596,12 +596,15 @@ fn authorized_clients(
             keys.push(key);
         }
     }
-    let mut unique: Vec<HsClientDescEncKey> = Vec::with_capacity(keys.len());
-    for key in keys {
-        if !unique.contains(&key) {
-            unique.push(key);
-        }
-    }
+    // In a set, not by comparing with every earlier key: a directory may hold many files.
+    let mut seen = HashSet::new();
+    let unique: Vec<HsClientDescEncKey> = keys
+        .into_iter()
+        .filter(|key| {
+            let public: &tor_llcrypto::pk::curve25519::PublicKey = key.as_ref();
+            seen.insert(*public.as_bytes())
+        })
+        .collect();
     if unique.len() > MAX_AUTHORIZED_CLIENTS {
         return Err((
             "restricted_discovery".to_owned(),
