@@ -91,17 +91,7 @@ fn join_no_start(node: &Balancer, port: u16, token: &str, timeout: &str) -> std:
 /// timers and no reachable Tor, then started. Returns what `init` printed and a watcher of
 /// its log, once its cluster transport listens.
 fn start_first_node(a: &mut Balancer, endpoint: &str, extra: &[&str]) -> (String, LogWatcher) {
-    let mut args = vec![
-        "init",
-        "--no-start",
-        "--endpoint",
-        endpoint,
-        "--listen",
-        endpoint,
-    ];
-    args.extend_from_slice(extra);
-    let init = a.run(&args);
-    assert!(init.status.success(), "init: {}", stderr(&init));
+    let printed = a.init_first_node_with(endpoint, extra);
     let config_path = a.config_dir().join("config.toml");
     let mut config = fs::read_to_string(&config_path).unwrap();
     config.push_str("\n[timing]\nheartbeat_interval_secs = 1\npublisher_timeout_secs = 3\ntakeover_grace_secs = 3\n");
@@ -110,7 +100,7 @@ fn start_first_node(a: &mut Balancer, endpoint: &str, extra: &[&str]) -> (String
     a.start(&["run"]);
     let mut log = LogWatcher::new(a.log_path());
     log.wait_for("cluster transport listening", "", SETTLE);
-    (stdout(&init), log)
+    (printed, log)
 }
 
 #[test]

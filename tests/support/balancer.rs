@@ -193,20 +193,7 @@ impl Balancer {
     /// `init --no-start` of the first node of a cluster, reached and listening at `endpoint`
     /// (`HOST:PORT` on 127.0.0.1). Returns the master address and the join token it printed.
     pub fn init_first_node(&self, endpoint: &str) -> (String, String) {
-        let init = self.run(&[
-            "init",
-            "--no-start",
-            "--endpoint",
-            endpoint,
-            "--listen",
-            endpoint,
-        ]);
-        assert!(
-            init.status.success(),
-            "init: {}",
-            String::from_utf8_lossy(&init.stderr)
-        );
-        let printed = String::from_utf8_lossy(&init.stdout).into_owned();
+        let printed = self.init_first_node_with(endpoint, &[]);
         let master_onion = printed
             .lines()
             .find_map(|line| line.trim().strip_prefix("master address: "))
@@ -218,6 +205,27 @@ impl Balancer {
             .expect("init prints a token")
             .to_owned();
         (master_onion, token)
+    }
+
+    /// [`init_first_node`](Self::init_first_node) with `extra` arguments; returns what `init`
+    /// printed.
+    pub fn init_first_node_with(&self, endpoint: &str, extra: &[&str]) -> String {
+        let mut args = vec![
+            "init",
+            "--no-start",
+            "--endpoint",
+            endpoint,
+            "--listen",
+            endpoint,
+        ];
+        args.extend_from_slice(extra);
+        let init = self.run(&args);
+        assert!(
+            init.status.success(),
+            "init: {}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+        String::from_utf8_lossy(&init.stdout).into_owned()
     }
 
     /// A node that cannot reach any Tor network (see [`NOWHERE_ARTI`]).

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
 use rustbalance::descriptor::signer::{intro_point_id, intro_point_relay};
-use rustbalance::health::fetch::{fetch_current, fetch_for_period};
+use rustbalance::health::fetch::{fetch_current, fetch_for_period, VerifiedDescriptor};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
 use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
@@ -201,9 +201,7 @@ impl Observer {
 
     /// The relay of every introduction point of `address`'s descriptor the HSDirs hold now.
     pub fn intro_point_relays(&self, address: &OnionAddress) -> Vec<String> {
-        self.runtime
-            .block_on(fetch_current(&self.tor, address))
-            .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
+        self.fetch(address)
             .intro_points
             .iter()
             .map(intro_point_relay)
@@ -218,12 +216,8 @@ impl Observer {
         net: &TorNetwork,
         backends: &[&str],
     ) -> Vec<String> {
-        let fetch = |address: &OnionAddress| {
-            self.runtime
-                .block_on(fetch_current(&self.tor, address))
-                .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
-        };
-        let listed: BTreeSet<String> = fetch(master)
+        let listed: BTreeSet<String> = self
+            .fetch(master)
             .intro_points
             .iter()
             .map(intro_point_id)
@@ -232,12 +226,20 @@ impl Observer {
             .iter()
             .filter(|name| {
                 let address: OnionAddress = net.backend_onion(name).parse().unwrap();
-                fetch(&address)
+                self.fetch(&address)
                     .intro_points
                     .iter()
                     .any(|ip| listed.contains(&intro_point_id(ip)))
             })
             .map(|name| name.to_string())
             .collect()
+    }
+
+    /// `address`'s descriptor for the current period, fetched, verified and decrypted as a
+    /// client does.
+    fn fetch(&self, address: &OnionAddress) -> VerifiedDescriptor {
+        self.runtime
+            .block_on(fetch_current(&self.tor, address))
+            .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
     }
 }

@@ -639,20 +639,6 @@ impl TorNetwork {
         Ok(())
     }
 
-    /// `SETCONF <setting>` on the client (e.g. a more verbose log while investigating).
-    pub fn client_setconf(&self, setting: &str) -> Result<(), HarnessError> {
-        let deadline = Instant::now() + CONTROL_TIMEOUT;
-        self.client
-            .connect_control(deadline)?
-            .command(&format!("SETCONF {setting}"), deadline)?;
-        Ok(())
-    }
-
-    /// The client's data directory (its logs are there).
-    pub fn client_dir(&self) -> &Path {
-        self.client.dir()
-    }
-
     /// `SIGNAL NEWNYM` to the client: new circuits, and its onion-service state (cached
     /// descriptors included) is purged, so it behaves as a new client. Tor delays a NEWNYM
     /// that comes within 10 s of the previous one.
