@@ -186,21 +186,24 @@ impl TorNode {
             "tor node {} ({}): {what}\n--- last lines of its log ---\n{}",
             self.name,
             self.dir.display(),
-            self.log_tail()
+            self.notice_log_tail()
         ))
     }
 
     /// The last lines of `notice.log`, or of `stdout.log` if tor never got to open its log.
-    fn log_tail(&self) -> String {
-        for file in ["notice.log", "stdout.log"] {
-            if let Ok(text) = fs::read_to_string(self.dir.join(file)) {
-                let lines: Vec<&str> = text.lines().collect();
-                if !lines.is_empty() {
-                    return lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-                }
-            }
-        }
-        "(no log output)".to_owned()
+    fn notice_log_tail(&self) -> String {
+        ["notice.log", "stdout.log"]
+            .into_iter()
+            .map(|file| self.log_tail(file))
+            .find(|tail| !tail.is_empty())
+            .unwrap_or_else(|| "(no log output)".to_owned())
+    }
+
+    /// The last lines of one of its log files in its directory; empty if there is none.
+    pub fn log_tail(&self, file: &str) -> String {
+        let text = fs::read_to_string(self.dir.join(file)).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n")
     }
 }
 

@@ -60,6 +60,12 @@ const CONSENSUS_TIMEOUT: Duration = Duration::from_secs(180);
 const BOOTSTRAP_TIMEOUT: Duration = Duration::from_secs(90);
 /// For a backend's first descriptor upload.
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
+/// A backend that has begun no upload this long after its network was enabled is restarted
+/// (at most [`START_ATTEMPTS`] starts). Seen once in CI: a backend stayed at "Bootstrapped 95%
+/// (circuit_create)" for two minutes while every other node of the network worked; a normal
+/// start begins uploading within seconds.
+const UPLOAD_START_PATIENCE: Duration = Duration::from_secs(60);
+const START_ATTEMPTS: u32 = 2;
 /// After a backend's first successful upload, how long to wait for its other uploads to end.
 const UPLOAD_SETTLE: Duration = Duration::from_secs(10);
 /// For the client to fetch a new (or restarted) backend's page.
@@ -545,12 +551,7 @@ impl TorNetwork {
     /// died with the old process, and remembers failed lookups; make it forget both.
     fn bring_up(&self, backend: &mut Backend, restarted: bool) -> Result<(), HarnessError> {
         let started = Instant::now();
-        backend.node.start()?;
-        let onion = wait_uploaded(
-            &mut backend.node,
-            &backend.service_dir,
-            started + UPLOAD_TIMEOUT,
-        )?;
+        let onion = start_until_uploaded(backend, started)?;
         if restarted && onion != backend.onion {
             return Err(HarnessError::new(format!(
                 "backend {} came back as {onion} instead of {}",
@@ -863,17 +864,58 @@ fn run_to_completion(what: &str, command: &mut Command, log: &Path) -> Result<()
     }
 }
 
-/// Wait until a freshly started backend has uploaded its descriptor; returns its onion address.
+/// Start the backend's tor and wait for its first upload; a start that stalls before any
+/// upload begins is retried (see [`UPLOAD_START_PATIENCE`]). Returns its onion address.
+fn start_until_uploaded(backend: &mut Backend, since: Instant) -> Result<String, HarnessError> {
+    for attempt in 1..=START_ATTEMPTS {
+        backend.node.start()?;
+        let attempt_started = Instant::now();
+        let outcome = wait_uploaded(
+            &mut backend.node,
+            &backend.service_dir,
+            attempt_started + UPLOAD_START_PATIENCE,
+            attempt_started + UPLOAD_TIMEOUT,
+        )?;
+        match outcome {
+            UploadOutcome::Uploaded(onion) => return Ok(onion),
+            UploadOutcome::NeverStarted => progress(
+                since,
+                &format!(
+                    "{} began no upload within {}s (start {attempt} of {START_ATTEMPTS}). Its info log ends:\n{}",
+                    backend.node.name(),
+                    UPLOAD_START_PATIENCE.as_secs(),
+                    backend.node.log_tail("info.log")
+                ),
+            ),
+        }
+    }
+    Err(backend.node.failure(&format!(
+        "began no descriptor upload in {START_ATTEMPTS} starts"
+    )))
+}
+
+/// How waiting for a freshly started backend's first upload ended.
+enum UploadOutcome {
+    /// Uploaded; its onion address.
+    Uploaded(String),
+    /// Not one upload began before the start deadline.
+    NeverStarted,
+}
+
+/// Wait until a freshly started backend has uploaded its descriptor.
 ///
 /// The backend starts with `DisableNetwork 1`, so subscribing to `HS_DESC` before enabling its
 /// network cannot miss an event. C tor uploads each descriptor to several HSDirs at once
 /// (`UPLOAD` events); after the first `UPLOADED`, wait (at most [`UPLOAD_SETTLE`]) for the other
 /// uploads to end too, so that the client finds the descriptor on whichever HSDir it asks.
+/// No `UPLOAD` by `start_deadline` is [`UploadOutcome::NeverStarted`]; uploads begun but not
+/// done by `deadline` are an error.
 fn wait_uploaded(
     node: &mut TorNode,
     service_dir: &Path,
+    start_deadline: Instant,
     deadline: Instant,
-) -> Result<String, HarnessError> {
+) -> Result<UploadOutcome, HarnessError> {
     let mut conn = node.wait_control(deadline)?;
     conn.command("SETEVENTS HS_DESC", deadline)
         .map_err(|e| node.failure(&e.to_string()))?;
@@ -915,7 +957,10 @@ fn wait_uploaded(
         }
         let settled = ended >= started || settle_deadline.is_some_and(|d| Instant::now() >= d);
         if uploaded > 0 && settled {
-            return Ok(onion);
+            return Ok(UploadOutcome::Uploaded(onion));
+        }
+        if started == 0 && Instant::now() >= start_deadline {
+            return Ok(UploadOutcome::NeverStarted);
         }
         if Instant::now() >= deadline {
             return Err(node.failure(&format!(

@@ -166,6 +166,7 @@ pub const CLIENT_AUTH_DIR: &str = "onion_auth";
 /// An onion-service backend. It starts with its network disabled so that the harness can
 /// subscribe to its descriptor events before it could possibly upload anything.
 /// With `onionbalance_instance`, tor reads `ob_config` from the service directory.
+/// It also logs at info level (`info.log`), which says why a start stalls.
 pub fn backend(
     base: &Base<'_>,
     service_dir: &Path,
@@ -179,11 +180,13 @@ pub fn backend(
     };
     format!(
         "{}SocksPort 0\n\
+         Log info file {}\n\
          DisableNetwork 1\n\
          HiddenServiceDir {}\n\
          HiddenServicePort 80 127.0.0.1:{web_port}\n\
          {instance}",
         base.render(),
+        base.data_dir.join("info.log").display(),
         service_dir.display()
     )
 }
