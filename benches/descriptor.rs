@@ -1,4 +1,5 @@
-//! Building and signing the master descriptor, and merging introduction points.
+//! Building and signing the master descriptor, merging introduction points, and the whole
+//! set of distinct descriptors a publish makes when more than 20 are offered.
 //!
 //! Run with `cargo bench --bench descriptor` (release build). Prints, for each case, the
 //! median and the 90th percentile over many runs. The goal (BENCHMARKS.md): a 20-intro-point
@@ -6,12 +7,15 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use rustbalance::clock::Timestamp;
 use rustbalance::descriptor::build::{build_descriptor, DescriptorParams, MasterIdentity};
 use rustbalance::descriptor::encode::FlowControl;
 use rustbalance::descriptor::merge::{merge, BackendIntroPoints};
-use rustbalance::descriptor::signer::intro_point_relay;
+use rustbalance::descriptor::signer::{intro_point_relay, MasterSigner};
 use rustbalance::descriptor::synthetic::synthetic_intro_points;
 use rustbalance::keys::MasterKey;
+use rustbalance::publish::plan::{PeriodTarget, PublishPlan};
+use rustbalance::tor::{HsDirId, PeriodInfo};
 use tor_hscrypto::time::TimePeriod;
 
 const RUNS: usize = 500;
@@ -77,6 +81,62 @@ fn main() {
             });
         },
     );
+
+    for (backends, per_backend) in [(8, 3), (50, 3)] {
+        for fresh in [true, false] {
+            full_set(&key, period, backends, per_backend, fresh);
+        }
+    }
+}
+
+/// A publish's whole decision for one period with `backends` x `per_backend` introduction
+/// points on the default ring (8 HSDirs stored on, 6 asked by clients): every descriptor
+/// merged, built and signed. `fresh`: a new plan each time (blinding and every introduction
+/// point's certificates signed anew, as at a period's first publish); otherwise one plan
+/// throughout (certificates cached, as for a re-upload within the hour).
+fn full_set(key: &MasterKey, period: TimePeriod, backends: usize, per_backend: usize, fresh: bool) {
+    let healthy: Vec<(String, Vec<_>)> = (0..backends)
+        .map(|b| (format!("b{b}"), synthetic_intro_points(per_backend)))
+        .collect();
+    let store: Vec<HsDirId> = (0..8).map(|i| HsDirId::new(format!("$hsdir{i}"))).collect();
+    let target = PeriodTarget {
+        info: PeriodInfo {
+            time_period: period,
+            srv_start: Timestamp::from_system_time(period.range().expect("a period").start),
+            max_descriptor_size: 50_000,
+            flow_control: Some(FlowControl { sendme_inc: 31 }),
+        },
+        fetch_hsdirs: store
+            .iter()
+            .filter(|h| !["$hsdir3", "$hsdir7"].contains(&h.as_str()))
+            .cloned()
+            .collect(),
+        hsdirs: store,
+    };
+    let new_plan = || {
+        let master =
+            MasterIdentity::from_expanded_secret(key.expanded_secret()).expect("usable key");
+        PublishPlan::new(MasterSigner::new(master), Duration::from_secs(600))
+    };
+    let mut plan = new_plan();
+    let name = format!(
+        "full set, {backends} x {per_backend} intro points, {}",
+        if fresh {
+            "a period's first publish"
+        } else {
+            "re-upload (certificates cached)"
+        }
+    );
+    report(&name, || {
+        if fresh {
+            plan = new_plan();
+        }
+        let decision = plan.decide(Timestamp::now(), std::slice::from_ref(&target), &healthy);
+        assert_eq!(
+            decision.uploads[0].descriptors.len(),
+            if backends * per_backend > 20 { 6 } else { 1 }
+        );
+    });
 }
 
 fn report(name: &str, mut work: impl FnMut()) {

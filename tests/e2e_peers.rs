@@ -19,10 +19,12 @@
 //! Every poll must succeed (one immediate retry allowed, as the harness allows elsewhere for
 //! a client that asked an HSDir during a consensus change).
 //!
-//! Eight backends (24 introduction points on the network's 9 relays): the published
-//! descriptor lists at most one introduction point per relay (a C-tor client reaches only the
-//! first one listed on a relay) and as many backends as the backends' relays allow, and a
-//! C-tor client fetching with fresh circuits reaches every listed backend.
+//! Eight backends (24 introduction points on the network's 9 relays, more than one
+//! descriptor's 20): the HSDirs hold distinct descriptors. Every HSDir's copy verifies and
+//! decrypts with Arti and with stem, lists at most 20 introduction points and at most one per
+//! relay (a C-tor client reaches only the first one listed on a relay); the copies differ and
+//! together list every backend; a C-tor client with fresh circuits, given each distinct
+//! descriptor in turn, reaches every backend.
 
 mod support;
 
@@ -32,6 +34,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustbalance::descriptor::signer::{intro_point_id, intro_point_relay};
+use rustbalance::health::fetch::VerifiedDescriptor;
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
 use support::balancer::{Balancer, LogWatcher};
@@ -51,8 +55,8 @@ const POLL_EVERY: Duration = Duration::from_secs(10);
 /// How long the balancer alone is watched after Onionbalance stopped.
 const WATCH_ALONE: Duration = Duration::from_secs(40);
 const MANY_BACKENDS: usize = 8;
-/// With one listed introduction point of each listed backend among at most 9, a backend is
-/// missed by 150 fetches with probability (8/9)^150 < 10^-7.
+/// Fetches through one descriptor at most: with at most 9 introduction points listed (one per
+/// relay), a listed backend is missed by 150 fetches with probability (8/9)^150 < 10^-7.
 const MANY_FETCHES: usize = 150;
 
 #[test]
@@ -198,75 +202,160 @@ fn eight_backends_are_all_reached(net: &mut TorNetwork) {
     );
     node.start(&["run"]);
     let mut log = LogWatcher::new(node.log_path());
-    let upload = log.wait_for("published descriptor", "", FIRST_PUBLISH_TIMEOUT);
-    eprintln!("first upload: {upload}");
-
-    // On the HSDirs: one introduction point per relay, and as many backends as the relays
-    // the backends chose allow (here the 9 relays may not be enough for 8 backends: several
-    // may have all their introduction points on relays other backends use too; distinct
-    // descriptors for different HSDirs are what lifts that).
-    let observer = Observer::start(&config, &net.data_dir().join("many-observer"));
-    let backend_relays: Vec<Vec<String>> = names
-        .iter()
-        .map(|name| observer.intro_point_relays(&net.backend_onion(name).parse().unwrap()))
-        .collect();
-    let coverable = best_cover(&backend_relays, &mut Vec::new());
     // The first upload may come from a health round that had not seen every backend yet.
-    let listed =
-        observer.backends_listed_until(&master, net, &names, |listed| listed.len() >= coverable);
-    assert_eq!(
-        listed.len(),
-        coverable,
-        "the master descriptor lists {listed:?}; {coverable} backends could each have a relay of their own"
+    let upload = log.wait_for(
+        "published descriptor",
+        "distinct descriptors",
+        FIRST_PUBLISH_TIMEOUT,
     );
-    let relays = observer.intro_point_relays(&master);
-    let distinct: BTreeSet<&String> = relays.iter().collect();
+    eprintln!("first upload of distinct descriptors: {upload}");
+
+    // Every HSDir's copy verifies and decrypts with Arti, lists at most 20 introduction points
+    // and at most one per relay; the copies differ, and together list every backend.
+    let observer = Observer::start(&config, &net.data_dir().join("many-observer"));
+    let backend_ips = observer.intro_points_of(net, &names);
+    let backends_listed = |copy: &VerifiedDescriptor| -> BTreeSet<String> {
+        let ids: BTreeSet<String> = copy.intro_points.iter().map(intro_point_id).collect();
+        backend_ips
+            .iter()
+            .filter(|(_, own)| !own.is_disjoint(&ids))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    let union_of = |copies: &[VerifiedDescriptor]| -> BTreeSet<String> {
+        copies.iter().flat_map(&backends_listed).collect()
+    };
+    let copies =
+        observer.copies_on_every_hsdir(&master, |copies| union_of(copies).len() == MANY_BACKENDS);
+    let mut distinct: BTreeMap<BTreeSet<String>, Vec<&VerifiedDescriptor>> = BTreeMap::new();
+    for copy in &copies {
+        let relays: Vec<String> = copy.intro_points.iter().map(intro_point_relay).collect();
+        let unique: BTreeSet<&String> = relays.iter().collect();
+        assert!(
+            relays.len() <= 20 && unique.len() == relays.len(),
+            "{}'s copy lists {} introduction points on {} relays",
+            copy.hsdir,
+            relays.len(),
+            unique.len()
+        );
+        let ids = copy.intro_points.iter().map(intro_point_id).collect();
+        distinct.entry(ids).or_default().push(copy);
+    }
+    assert!(
+        distinct.len() > 1,
+        "all {} HSDirs hold the same descriptor",
+        copies.len()
+    );
+    let union = union_of(&copies);
     assert_eq!(
-        distinct.len(),
-        relays.len(),
-        "a relay listed twice: {relays:?}"
+        union.len(),
+        MANY_BACKENDS,
+        "the descriptors on the {} HSDirs list only {union:?}",
+        copies.len()
     );
 
-    // C-tor clients with fresh circuits reach every listed backend.
-    let expected: BTreeSet<String> = listed.iter().map(|name| net.backend_page(name)).collect();
+    // Every copy decrypts with stem too (Onionbalance's own library), to the same number of
+    // introduction points.
+    let stem_counts = decrypt_with_stem(
+        &master_onion,
+        &copies.iter().map(|c| c.text.as_str()).collect::<Vec<_>>(),
+        &net.data_dir().join("stem"),
+    );
+    let arti_counts: Vec<usize> = copies.iter().map(|c| c.intro_points.len()).collect();
+    assert_eq!(stem_counts, arti_counts, "stem and Arti disagree");
+
+    // C-tor clients with fresh circuits reach every backend: each distinct descriptor in turn
+    // is loaded into the client (HSFETCH from an HSDir holding it), then pages are fetched
+    // through it until every backend it lists answered.
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     let mut fetches = 0;
-    while fetches < MANY_FETCHES && !expected.iter().all(|page| seen.contains_key(page)) {
-        let page = net
-            .fetch(
-                &format!("http://{master_onion}/"),
-                &format!("many-{fetches}"),
-                FETCH_TIMEOUT,
-            )
-            .unwrap_or_else(|err| panic!("fetch {fetches} through the master address: {err}"));
-        *seen.entry(page).or_default() += 1;
-        fetches += 1;
+    for (index, holders) in distinct.values().enumerate() {
+        let listed = backends_listed(holders[0]);
+        let expected: BTreeSet<String> = listed.iter().map(|name| net.backend_page(name)).collect();
+        if expected.iter().all(|page| seen.contains_key(page)) {
+            continue;
+        }
+        let hsdir = holders[0]
+            .hsdir
+            .as_str()
+            .trim_start_matches('$')
+            .to_uppercase();
+        net.hsfetch_from(&master_onion, &[hsdir], FETCH_TIMEOUT)
+            .unwrap_or_else(|err| panic!("loading descriptor {index} into the client: {err}"));
+        let mut seen_here = BTreeSet::new();
+        for attempt in 0..MANY_FETCHES {
+            if expected.is_subset(&seen_here) {
+                break;
+            }
+            let page = net
+                .fetch(
+                    &format!("http://{master_onion}/"),
+                    &format!("many-{index}-{attempt}"),
+                    FETCH_TIMEOUT,
+                )
+                .unwrap_or_else(|err| panic!("fetch {fetches} through the master address: {err}"));
+            seen_here.insert(page.clone());
+            *seen.entry(page).or_default() += 1;
+            fetches += 1;
+        }
     }
     eprintln!(
-        "measured: {} of {MANY_BACKENDS} backends reached in {fetches} fetches with fresh circuits ({} introduction points listed, one per relay; {} backends on relays of their own at best): {seen:?}",
+        "measured: {} of {MANY_BACKENDS} backends reached in {fetches} fetches with fresh circuits; {} HSDirs hold {} distinct descriptors listing {:?} introduction points: {seen:?}",
         seen.len(),
-        relays.len(),
-        coverable
+        copies.len(),
+        distinct.len(),
+        distinct.keys().map(BTreeSet::len).collect::<Vec<_>>()
     );
-    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    let all_pages: BTreeSet<String> = names.iter().map(|name| net.backend_page(name)).collect();
+    assert_eq!(seen.keys().cloned().collect::<BTreeSet<_>>(), all_pages);
     assert!(node.stop_cleanly());
 }
 
-/// The most backends that can each have one introduction point on a relay of its own, given
-/// each backend's relays (tried exhaustively: 3^8 choices at most here).
-fn best_cover(backends: &[Vec<String>], used: &mut Vec<String>) -> usize {
-    let Some((first, rest)) = backends.split_first() else {
-        return 0;
-    };
-    let mut best = best_cover(rest, used);
-    for relay in first {
-        if !used.contains(relay) {
-            used.push(relay.clone());
-            best = best.max(1 + best_cover(rest, used));
-            used.pop();
-        }
+/// Decrypt each descriptor (outer document as an HSDir serves it) with stem, as Onionbalance
+/// does; the number of introduction points of each. Panics if one does not decrypt.
+fn decrypt_with_stem(onion: &str, descriptors: &[&str], dir: &Path) -> Vec<usize> {
+    fs::create_dir_all(dir).unwrap();
+    let script = dir.join("decrypt.py");
+    fs::write(
+        &script,
+        "import sys\n\
+         from stem.descriptor.hidden_service import HiddenServiceDescriptorV3\n\
+         address = sys.argv[1]\n\
+         for path in sys.argv[2:]:\n\
+         \x20   with open(path, 'rb') as f:\n\
+         \x20       outer = HiddenServiceDescriptorV3(f.read(), validate=True)\n\
+         \x20   print(len(outer.decrypt(address).introduction_points))\n",
+    )
+    .unwrap();
+    let mut paths = Vec::new();
+    for (index, text) in descriptors.iter().enumerate() {
+        let path = dir.join(format!("copy{index}.txt"));
+        fs::write(&path, text).unwrap();
+        paths.push(path);
     }
-    best
+    let output = Command::new(stem_python())
+        .arg(&script)
+        .arg(onion.trim_end_matches(".onion"))
+        .args(&paths)
+        .output()
+        .expect("running python with stem");
+    assert!(
+        output.status.success(),
+        "stem could not decrypt a copy: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.trim().parse().expect("a count from stem"))
+        .collect()
+}
+
+/// The Python beside Onionbalance (its virtualenv has stem), or the system's.
+fn stem_python() -> std::path::PathBuf {
+    match std::env::var("RB_ONIONBALANCE") {
+        Ok(onionbalance) => Path::new(&onionbalance).with_file_name("python3"),
+        Err(_) => "python3".into(),
+    }
 }
 
 /// `period=<n> revision_counter=<n>` of an upload's log line.

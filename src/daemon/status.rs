@@ -133,6 +133,9 @@ pub struct PublishStatus {
     pub published_at: u64,
     pub revision_counter: u64,
     pub intro_points: usize,
+    /// Distinct descriptors (more than one when more than 20 introduction points are offered).
+    #[serde(default)]
+    pub descriptors: usize,
     pub hsdirs_accepted: usize,
     pub hsdirs_tried: usize,
 }
@@ -304,12 +307,16 @@ impl NodeStatus {
         for publish in &self.publishes {
             let _ = writeln!(
                 out,
-                "  period {:<8} {:<10} {}/{} HSDirs accepted, {} intro points, revision {}",
+                "  period {:<8} {:<10} {}/{} HSDirs accepted, {} intro points{}, revision {}",
                 publish.time_period,
                 ago(now, Some(publish.published_at)),
                 publish.hsdirs_accepted,
                 publish.hsdirs_tried,
                 publish.intro_points,
+                match publish.descriptors {
+                    0 | 1 => String::new(),
+                    distinct => format!(" in {distinct} distinct descriptors"),
+                },
                 publish.revision_counter
             );
         }
@@ -558,6 +565,7 @@ mod tests {
             published_at: 700,
             revision_counter: 5,
             intro_points: 3,
+            descriptors: 1,
             hsdirs_accepted: 8,
             hsdirs_tried: 8,
         });

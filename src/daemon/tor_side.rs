@@ -422,6 +422,7 @@ async fn publish_loop(
                 published_at: upload.published_at,
                 revision_counter: upload.revision_counter,
                 intro_points: upload.intro_points.len(),
+                descriptors: upload.descriptors,
                 hsdirs_accepted: upload.hsdirs_accepted,
                 hsdirs_tried: upload.hsdirs_tried,
             })

@@ -65,12 +65,15 @@ pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
                 continue;
             }
         };
-        match tor
-            .hsdirs(&blind_id, info.time_period, HsDirSet::Store)
-            .await
-        {
-            Ok(hsdirs) => targets.push(PeriodTarget { info, hsdirs }),
-            Err(err) => return failed(&err),
+        let store = tor.hsdirs(&blind_id, info.time_period, HsDirSet::Store);
+        let fetch = tor.hsdirs(&blind_id, info.time_period, HsDirSet::Fetch);
+        match futures::join!(store, fetch) {
+            (Ok(hsdirs), Ok(fetch_hsdirs)) => targets.push(PeriodTarget {
+                info,
+                hsdirs,
+                fetch_hsdirs,
+            }),
+            (Err(err), _) | (_, Err(err)) => return failed(&err),
         }
     }
 
@@ -80,7 +83,16 @@ pub async fn publish_due<T: TorNetwork, S: DescriptorSigner>(
         uploads: UploadResult::NothingDue,
     };
     for upload in decision.uploads {
-        let results = upload_to_all(tor, &upload.hsdirs, upload.descriptor.clone()).await;
+        let results: Vec<_> = join_all(
+            upload
+                .descriptors
+                .iter()
+                .map(|placed| upload_to_all(tor, &placed.hsdirs, placed.descriptor.clone())),
+        )
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
         let (outcome, due) = plan.uploaded(upload, &results, clock());
         round.uploads = round.uploads.and(outcome);
         round.wake_at = Some(round.wake_at.map_or(due, |w| w.min(due)));

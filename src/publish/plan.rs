@@ -33,12 +33,12 @@ use tor_hscrypto::pk::HsBlindId;
 use tor_hscrypto::time::TimePeriod;
 use tor_llcrypto::pk::curve25519;
 
-use super::schedule::{next_due, publish_reason, same_set, PublishReason, PublishRecord};
+use super::schedule::{next_due, publish_reason, PublishReason, PublishRecord};
 use super::upload::HsDirUpload;
 use crate::clock::Timestamp;
 use crate::cluster::outcome::ReadBack;
 use crate::descriptor::build::{BuildError, DescriptorParams};
-use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOutReason};
+use crate::descriptor::merge::{merge, BackendIntroPoints, LeftOut, LeftOutReason, Merged};
 use crate::descriptor::signer::DescriptorSigner;
 use crate::keys::onion_address::OnionAddress;
 use crate::params::MAX_INTRO_POINTS;
@@ -59,7 +59,20 @@ const CLOCK_STEP_BACK_TOLERANCE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct PeriodTarget {
     pub info: PeriodInfo,
+    /// The HSDirs a service stores on, in ring order (`HsDirSet::Store`).
     pub hsdirs: Vec<HsDirId>,
+    /// The HSDirs a client asks (`HsDirSet::Fetch`), any order.
+    pub fetch_hsdirs: Vec<HsDirId>,
+}
+
+impl PeriodTarget {
+    /// The HSDirs clients ask that are also stored on, in ring order: one descriptor each.
+    fn fetch_slots(&self) -> Vec<&HsDirId> {
+        self.hsdirs
+            .iter()
+            .filter(|hsdir| self.fetch_hsdirs.contains(hsdir))
+            .collect()
+    }
 }
 
 /// What the responsible HSDirs held of the master descriptor for one period, as this node's
@@ -124,15 +137,26 @@ pub struct HeldCopy {
     pub intro_points: Vec<String>,
 }
 
-/// A descriptor to upload now.
+/// One descriptor of an upload and the HSDirs it goes to.
+#[derive(Debug, Clone)]
+pub struct PlacedDescriptor {
+    pub descriptor: Arc<str>,
+    pub hsdirs: Vec<HsDirId>,
+    /// Identities of the introduction points it lists.
+    pub intro_points: Vec<String>,
+}
+
+/// An upload for one period: one descriptor for every HSDir, or (more than 20 introduction
+/// points offered) distinct descriptors for the HSDirs clients ask, all with one revision.
 #[derive(Debug, Clone)]
 pub struct Upload {
     pub period: u64,
     pub reason: PublishReason,
     pub revision_counter: u64,
-    pub descriptor: Arc<str>,
+    pub descriptors: Vec<PlacedDescriptor>,
+    /// Every HSDir it goes to.
     pub hsdirs: Vec<HsDirId>,
-    /// Identities of the introduction points listed.
+    /// Identities of the introduction points listed, in any of the descriptors (sorted).
     pub intro_points: Vec<String>,
     /// Restricted discovery: the clients it admits (as [`PublishRecord::authorized_clients`]).
     pub authorized_clients: Vec<String>,
@@ -140,6 +164,65 @@ pub struct Upload {
     pub backends: BTreeSet<String>,
     /// When the plan decided it: the record's time once an HSDir accepted it.
     pub decided_at: Timestamp,
+}
+
+/// The descriptors of one period, before the schedule says whether they are due.
+struct Placement {
+    descriptors: Vec<PlacedDescriptor>,
+    backends: BTreeSet<String>,
+    left_out: LeftOutOf,
+}
+
+/// The introduction points not listed.
+enum LeftOutOf {
+    /// The one descriptor's merge left these out, each for its reason.
+    OneDescriptor(Vec<LeftOut>),
+    /// Of distinct descriptors, none lists these: per backend, how many.
+    EveryDescriptor(Vec<(String, usize)>),
+}
+
+impl Placement {
+    fn log_left_out(&self, period: u64) {
+        match &self.left_out {
+            LeftOutOf::OneDescriptor(left_out) => {
+                for left in left_out {
+                    let why = match left.reason {
+                        LeftOutReason::SharedRelay => {
+                            "another backend's introduction point on the same relay (clients would only ever reach that one)"
+                        }
+                        LeftOutReason::Cap => "the 20-introduction-point cap",
+                        LeftOutReason::Size => "the HSDirs' descriptor size limit",
+                    };
+                    tracing::info!(
+                        period,
+                        "left out {} introduction point(s) of {} because of {why}",
+                        left.count,
+                        left.backend
+                    );
+                }
+            }
+            LeftOutOf::EveryDescriptor(unlisted) => {
+                for (backend, count) in unlisted {
+                    tracing::info!(
+                        period,
+                        "{count} introduction point(s) of {backend} are in none of the {} distinct descriptors (each lists at most 20, one per relay)",
+                        self.descriptors.len()
+                    );
+                }
+                let listed: BTreeSet<&str> = self.backends.iter().map(String::as_str).collect();
+                for (backend, _) in unlisted
+                    .iter()
+                    .filter(|(b, _)| !listed.contains(b.as_str()))
+                {
+                    tracing::warn!(
+                        period,
+                        "backend {backend} is in none of the {} distinct descriptors: no client reaches it",
+                        self.descriptors.len()
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// What the plan wants done now.
@@ -332,54 +415,24 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             revision_counter,
             flow_control: target.info.flow_control,
             authorized_clients: &self.authorized_clients,
-            // Certificates are dated by Arti's builder, which takes the standard type.
             now: now.to_system_time(),
             size_limit: target.info.max_descriptor_size,
         };
 
-        let inputs: Vec<BackendIntroPoints<'_, S::IntroPoint>> = healthy
-            .iter()
-            .map(|(name, ips)| BackendIntroPoints {
-                backend: name,
-                intro_points: ips,
-            })
-            .collect();
-        // The merge's size test builds the real descriptor; the last one that fitted is the
-        // one for the final list (the bisection only moves up after a success).
-        let time_period = target.info.time_period;
-        let mut built = None;
-        let signer = &mut self.signer;
-        let merged = merge(
-            &inputs,
-            MAX_INTRO_POINTS,
-            period,
-            S::intro_point_relay,
-            |ips| {
-                let params = DescriptorParams {
-                    intro_points: ips,
-                    ..base
-                };
-                match signer.build(time_period, &params) {
-                    Ok(text) => {
-                        built = Some(text);
-                        true
-                    }
-                    Err(BuildError::TooLarge { .. }) => false,
-                    Err(err) => {
-                        tracing::error!(period, "cannot build the descriptor: {err}");
-                        false
-                    }
-                }
-            },
-        );
-        let (Some(descriptor), false) = (built, merged.intro_points.is_empty()) else {
+        let Some(placed) = Self::place_descriptors(&mut self.signer, target, healthy, &base) else {
             tracing::error!(
                 period,
                 "no descriptor with even one introduction point can be built for this period"
             );
             return (None, retry);
         };
-        let intro_ids: Vec<String> = merged.intro_points.iter().map(S::intro_point_id).collect();
+        let mut intro_ids: Vec<String> = placed
+            .descriptors
+            .iter()
+            .flat_map(|d| d.intro_points.iter().cloned())
+            .collect();
+        intro_ids.sort();
+        intro_ids.dedup();
         let hsdir_names: Vec<String> = target.hsdirs.iter().map(ToString::to_string).collect();
 
         let authorized_clients = self.authorized_client_ids();
@@ -406,35 +459,170 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             }
             return (None, now + Duration::from_secs(1));
         }
-        for left in &merged.left_out {
-            let why = match left.reason {
-                LeftOutReason::SharedRelay => {
-                    "another backend's introduction point on the same relay (clients would only ever reach that one)"
-                }
-                LeftOutReason::Cap => "the 20-introduction-point cap",
-                LeftOutReason::Size => "the HSDirs' descriptor size limit",
-            };
-            tracing::info!(
-                period,
-                "left out {} introduction point(s) of {} because of {why}",
-                left.count,
-                left.backend
-            );
-        }
+        placed.log_left_out(period);
         let upload = Upload {
             period,
             reason,
             revision_counter,
-            descriptor: Arc::from(descriptor),
+            descriptors: placed.descriptors,
             hsdirs: target.hsdirs.clone(),
             intro_points: intro_ids,
             authorized_clients,
-            backends: merged.sources.into_iter().collect(),
+            backends: placed.backends,
             decided_at: now,
         };
         // Once it is done, `uploaded` says when the period is due next: an interval from now if
         // an HSDir accepted it, a retry otherwise.
         (Some(upload), now + self.interval)
+    }
+
+    /// The descriptors for one period and the HSDirs each goes to. Up to 20 introduction points
+    /// offered: one descriptor for every HSDir. More: one descriptor per HSDir a client asks
+    /// (`target.fetch_hsdirs`, up to `hsdir_n_replicas` x `hsdir_spread_fetch`), each merged
+    /// from every backend, its round-robin order starting at the next backend listed in the
+    /// fewest descriptors so far: each descriptor lists at least one backend no earlier one
+    /// lists while there is one, and every backend is listed about equally often. The HSDirs
+    /// that only store get copies of them in turn. `None` when some descriptor cannot be built
+    /// with even one introduction point.
+    fn place_descriptors(
+        signer: &mut S,
+        target: &PeriodTarget,
+        healthy: &[(String, Vec<S::IntroPoint>)],
+        base: &DescriptorParams<'_, S::IntroPoint>,
+    ) -> Option<Placement> {
+        let inputs: Vec<BackendIntroPoints<'_, S::IntroPoint>> = healthy
+            .iter()
+            .filter(|(_, ips)| !ips.is_empty())
+            .map(|(name, ips)| BackendIntroPoints {
+                backend: name,
+                intro_points: ips,
+            })
+            .collect();
+        let offered: usize = inputs.iter().map(|b| b.intro_points.len()).sum();
+        let period = target.info.time_period.interval_num();
+        let slots = target.fetch_slots();
+        if offered <= MAX_INTRO_POINTS || slots.len() < 2 {
+            let (merged, descriptor) =
+                Self::merge_and_build(signer, target, &inputs, period, base)?;
+            return Some(Placement {
+                descriptors: vec![PlacedDescriptor {
+                    descriptor,
+                    hsdirs: target.hsdirs.clone(),
+                    intro_points: merged.intro_points.iter().map(S::intro_point_id).collect(),
+                }],
+                backends: merged.sources.into_iter().collect(),
+                left_out: LeftOutOf::OneDescriptor(merged.left_out),
+            });
+        }
+
+        let mut descriptors = Vec::with_capacity(slots.len());
+        let mut backends = BTreeSet::new();
+        // How many descriptors list each backend so far; the first backend of a merge's order
+        // is always listed (it has the pick of the relays).
+        let count = inputs.len();
+        let mut listed_in = vec![0_usize; count];
+        let mut first = (period % count as u64) as usize;
+        let mut last_listed = 0;
+        for (slot, fetch_hsdir) in slots.iter().enumerate() {
+            if slot > 0 {
+                // Round-robin goes on where the last descriptor stopped, from the next
+                // backend listed in the fewest descriptors.
+                let fewest = listed_in.iter().copied().min().unwrap_or(0);
+                first = (0..count)
+                    .map(|step| (first + last_listed + step) % count)
+                    .find(|&backend| listed_in[backend] == fewest)
+                    .unwrap_or(first);
+            }
+            let (merged, descriptor) =
+                Self::merge_and_build(signer, target, &inputs, first as u64, base)?;
+            last_listed = merged.intro_points.len();
+            for (index, input) in inputs.iter().enumerate() {
+                if merged.sources.iter().any(|source| source == input.backend) {
+                    listed_in[index] += 1;
+                }
+            }
+            // The HSDirs that only store take copies in turn.
+            let hsdirs = std::iter::once((*fetch_hsdir).clone())
+                .chain(
+                    target
+                        .hsdirs
+                        .iter()
+                        .filter(|hsdir| !slots.contains(hsdir))
+                        .skip(slot)
+                        .step_by(slots.len())
+                        .cloned(),
+                )
+                .collect();
+            backends.extend(merged.sources);
+            descriptors.push(PlacedDescriptor {
+                descriptor,
+                hsdirs,
+                intro_points: merged.intro_points.iter().map(S::intro_point_id).collect(),
+            });
+        }
+        let listed: BTreeSet<&String> = descriptors
+            .iter()
+            .flat_map(|d| d.intro_points.iter())
+            .collect();
+        let unlisted = inputs
+            .iter()
+            .map(|backend| {
+                let count = backend
+                    .intro_points
+                    .iter()
+                    .filter(|ip| !listed.contains(&S::intro_point_id(ip)))
+                    .count();
+                (backend.backend.to_owned(), count)
+            })
+            .filter(|(_, count)| *count > 0)
+            .collect();
+        Some(Placement {
+            descriptors,
+            backends,
+            left_out: LeftOutOf::EveryDescriptor(unlisted),
+        })
+    }
+
+    /// Merge with `seed` and build the descriptor for the merged list. The merge's size test
+    /// builds the real descriptor; the last one that fitted is the one for the final list (the
+    /// bisection only moves up after a success).
+    fn merge_and_build(
+        signer: &mut S,
+        target: &PeriodTarget,
+        inputs: &[BackendIntroPoints<'_, S::IntroPoint>],
+        seed: u64,
+        base: &DescriptorParams<'_, S::IntroPoint>,
+    ) -> Option<(Merged<S::IntroPoint>, Arc<str>)> {
+        let time_period = target.info.time_period;
+        let period = time_period.interval_num();
+        let mut built = None;
+        let merged = merge(
+            inputs,
+            MAX_INTRO_POINTS,
+            seed,
+            S::intro_point_relay,
+            |ips| {
+                let params = DescriptorParams {
+                    intro_points: ips,
+                    ..*base
+                };
+                match signer.build(time_period, &params) {
+                    Ok(text) => {
+                        built = Some(text);
+                        true
+                    }
+                    Err(BuildError::TooLarge { .. }) => false,
+                    Err(err) => {
+                        tracing::error!(period, "cannot build the descriptor: {err}");
+                        false
+                    }
+                }
+            },
+        );
+        match (built, merged.intro_points.is_empty()) {
+            (Some(descriptor), false) => Some((merged, Arc::from(descriptor))),
+            _ => None,
+        }
     }
 
     /// How `upload` went; returns the outcome and when the period is due next.
@@ -453,9 +641,13 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         tracing::info!(
             period = upload.period,
             revision_counter = upload.revision_counter,
-            "published descriptor ({}): {accepted}/{} HSDirs accepted, {} introduction points from {} backend(s): {}",
+            "published descriptor ({}): {accepted}/{} HSDirs accepted, {}{} introduction points from {} backend(s): {}",
             upload.reason,
             results.len(),
+            match upload.descriptors.len() {
+                1 => String::new(),
+                distinct => format!("{distinct} distinct descriptors, "),
+            },
             upload.intro_points.len(),
             upload.backends.len(),
             upload.backends.iter().cloned().collect::<Vec<_>>().join(", ")
@@ -498,6 +690,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
             published_at: upload.decided_at,
             intro_points: upload.intro_points,
             hsdirs: upload.hsdirs.iter().map(ToString::to_string).collect(),
+            descriptors: upload.descriptors.len(),
             revision_counter: upload.revision_counter,
             authorized_clients: upload.authorized_clients,
             hsdirs_accepted: accepted,
@@ -527,10 +720,15 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         else {
             return false;
         };
+        // Distinct descriptors share the revision and list parts of the upload's introduction
+        // points; no other descriptor has that revision and lists only those.
         let has_ours_or_newer = |copy: &HeldCopy| {
             copy.revision_counter > last.revision_counter
                 || (copy.revision_counter == last.revision_counter
-                    && same_set(&copy.intro_points, &last.intro_points))
+                    && copy
+                        .intro_points
+                        .iter()
+                        .all(|ip| last.intro_points.contains(ip)))
         };
         let lacking = copies
             .answered
@@ -581,6 +779,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                 revision_counter: record.revision_counter,
                 intro_points: record.intro_points.clone(),
                 hsdirs: record.hsdirs.clone(),
+                descriptors: record.descriptors,
                 authorized_clients: record.authorized_clients.clone(),
                 hsdirs_accepted: record.hsdirs_accepted,
                 hsdirs_tried: record.hsdirs_tried,
@@ -598,6 +797,7 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                     published_at: Timestamp::from_unix_secs(upload.published_at),
                     intro_points: upload.intro_points.clone(),
                     hsdirs: upload.hsdirs.clone(),
+                    descriptors: upload.descriptors,
                     revision_counter: upload.revision_counter,
                     authorized_clients: upload.authorized_clients.clone(),
                     hsdirs_accepted: upload.hsdirs_accepted,
@@ -630,8 +830,12 @@ mod tests {
         fn intro_point_id(intro_point: &String) -> String {
             intro_point.clone()
         }
+        /// `<name>@<relay>`, or a relay of its own.
         fn intro_point_relay(intro_point: &String) -> String {
-            intro_point.clone()
+            match intro_point.split_once('@') {
+                Some((_, relay)) => relay.to_owned(),
+                None => intro_point.clone(),
+            }
         }
         fn revision_counter(
             &mut self,
@@ -670,7 +874,48 @@ mod tests {
                 flow_control: None,
             },
             hsdirs: hsdirs.iter().map(|h| HsDirId::new(h.to_string())).collect(),
+            fetch_hsdirs: hsdirs.iter().map(|h| HsDirId::new(h.to_string())).collect(),
         }
+    }
+
+    /// A period with the default ring: 2 replicas x 4 store HSDirs, of which clients ask the
+    /// first 3 of each (`s1`..`s8`, fetch: all but `s4` and `s8`).
+    fn ring_target(period: u64) -> PeriodTarget {
+        let store: Vec<String> = (1..=8).map(|i| format!("s{i}")).collect();
+        let mut target = target(
+            period,
+            &store.iter().map(String::as_str).collect::<Vec<_>>(),
+        );
+        target
+            .fetch_hsdirs
+            .retain(|hsdir| !["s4", "s8"].contains(&hsdir.as_str()));
+        target
+    }
+
+    /// `count` backends `b0`.. with `per_backend` introduction points each (`b0-0`, ...).
+    fn many_backends(count: usize, per_backend: usize) -> Vec<(String, Vec<String>)> {
+        (0..count)
+            .map(|b| {
+                let ips = (0..per_backend).map(|i| format!("b{b}-{i}")).collect();
+                (format!("b{b}"), ips)
+            })
+            .collect()
+    }
+
+    /// How many of `upload`'s descriptors list each backend.
+    fn descriptors_per_backend(upload: &Upload) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for placed in &upload.descriptors {
+            let backends: BTreeSet<&str> = placed
+                .intro_points
+                .iter()
+                .map(|ip| ip.split('-').next().unwrap())
+                .collect();
+            for backend in backends {
+                *counts.entry(backend.to_owned()).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     fn healthy(backends: &[(&str, &[&str])]) -> Vec<(String, Vec<String>)> {
@@ -1044,5 +1289,174 @@ mod tests {
         old.read_at = at(99);
         assert!(!plan.observe_copies(&old));
         assert!(plan.decide(at(110), &targets, &backends).uploads.is_empty());
+    }
+
+    #[test]
+    fn up_to_twenty_introduction_points_go_in_one_descriptor_to_every_hsdir() {
+        let mut plan = plan();
+        let decision = plan.decide(at(100), &[ring_target(10)], &many_backends(5, 4));
+        let [upload] = &decision.uploads[..] else {
+            panic!("one upload expected")
+        };
+        let [placed] = &upload.descriptors[..] else {
+            panic!("one descriptor expected")
+        };
+        assert_eq!(placed.hsdirs, upload.hsdirs);
+        assert_eq!(placed.intro_points.len(), 20);
+    }
+
+    #[test]
+    fn more_than_twenty_get_a_descriptor_for_every_hsdir_clients_ask() {
+        for (backends, per_backend) in [(8, 3), (50, 3), (7, 20), (120, 1)] {
+            let mut plan = plan();
+            let healthy = many_backends(backends, per_backend);
+            let decision = plan.decide(at(100), &[ring_target(10)], &healthy);
+            let upload = &decision.uploads[0];
+            let case = format!("{backends} x {per_backend}");
+            assert_eq!(upload.descriptors.len(), 6, "{case}: one per fetch HSDir");
+            // Every HSDir gets exactly one descriptor; each client-asked HSDir its own.
+            let mut placed_on: Vec<&str> = upload
+                .descriptors
+                .iter()
+                .flat_map(|d| d.hsdirs.iter().map(HsDirId::as_str))
+                .collect();
+            placed_on.sort();
+            assert_eq!(
+                placed_on,
+                ["s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8"],
+                "{case}"
+            );
+            for placed in &upload.descriptors {
+                assert!(placed.intro_points.len() <= 20, "{case}");
+                assert_eq!(
+                    placed
+                        .hsdirs
+                        .iter()
+                        .filter(|h| !["s4", "s8"].contains(&h.as_str()))
+                        .count(),
+                    1,
+                    "{case}: one client-asked HSDir per descriptor"
+                );
+            }
+            let distinct: BTreeSet<&Vec<String>> =
+                upload.descriptors.iter().map(|d| &d.intro_points).collect();
+            assert!(distinct.len() > 1, "{case}: the descriptors differ");
+            // Every backend is listed, as evenly as the counts allow.
+            let counts = descriptors_per_backend(upload);
+            assert_eq!(
+                counts.len(),
+                backends,
+                "{case}: every backend listed somewhere"
+            );
+            let (least, most) = (
+                counts.values().min().unwrap(),
+                counts.values().max().unwrap(),
+            );
+            assert!(most - least <= 1, "{case}: spread {least}..={most}");
+            // One revision for all; the union is what the record keeps.
+            let union: BTreeSet<&String> = upload
+                .descriptors
+                .iter()
+                .flat_map(|d| &d.intro_points)
+                .collect();
+            assert_eq!(upload.intro_points.len(), union.len(), "{case}");
+        }
+    }
+
+    #[test]
+    fn distinct_descriptors_list_every_backend_however_the_relays_are_shared() {
+        // 8 backends with 3 introduction points each on 3 of 9 relays (as on the private test
+        // network): one descriptor lists one per relay, so at most 9, and often not every
+        // backend; the 6 descriptors together list every one.
+        let mut state = 0x9e37_79b9_u64;
+        let mut next = |bound: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize % bound
+        };
+        for case in 0..300 {
+            let healthy: Vec<(String, Vec<String>)> = (0..8)
+                .map(|b| {
+                    let mut relays: Vec<usize> = Vec::new();
+                    while relays.len() < 3 {
+                        let relay = next(9);
+                        if !relays.contains(&relay) {
+                            relays.push(relay);
+                        }
+                    }
+                    let ips = relays.iter().map(|r| format!("b{b}-{r}@r{r}")).collect();
+                    (format!("b{b}"), ips)
+                })
+                .collect();
+            let mut plan = plan();
+            let decision = plan.decide(at(100), &[ring_target(case)], &healthy);
+            let upload = &decision.uploads[0];
+            for placed in &upload.descriptors {
+                let relays: BTreeSet<&str> = placed
+                    .intro_points
+                    .iter()
+                    .map(|ip| ip.split_once('@').unwrap().1)
+                    .collect();
+                assert_eq!(relays.len(), placed.intro_points.len(), "case {case}");
+            }
+            assert_eq!(
+                descriptors_per_backend(upload).len(),
+                8,
+                "case {case}: {healthy:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn copies_of_distinct_descriptors_are_the_upload_read_back() {
+        let mut plan = plan();
+        let targets = [ring_target(10)];
+        let healthy = many_backends(8, 3);
+        let decision = plan.decide(at(100), &targets, &healthy);
+        let upload = decision.uploads.into_iter().next().unwrap();
+        let placed = upload.descriptors.clone();
+        let results = accepted_by_all(&upload);
+        plan.uploaded(upload, &results, at(100));
+        let held: Vec<(HsDirId, Option<HeldCopy>)> = placed
+            .iter()
+            .flat_map(|d| {
+                d.hsdirs.iter().map(|hsdir| {
+                    let copy = HeldCopy {
+                        revision_counter: 100,
+                        intro_points: d.intro_points.clone(),
+                    };
+                    (hsdir.clone(), Some(copy))
+                })
+            })
+            .collect();
+        let mut read = HsDirCopies {
+            period: 10,
+            read_at: at(1_000),
+            answered: held,
+            unreachable: 0,
+        };
+        assert!(!plan.observe_copies(&read), "every HSDir holds its part");
+        assert!(plan.decide(at(101), &targets, &healthy).uploads.is_empty());
+        // One HSDir's copy lists an introduction point the upload did not: not ours.
+        read.answered[0].1.as_mut().unwrap().intro_points[0] = "x9".into();
+        assert!(plan.observe_copies(&read));
+    }
+
+    #[test]
+    fn a_new_ring_moves_the_distinct_descriptors() {
+        let mut plan = plan();
+        let healthy = many_backends(8, 3);
+        publish(&mut plan, at(100), &[ring_target(10)], &healthy);
+        let mut moved = ring_target(10);
+        moved.hsdirs[0] = HsDirId::new("s9".into());
+        moved.fetch_hsdirs[0] = HsDirId::new("s9".into());
+        let decision = plan.decide(at(101), &[moved], &healthy);
+        let upload = &decision.uploads[0];
+        assert_eq!(upload.reason, PublishReason::HsDirsChanged);
+        assert!(upload
+            .descriptors
+            .iter()
+            .any(|d| d.hsdirs[0].as_str() == "s9"));
     }
 }

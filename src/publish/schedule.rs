@@ -20,6 +20,8 @@ pub struct PublishRecord {
     /// Identities of the introduction points listed (see [`intro_point_fingerprint`]).
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
+    /// How many distinct descriptors it was (1 up to 20 introduction points offered).
+    pub descriptors: usize,
     pub revision_counter: u64,
     /// Restricted discovery: the clients it admitted (x25519 public keys in hex, sorted;
     /// empty: anyone).
@@ -111,6 +113,7 @@ mod tests {
             published_at: at(0),
             intro_points: strings(&["ip1", "ip2"]),
             hsdirs: strings(&["h1", "h2"]),
+            descriptors: 1,
             revision_counter: 1,
             authorized_clients: Vec::new(),
             hsdirs_accepted: 2,

@@ -66,12 +66,20 @@ pub struct SavedUpload {
     /// Identities of the introduction points listed.
     pub intro_points: Vec<String>,
     pub hsdirs: Vec<String>,
+    /// How many distinct descriptors the upload was. Absent in files written before it
+    /// existed: one.
+    #[serde(default = "one_descriptor")]
+    pub descriptors: usize,
     /// Restricted discovery: the clients the upload admitted (x25519 public keys in hex,
     /// sorted; empty: anyone). Absent in files written before it existed.
     #[serde(default)]
     pub authorized_clients: Vec<String>,
     pub hsdirs_accepted: usize,
     pub hsdirs_tried: usize,
+}
+
+fn one_descriptor() -> usize {
+    1
 }
 
 impl SavedState {
@@ -181,6 +189,7 @@ mod tests {
             revision_counter: 42,
             intro_points: vec!["ab".into()],
             hsdirs: vec!["cd".into()],
+            descriptors: 3,
             authorized_clients: vec!["ef".into()],
             hsdirs_accepted: 8,
             hsdirs_tried: 8,
@@ -223,5 +232,18 @@ mod tests {
             load(dir.path(), &node("node-a")),
             Err(StateError::Version { found: 7, .. })
         ));
+    }
+
+    #[test]
+    fn uploads_saved_before_distinct_descriptors_load_as_one_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        save(dir.path(), &sample()).unwrap();
+        let path = dir.path().join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let older = text.replace("\"descriptors\": 3,", "");
+        assert_ne!(older, text, "the field is written");
+        std::fs::write(&path, older).unwrap();
+        let loaded = load(dir.path(), &node("node-a")).unwrap().unwrap();
+        assert_eq!(loaded.uploads[0].descriptors, 1);
     }
 }

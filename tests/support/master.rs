@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
-use rustbalance::descriptor::signer::{intro_point_id, intro_point_relay};
-use rustbalance::health::fetch::{fetch_current, fetch_for_period, VerifiedDescriptor};
+use rustbalance::descriptor::signer::intro_point_id;
+use rustbalance::health::fetch::{
+    fetch_copies, fetch_current, fetch_for_period, VerifiedDescriptor,
+};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
 use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
@@ -179,7 +181,7 @@ impl Observer {
     }
 
     /// Like [`backends_listed`](Self::backends_listed), until `done` holds for the list.
-    pub fn backends_listed_until(
+    fn backends_listed_until(
         &self,
         master: &OnionAddress,
         net: &TorNetwork,
@@ -199,15 +201,6 @@ impl Observer {
         }
     }
 
-    /// The relay of every introduction point of `address`'s descriptor the HSDirs hold now.
-    pub fn intro_point_relays(&self, address: &OnionAddress) -> Vec<String> {
-        self.fetch(address)
-            .intro_points
-            .iter()
-            .map(intro_point_relay)
-            .collect()
-    }
-
     /// Which of `backends` have introduction points in the master descriptor the HSDirs hold
     /// now (fetched, verified and decrypted like a client does).
     fn backends_in_master_descriptor(
@@ -222,17 +215,75 @@ impl Observer {
             .iter()
             .map(intro_point_id)
             .collect();
+        self.intro_points_of(net, backends)
+            .into_iter()
+            .filter(|(_, ids)| !ids.is_disjoint(&listed))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// The identities of every backend's introduction points in its own descriptor now.
+    pub fn intro_points_of(
+        &self,
+        net: &TorNetwork,
+        backends: &[&str],
+    ) -> BTreeMap<String, BTreeSet<String>> {
         backends
             .iter()
-            .filter(|name| {
+            .map(|name| {
                 let address: OnionAddress = net.backend_onion(name).parse().unwrap();
-                self.fetch(&address)
+                let ids = self
+                    .fetch(&address)
                     .intro_points
                     .iter()
-                    .any(|ip| listed.contains(&intro_point_id(ip)))
+                    .map(intro_point_id)
+                    .collect();
+                (name.to_string(), ids)
             })
-            .map(|name| name.to_string())
             .collect()
+    }
+
+    /// `address`'s descriptor for the current period from every HSDir a service stores it on,
+    /// each verified and decrypted by Arti as a client does; read again (for up to
+    /// [`LISTING_SETTLES`]) until every one of them holds a copy that verifies, and `done`
+    /// holds for the copies.
+    pub fn copies_on_every_hsdir(
+        &self,
+        address: &OnionAddress,
+        done: impl Fn(&[VerifiedDescriptor]) -> bool,
+    ) -> Vec<VerifiedDescriptor> {
+        let deadline = std::time::Instant::now() + LISTING_SETTLES;
+        loop {
+            let copies = self.runtime.block_on(async {
+                let period = self.tor.current_period().await.expect("current period");
+                fetch_copies(&self.tor, address, &period)
+                    .await
+                    .expect("the HSDirs of the current period")
+            });
+            let (verified, failed): (Vec<_>, Vec<_>) =
+                copies.into_iter().partition(|copy| copy.copy.is_ok());
+            let verified: Vec<VerifiedDescriptor> = verified
+                .into_iter()
+                .filter_map(|copy| copy.copy.ok())
+                .collect();
+            let complete = failed.is_empty() && !verified.is_empty();
+            if complete && done(&verified) {
+                return verified;
+            }
+            let failures: Vec<String> = failed
+                .iter()
+                .map(|copy| format!("{}: {:?}", copy.hsdir, copy.copy.as_ref().err()))
+                .collect();
+            if std::time::Instant::now() >= deadline {
+                assert!(
+                    complete,
+                    "copies of {address} that do not verify: {failures:?}"
+                );
+                return verified;
+            }
+            eprintln!("copies of {address} not yet as expected ({failures:?}): reading again");
+            std::thread::sleep(Duration::from_secs(5));
+        }
     }
 
     /// `address`'s descriptor for the current period, fetched, verified and decrypted as a

@@ -511,22 +511,31 @@ impl TorNetwork {
     /// received (outer layer; one per HSDir that has it, for the client's current time period).
     /// An error if no HSDir returned one before `timeout`.
     pub fn hsfetch(&self, onion: &str, timeout: Duration) -> Result<Vec<String>, HarnessError> {
+        self.hsfetch_from(onion, &self.hsdirs, timeout)
+    }
+
+    /// [`hsfetch`](Self::hsfetch) from the HSDirs `hsdirs` (fingerprints, hex) only. The C-tor
+    /// client keeps what it fetched in its descriptor cache, replacing a cached descriptor of
+    /// the same or a lower revision: fetching from one HSDir makes its copy the one the
+    /// client's next connections use.
+    pub fn hsfetch_from(
+        &self,
+        onion: &str,
+        hsdirs: &[String],
+        timeout: Duration,
+    ) -> Result<Vec<String>, HarnessError> {
         let deadline = Instant::now() + timeout;
         let address = check_onion(onion)?;
         let mut conn = self.client.connect_control(deadline)?;
         conn.command("SETEVENTS HS_DESC HS_DESC_CONTENT", deadline)?;
-        let servers: String = self
-            .hsdirs
-            .iter()
-            .map(|fp| format!(" SERVER=${fp}"))
-            .collect();
+        let servers: String = hsdirs.iter().map(|fp| format!(" SERVER=${fp}")).collect();
         conn.command(&format!("HSFETCH {address}{servers}"), deadline)?;
         let (descriptors, answered) =
-            collect_fetched_descriptors(&mut conn, address, &self.hsdirs, deadline)?;
+            collect_fetched_descriptors(&mut conn, address, hsdirs, deadline)?;
         if descriptors.is_empty() {
             return Err(HarnessError::new(format!(
                 "HSFETCH {onion}: no HSDir returned a descriptor ({answered} of {} answered before the deadline)",
-                self.hsdirs.len()
+                hsdirs.len()
             )));
         }
         Ok(descriptors)
