@@ -8,6 +8,12 @@ use std::time::Duration;
 
 /// How often each backend's descriptor is fetched and checked (`timing.health_interval_secs`).
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5 * 60);
+/// How often the Healthy backends' descriptors are fetched again between health rounds
+/// (`timing.descriptor_refresh_secs`), without the liveness check. A backend under an
+/// introduction flood retires its introduction points (C tor after 16384-32768 INTRODUCE2
+/// cells) and uploads a new descriptor; until the master descriptor follows, its clients are
+/// sent to retired ones. A fetch costs one HSDir circuit, far less than a rendezvous.
+pub const DEFAULT_DESCRIPTOR_REFRESH: Duration = Duration::from_secs(60);
 /// How often a node tells its peers it is alive (`timing.heartbeat_interval_secs`).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 /// How often the publisher re-uploads the master descriptor (`timing.publish_interval_secs`).

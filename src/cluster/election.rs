@@ -1234,6 +1234,7 @@ mod tests {
     fn timing_comes_from_the_config() {
         let config = TimingConfig {
             health_interval: Duration::from_secs(1),
+            descriptor_refresh: Duration::from_secs(1),
             heartbeat_interval: Duration::from_secs(2),
             publish_interval: Duration::from_secs(3),
             publisher_timeout: Duration::from_secs(4),

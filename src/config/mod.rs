@@ -211,6 +211,7 @@ impl std::fmt::Display for BackendName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimingConfig {
     pub health_interval: Duration,
+    pub descriptor_refresh: Duration,
     pub heartbeat_interval: Duration,
     pub publish_interval: Duration,
     pub publisher_timeout: Duration,
@@ -226,6 +227,7 @@ impl Default for TimingConfig {
     fn default() -> Self {
         TimingConfig {
             health_interval: params::DEFAULT_HEALTH_INTERVAL,
+            descriptor_refresh: params::DEFAULT_DESCRIPTOR_REFRESH,
             heartbeat_interval: params::DEFAULT_HEARTBEAT_INTERVAL,
             publish_interval: params::DEFAULT_PUBLISH_INTERVAL,
             publisher_timeout: params::DEFAULT_PUBLISHER_TIMEOUT,
@@ -264,6 +266,7 @@ struct ConfigFile {
 #[serde(deny_unknown_fields, default)]
 struct TimingFile {
     health_interval_secs: Seconds,
+    descriptor_refresh_secs: Seconds,
     heartbeat_interval_secs: Seconds,
     publish_interval_secs: Seconds,
     publisher_timeout_secs: Seconds,
@@ -280,6 +283,7 @@ impl Default for TimingFile {
         let d = TimingConfig::default();
         TimingFile {
             health_interval_secs: Seconds(d.health_interval),
+            descriptor_refresh_secs: Seconds(d.descriptor_refresh),
             heartbeat_interval_secs: Seconds(d.heartbeat_interval),
             publish_interval_secs: Seconds(d.publish_interval),
             publisher_timeout_secs: Seconds(d.publisher_timeout),
@@ -353,9 +357,11 @@ impl Config {
     /// Read and check `<config_dir>/config.toml`.
     pub fn load(config_dir: &Path, state_dir: &Path) -> Result<Config, ConfigError> {
         let path = config_dir.join(params::CONFIG_FILE_NAME);
-        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Unreadable {
-            path: path.clone(),
-            source,
+        let text = crate::storage::fsutil::read_bounded_string(&path).map_err(|source| {
+            ConfigError::Unreadable {
+                path: path.clone(),
+                source,
+            }
         })?;
         Config::parse(&text, &path, config_dir, state_dir)
     }
@@ -390,6 +396,7 @@ impl Config {
 
         let timing = TimingConfig {
             health_interval: file.timing.health_interval_secs.0,
+            descriptor_refresh: file.timing.descriptor_refresh_secs.0,
             heartbeat_interval: file.timing.heartbeat_interval_secs.0,
             publish_interval: file.timing.publish_interval_secs.0,
             publisher_timeout: file.timing.publisher_timeout_secs.0,
@@ -585,7 +592,7 @@ fn authorized_clients(
         }
         files.sort();
         for path in files {
-            let text = std::fs::read_to_string(&path).map_err(|err| {
+            let text = crate::storage::fsutil::read_bounded_string(&path).map_err(|err| {
                 (
                     dir_key.clone(),
                     format!("cannot read {}: {err}", path.display()),

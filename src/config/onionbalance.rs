@@ -57,7 +57,7 @@ pub fn read(path: &Path) -> Result<OnionbalanceService, OnionbalanceConfigError>
             path: path.to_owned(),
         });
     }
-    let text = std::fs::read_to_string(path).map_err(unreadable)?;
+    let text = crate::storage::fsutil::read_bounded_string(path).map_err(unreadable)?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base).map_err(|error| match error {
         ParseError::Yaml(message) => OnionbalanceConfigError::NotYaml {

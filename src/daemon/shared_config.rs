@@ -186,11 +186,12 @@ impl ConfigKeeper {
     ) -> Result<(), ConfigChangeError> {
         let running = self.configs.borrow().clone();
         let path = running.file.clone();
-        let file_text =
-            std::fs::read_to_string(&path).map_err(|source| ConfigError::Unreadable {
+        let file_text = crate::storage::fsutil::read_bounded_string(&path).map_err(|source| {
+            ConfigError::Unreadable {
                 path: path.clone(),
                 source,
-            })?;
+            }
+        })?;
         let composed = compose(&file_text, shared_text)?;
         let new = Config::parse(&composed, &path, &running.config_dir, &running.state_dir)?;
         ArtiSettings::from_config(&new)?;

@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use super::{backend_status, unix_millis, DaemonError};
 use crate::clock::Timestamp;
@@ -109,6 +110,7 @@ impl TorSide {
                     tor: &tor,
                     master,
                     interval: config.timing.health_interval,
+                    refresh: config.timing.descriptor_refresh,
                     healthy_tx,
                     copies_tx,
                     local_tx: &self.local_tx,
@@ -248,11 +250,13 @@ async fn consensus_watcher(
 
 /// The health loop: check the backends at start and every `interval`, and read the master
 /// descriptor back from the HSDirs; hand the healthy set and the copies to the publish loop,
-/// the round's outcome to the cluster loop and everything to status.
+/// the round's outcome to the cluster loop and everything to status. Between rounds, every
+/// `refresh`, fetch the Healthy backends' descriptors again and hand a changed healthy set on.
 struct HealthLoop<'a> {
     tor: &'a EmbeddedTor,
     master: OnionAddress,
     interval: Duration,
+    refresh: Duration,
     healthy_tx: watch::Sender<Option<HealthyBackends>>,
     copies_tx: watch::Sender<Vec<HsDirCopies>>,
     local_tx: &'a mpsc::Sender<LocalEvent>,
@@ -292,7 +296,24 @@ impl HealthLoop<'_> {
                 .send(LocalEvent::ReadBack(judge_read_back(&copies, &healthy_ids)))
                 .await;
             let _ = self.copies_tx.send(copies);
-            tokio::time::sleep(self.interval).await;
+            self.refresh_until(monitor, Instant::now() + self.interval)
+                .await;
+        }
+    }
+
+    /// Refresh the Healthy backends' descriptors every `refresh` until `next_round`.
+    async fn refresh_until(&self, monitor: &mut HealthMonitor, next_round: Instant) {
+        loop {
+            let wake = (Instant::now() + self.refresh).min(next_round);
+            tokio::time::sleep_until(wake).await;
+            if Instant::now() >= next_round {
+                return;
+            }
+            if let Some(healthy) = monitor.refresh_descriptors(self.tor).await {
+                let backends = monitor.report().into_iter().map(backend_status).collect();
+                self.board.update(|status| status.backends = backends);
+                let _ = self.healthy_tx.send(Some(healthy));
+            }
         }
     }
 }

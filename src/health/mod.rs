@@ -9,12 +9,17 @@
 //! `<state-dir>/descriptors/<name>.desc`; [`HealthMonitor::apply_round`] (pure, so the
 //! whole-cluster simulator runs it too) feeds what the round saw to each backend's state
 //! machine, logs every change of state, and hands the introduction points of the Healthy
-//! backends to the publisher. [`stall`] decides when this node's own Tor client is wedged.
+//! backends to the publisher. Between rounds, [`HealthMonitor::refresh_descriptors`] fetches
+//! the Healthy backends' descriptors again (every `timing.descriptor_refresh_secs`, no
+//! liveness check), so that introduction points a backend rotated reach the master descriptor
+//! within that, not a whole round later; [`HealthMonitor::apply_refresh`] is its pure part.
+//! [`stall`] decides when this node's own Tor client is wedged.
 
 pub mod fetch;
 pub mod stall;
 pub mod state;
 
+use std::cmp::Ordering;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,6 +45,19 @@ struct MonitoredBackend<I> {
     intro_points: Vec<I>,
     /// Its last descriptor carried `pow-params` (said once in the log when it starts).
     offers_pow: bool,
+}
+
+impl<I> MonitoredBackend<I> {
+    /// Take the introduction points of a descriptor that verified and is not older than the
+    /// newest seen.
+    fn take_descriptor(&mut self, intro_points: Vec<I>, offers_pow: bool) {
+        self.intro_points = intro_points;
+        let name = &self.config.name;
+        if offers_pow && !self.offers_pow {
+            tracing::warn!(backend = %name, "backend {name} defends itself with proof-of-work (its descriptor has pow-params); the master descriptor cannot carry them (a backend checks each solution against its own address), so clients of the master address solve no puzzle and reach {name} without that defence");
+        }
+        self.offers_pow = offers_pow;
+    }
 }
 
 /// What one check of one backend found.
@@ -136,6 +154,48 @@ impl HealthMonitor {
             .collect();
         self.apply_round(results, Timestamp::now())
     }
+
+    /// Fetch the Healthy backends' descriptors again, without the liveness check; returns the
+    /// new healthy set when one of them has a newer descriptor (see
+    /// [`apply_refresh`](HealthMonitor::apply_refresh)). A failed fetch changes nothing: the
+    /// next round judges it.
+    pub async fn refresh_descriptors<T: TorNetwork>(&mut self, tor: &T) -> Option<HealthyBackends> {
+        let fetches = self.backends.iter().map(|backend| async {
+            if backend.health.state() != BackendState::Healthy {
+                return None;
+            }
+            fetch::fetch_current(tor, &backend.config.address)
+                .await
+                .inspect_err(|err| {
+                    tracing::debug!(backend = %backend.config.name, "descriptor refresh failed: {err}");
+                })
+                .ok()
+        });
+        let descriptors: Vec<Option<VerifiedDescriptor>> = stream::iter(fetches)
+            .buffered(params::MAX_CHECKS_IN_FLIGHT)
+            .collect()
+            .await;
+        let refreshed = self
+            .backends
+            .iter()
+            .zip(descriptors)
+            .map(|(backend, descriptor)| {
+                let descriptor = descriptor?;
+                save_descriptor(&self.descriptor_dir, &backend.config, &descriptor);
+                Some(Check {
+                    observation: Observation::Descriptor {
+                        time_period: descriptor.time_period,
+                        revision_counter: descriptor.revision_counter,
+                    },
+                    reached_hsdirs: true,
+                    offers_pow: descriptor.offers_pow,
+                    intro_points: Some(descriptor.intro_points),
+                })
+            })
+            .collect();
+        self.apply_refresh(refreshed, Timestamp::now())
+            .then(|| self.healthy())
+    }
 }
 
 impl<I: Clone> HealthMonitor<I> {
@@ -190,17 +250,13 @@ impl<I: Clone> HealthMonitor<I> {
             else {
                 continue;
             };
-            let name = &backend.config.name;
+            let name = backend.config.name.clone();
             if let Observation::NotChecked { reason } = &observation {
                 not_checked.push(format!("{name} ({reason})"));
-            } else if backend.health.is_older_than_seen(&observation) {
+            } else if backend.health.compare_to_seen(&observation) == Some(Ordering::Less) {
                 tracing::debug!(backend = %name, "ignored a descriptor older than the newest seen (a lagging HSDir)");
             } else if let Some(intro_points) = intro_points {
-                backend.intro_points = intro_points;
-                if offers_pow && !backend.offers_pow {
-                    tracing::warn!(backend = %name, "backend {name} defends itself with proof-of-work (its descriptor has pow-params); the master descriptor cannot carry them (a backend checks each solution against its own address), so clients of the master address solve no puzzle and reach {name} without that defence");
-                }
-                backend.offers_pow = offers_pow;
+                backend.take_descriptor(intro_points, offers_pow);
             }
             if let Some(change) = backend.health.observe(observation, now, &self.policy) {
                 let reason = backend.health.last_error().unwrap_or("descriptor verified");
@@ -223,6 +279,40 @@ impl<I: Clone> HealthMonitor<I> {
             );
         }
         self.healthy()
+    }
+
+    /// Apply the descriptors a refresh fetched (one per backend in config order, `None` where
+    /// there is none) at `now`: a Healthy backend's descriptor newer than the newest seen
+    /// replaces its introduction points (a live tor uploaded it, so it also counts as seen
+    /// for the staleness rule). Anything else changes nothing: a backend that is not Healthy
+    /// waits for a round with the liveness check. Returns whether introduction points changed.
+    pub fn apply_refresh(&mut self, refreshed: Vec<Option<Check<I>>>, now: Timestamp) -> bool {
+        let mut changed = false;
+        for (backend, check) in self.backends.iter_mut().zip(refreshed) {
+            let Some(Check {
+                observation,
+                intro_points: Some(intro_points),
+                offers_pow,
+                ..
+            }) = check
+            else {
+                continue;
+            };
+            let newer = backend.health.compare_to_seen(&observation) == Some(Ordering::Greater);
+            if backend.health.state() != BackendState::Healthy || !newer {
+                continue;
+            }
+            tracing::info!(
+                backend = %backend.config.name,
+                "backend {}: new descriptor between health rounds ({} introduction points)",
+                backend.config.name,
+                intro_points.len()
+            );
+            backend.take_descriptor(intro_points, offers_pow);
+            backend.health.observe(observation, now, &self.policy);
+            changed = true;
+        }
+        changed
     }
 
     /// For how many backends some HSDir answered in the last round.
@@ -435,5 +525,33 @@ mod tests {
             healthy.as_slice(),
             [("web1".to_owned(), vec!["new".to_owned()])]
         );
+    }
+
+    #[test]
+    fn a_refresh_takes_a_healthy_backends_newer_descriptor_only() {
+        let mut monitor = monitor();
+        let refresh =
+            |revision, ips: &[&str]| vec![Some(check(descriptor(revision), Some(ips), true))];
+        // Not checked yet: a descriptor alone does not make a backend healthy.
+        assert!(!monitor.apply_refresh(refresh(5, &["a"]), at(0)));
+        assert!(monitor.healthy().is_empty());
+        monitor.apply_round(vec![Some(check(descriptor(5), Some(&["a"]), true))], at(10));
+        // The same revision again, or an older one: nothing changes.
+        assert!(!monitor.apply_refresh(refresh(5, &["x"]), at(20)));
+        assert!(!monitor.apply_refresh(refresh(4, &["x"]), at(30)));
+        assert!(!monitor.apply_refresh(vec![None], at(35)));
+        // The backend rotated its introduction points.
+        assert!(monitor.apply_refresh(refresh(6, &["b", "c"]), at(40)));
+        assert_eq!(
+            monitor.healthy().as_slice(),
+            [("web1".to_owned(), vec!["b".to_owned(), "c".to_owned()])]
+        );
+        // Dead backends wait for a round with the liveness check.
+        let dead = Observation::ProbeFailed {
+            reason: "no rendezvous".into(),
+        };
+        monitor.apply_round(vec![Some(check(dead, None, true))], at(50));
+        assert!(!monitor.apply_refresh(refresh(7, &["d"]), at(60)));
+        assert!(monitor.healthy().is_empty());
     }
 }

@@ -185,9 +185,10 @@ impl BackendHealth {
         self.move_to(next)
     }
 
-    /// Whether `observation` is a descriptor older than the newest one seen, which
-    /// [`observe`](Self::observe) ignores.
-    pub fn is_older_than_seen(&self, observation: &Observation) -> bool {
+    /// How `observation`, a descriptor, compares with the newest one seen (by period, then
+    /// revision); `None` when it is no descriptor or none was seen. [`observe`](Self::observe)
+    /// ignores an older one.
+    pub fn compare_to_seen(&self, observation: &Observation) -> Option<std::cmp::Ordering> {
         match (observation, self.revision) {
             (
                 Observation::Descriptor {
@@ -195,13 +196,14 @@ impl BackendHealth {
                     revision_counter,
                 },
                 Some((newest, _)),
-            ) => {
+            ) => Some(
                 DescriptorVersion {
                     time_period: *time_period,
                     revision_counter: *revision_counter,
-                } < newest
-            }
-            _ => false,
+                }
+                .cmp(&newest),
+            ),
+            _ => None,
         }
     }
 
@@ -237,6 +239,7 @@ impl BackendHealth {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use std::cmp::Ordering;
 
     pub(in crate::health) const POLICY: HealthPolicy = HealthPolicy {
         descriptor_max_age: Duration::from_secs(3 * 3600),
@@ -345,8 +348,15 @@ pub(super) mod tests {
     fn an_older_descriptor_from_a_lagging_hsdir_is_ignored() {
         let mut health = BackendHealth::new(false);
         health.observe(descriptor(9), at(0), &POLICY);
-        assert!(health.is_older_than_seen(&descriptor(8)));
-        assert!(!health.is_older_than_seen(&descriptor(9)));
+        assert_eq!(health.compare_to_seen(&descriptor(8)), Some(Ordering::Less));
+        assert_eq!(
+            health.compare_to_seen(&descriptor(9)),
+            Some(Ordering::Equal)
+        );
+        assert_eq!(
+            health.compare_to_seen(&descriptor(10)),
+            Some(Ordering::Greater)
+        );
         // The older copy keeps coming back: the newer one's age is not reset by it, so the
         // backend still goes stale when the newer one ages.
         for minutes in 1..=180 {
@@ -366,7 +376,10 @@ pub(super) mod tests {
             time_period: PERIOD + 1,
             revision_counter: 3,
         };
-        assert!(!health.is_older_than_seen(&next_period));
+        assert_eq!(
+            health.compare_to_seen(&next_period),
+            Some(Ordering::Greater)
+        );
         health.observe(next_period, at(3 * 3600), &POLICY);
         assert_eq!(
             health.tick(at(3 * 3600 + 60), &POLICY),

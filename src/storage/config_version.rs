@@ -58,7 +58,7 @@ pub struct Recorded {
 /// `None` when there is no file (a node from before versions, or set up by hand).
 pub fn load(config_dir: &Path, shared_text: &str) -> Result<Option<Recorded>, ConfigVersionError> {
     let path = config_dir.join(CONFIG_VERSION_FILE);
-    let text = match std::fs::read_to_string(&path) {
+    let text = match crate::storage::fsutil::read_bounded_string(&path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(ConfigVersionError::Read { path, source }),

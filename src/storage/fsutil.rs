@@ -9,7 +9,7 @@
 //! (no window in which a secret is readable by others).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,6 +69,33 @@ fn write_temp(path: &Path, contents: &[u8], mode: u32) -> io::Result<(PathBuf, P
             Err(err)
         }
     }
+}
+
+/// The largest file of ours (config.toml, state.json, a peer file, a key in text) read: far
+/// above any real one, so that a file grown absurd (a mistake, a full disk's garbage) is
+/// refused with an error instead of filling memory.
+pub const MAX_READ_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The whole of `path`, at most [`MAX_READ_BYTES`]; a larger file is
+/// [`io::ErrorKind::InvalidData`] ("larger than ...").
+pub fn read_bounded(path: &Path) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(MAX_READ_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_READ_BYTES {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {} MiB", MAX_READ_BYTES / (1024 * 1024)),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_bounded`] as UTF-8 text.
+pub fn read_bounded_string(path: &Path) -> io::Result<String> {
+    String::from_utf8(read_bounded(path)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
 }
 
 /// Create `path` and any missing parents with mode 0700. Existing directories are left as
@@ -164,5 +191,25 @@ mod tests {
             0o700
         );
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reads_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big");
+        fs::write(&path, vec![b'a'; MAX_READ_BYTES as usize]).unwrap();
+        assert_eq!(
+            read_bounded_string(&path).unwrap().len(),
+            MAX_READ_BYTES as usize
+        );
+        fs::write(&path, vec![b'a'; MAX_READ_BYTES as usize + 1]).unwrap();
+        let err = read_bounded(&path).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(err.to_string(), "larger than 4 MiB");
+        fs::write(&path, [0xff, 0xfe]).unwrap();
+        assert_eq!(
+            read_bounded_string(&path).unwrap_err().to_string(),
+            "not UTF-8 text"
+        );
     }
 }

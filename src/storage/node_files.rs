@@ -207,9 +207,11 @@ fn load_records(dir: &Path) -> Result<Vec<PeerInfo>, NodeFilesError> {
         if path.extension().is_none_or(|ext| ext != "toml") {
             continue;
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| NodeFilesError::Read {
-            path: path.clone(),
-            source,
+        let text = crate::storage::fsutil::read_bounded_string(&path).map_err(|source| {
+            NodeFilesError::Read {
+                path: path.clone(),
+                source,
+            }
         })?;
         let peer: PeerInfo = toml::from_str(&text).map_err(|err| NodeFilesError::Damaged {
             path: path.clone(),
@@ -264,7 +266,7 @@ pub fn save_this_node_removed(config_dir: &Path, by: &NodeId) -> Result<(), Node
 /// Refuses if this node was removed from its cluster.
 pub fn ensure_not_removed(config_dir: &Path) -> Result<(), NodeFilesError> {
     let path = config_dir.join(THIS_NODE_REMOVED_FILE);
-    match std::fs::read_to_string(&path) {
+    match crate::storage::fsutil::read_bounded_string(&path) {
         Ok(text) => {
             let by = text
                 .parse::<toml::Table>()
@@ -426,7 +428,7 @@ pub fn load_wg_private_key(config_dir: &Path) -> Result<WgPrivateKey, NodeFilesE
 }
 
 fn read_secret(path: &Path) -> Result<Zeroizing<String>, NodeFilesError> {
-    std::fs::read_to_string(path)
+    crate::storage::fsutil::read_bounded_string(path)
         .map(Zeroizing::new)
         .map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => NodeFilesError::Missing(path.to_owned()),

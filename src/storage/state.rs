@@ -131,7 +131,7 @@ pub enum StateError {
 /// The saved state of node `me`, if there is one.
 pub fn load(state_dir: &Path, me: &NodeId) -> Result<Option<SavedState>, StateError> {
     let path = state_dir.join(STATE_FILE);
-    let bytes = match std::fs::read(&path) {
+    let bytes = match crate::storage::fsutil::read_bounded(&path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(source) => return Err(StateError::Read { path, source }),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use arti_client::config::BoolOrAuto;
 use arti_client::{DataStream, ErrorKind, HasKind as _, StreamPrefs};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 
 use super::network::{HttpProbe, LivenessError, ProbeError};
 use super::EmbeddedTor;
@@ -23,6 +23,8 @@ use crate::keys::onion_address::OnionAddress;
 /// service in practice, so the check never reaches the backend's application: its tor
 /// refuses the stream (or closes the circuit) after the rendezvous, which is all we need.
 const LIVENESS_PORT: u16 = 1;
+/// The most of a probe's reply read: its status line ("HTTP/1.1 200 OK" and a reason).
+const MAX_STATUS_LINE_BYTES: u64 = 1024;
 
 impl EmbeddedTor {
     /// `Ok` if `address` answered the probe with the expected status, else why not.
@@ -90,12 +92,16 @@ impl EmbeddedTor {
             .map_err(send)?;
         stream.get_mut().flush().await.map_err(send)?;
         let mut status_line = String::new();
-        stream
+        // A backend may answer anything: one line, of a bounded length, is all we read.
+        (&mut stream)
+            .take(MAX_STATUS_LINE_BYTES)
             .read_line(&mut status_line)
             .await
             .map_err(|err| ProbeError::NoReply(err.to_string()))?;
-        let status = parse_status(&status_line)
-            .ok_or_else(|| ProbeError::NotHttp(status_line.trim_end().to_owned()))?;
+        let status = parse_status(&status_line).ok_or_else(|| {
+            // Quoted (escaped) in the log as what the backend sent: keep it short.
+            ProbeError::NotHttp(status_line.trim_end().chars().take(80).collect())
+        })?;
         if status == probe.expected_status {
             Ok(())
         } else {
