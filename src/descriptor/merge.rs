@@ -17,8 +17,9 @@
 //! with 3 each on a 9-relay network, 20 listed, 5 backends reached in 100 fetches). The merge
 //! therefore lists at most one introduction point per relay, chosen so that as many backends
 //! as possible are listed: first one introduction point per backend on relays of their own (a
-//! maximum matching of backends to relays, backends taken in the seed's rotated order), then
-//! the rest round-robin on relays still free. The others are left out.
+//! maximum matching of backends to relays, backends taken in the seed's rotated order, each
+//! trying its introduction points from one the seed chooses), then the rest round-robin on
+//! relays still free. The others are left out.
 //!
 //! A descriptor must also stay strictly below the HSDirs' size limit. Whether a list fits is
 //! only known by building the signed descriptor, so the caller supplies that test; the
@@ -159,6 +160,10 @@ fn one_per_relay_order<T, R: Eq + std::hash::Hash>(
         .collect();
 
     let round_robin = round_robin_order(backends, seed);
+    // Which of its introduction points a backend tries first for a relay of its own turns with
+    // the seed too: merges with seeds `first + k * backends` start the round-robin at the same
+    // backend but, where the relays allow several choices, list different introduction points.
+    let preference_shift = (seed / backends.len().max(1) as u64) as usize;
     // Backends in the order of their first turn.
     let backend_turns: Vec<usize> = round_robin
         .iter()
@@ -169,7 +174,13 @@ fn one_per_relay_order<T, R: Eq + std::hash::Hash>(
     let mut holder: Vec<Option<(usize, usize)>> = vec![None; relay_numbers.len()];
     for &backend in &backend_turns {
         let mut visited = vec![false; relay_numbers.len()];
-        assign(backend, &relays, &mut holder, &mut visited);
+        assign(
+            backend,
+            &relays,
+            preference_shift,
+            &mut holder,
+            &mut visited,
+        );
     }
     let mut matched: Vec<Option<usize>> = vec![None; backends.len()];
     for (backend, index) in holder.iter().flatten() {
@@ -201,22 +212,25 @@ fn one_per_relay_order<T, R: Eq + std::hash::Hash>(
 }
 
 /// Kuhn's augmenting path from `backend`: give it a free relay of one of its introduction
-/// points, or one whose holder can move to another of its own. Depth at most the number of
-/// backends.
+/// points (tried from the `shift`-th on), or one whose holder can move to another of its own.
+/// Depth at most the number of backends.
 fn assign(
     backend: usize,
     relays: &[Vec<usize>],
+    shift: usize,
     holder: &mut [Option<(usize, usize)>],
     visited: &mut [bool],
 ) -> bool {
-    for (index, &relay) in relays[backend].iter().enumerate() {
+    let count = relays[backend].len();
+    for index in (0..count).map(|k| (k + shift) % count) {
+        let relay = relays[backend][index];
         if visited[relay] {
             continue;
         }
         visited[relay] = true;
         let free = match holder[relay] {
             None => true,
-            Some((other, _)) => assign(other, relays, holder, visited),
+            Some((other, _)) => assign(other, relays, shift, holder, visited),
         };
         if free {
             holder[relay] = Some((backend, index));

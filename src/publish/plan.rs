@@ -533,8 +533,10 @@ impl<S: DescriptorSigner> PublishPlan<S> {
                     .find(|&backend| listed_in[backend] == fewest)
                     .unwrap_or(first);
             }
-            let (merged, descriptor) =
-                Self::merge_and_build(signer, target, &inputs, first as u64, base)?;
+            // The same start modulo `count`; the multiple of `count` turns which introduction
+            // point each backend prefers (see `merge`).
+            let seed = (first + slot * count) as u64;
+            let (merged, descriptor) = Self::merge_and_build(signer, target, &inputs, seed, base)?;
             last_listed = merged.intro_points.len();
             for (index, input) in inputs.iter().enumerate() {
                 if merged.sources.iter().any(|source| source == input.backend) {
@@ -1406,6 +1408,31 @@ mod tests {
                 "case {case}: {healthy:?}"
             );
         }
+    }
+
+    #[test]
+    fn where_relays_allow_several_choices_distinct_descriptors_list_different_ones() {
+        // Backend b has introduction points on relays b, b+1 and b+2 (of 8): every backend can
+        // have a relay of its own in three ways; the descriptors use all three.
+        let healthy: Vec<(String, Vec<String>)> = (0..8)
+            .map(|b| {
+                let ips = (0..3)
+                    .map(|i| format!("b{b}-{i}@r{}", (b + i) % 8))
+                    .collect();
+                (format!("b{b}"), ips)
+            })
+            .collect();
+        let mut plan = plan();
+        let decision = plan.decide(at(100), &[ring_target(10)], &healthy);
+        let upload = &decision.uploads[0];
+        for placed in &upload.descriptors {
+            assert_eq!(placed.intro_points.len(), 8, "one per relay, every backend");
+        }
+        assert_eq!(
+            upload.intro_points.len(),
+            24,
+            "every introduction point listed somewhere"
+        );
     }
 
     #[test]
