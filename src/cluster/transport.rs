@@ -48,6 +48,46 @@ use super::messages::{JoinAccept, Message, MessageError};
 use super::secret::ClusterSecret;
 use super::{Endpoint, NodeId};
 
+/// What a node does with datagrams from anybody before any of them authenticates, for the fuzz
+/// targets (`fuzz/`, `tests/fuzz_corpus.rs`): a node with a fixed key and one known peer
+/// handles each of `datagrams`, a second apart, from one source, runs its timers, and drains
+/// what it produced. Returns how many messages and join requests reached the program (none
+/// unless a datagram authenticated under the fixed keys).
+pub fn handle_untrusted_datagrams(datagrams: &[&[u8]]) -> usize {
+    const FIXED_KEY: &str = "QEFCQ0RFRkdISUpLTE1OT1BRUlNUVVZXWFlaW1xdXl8=";
+    let (Ok(me), Ok(peer), Ok(private_key)) = (
+        NodeId::try_from("fuzz-node".to_owned()),
+        NodeId::try_from("fuzz-peer".to_owned()),
+        WgPrivateKey::from_base64(FIXED_KEY),
+    ) else {
+        unreachable!("fixed, valid names and key");
+    };
+    let mut now = Timestamp::from_unix_secs(1_800_000_000);
+    let secret = ClusterSecret::from_bytes([7; 32]);
+    let mut protocol = Protocol::new(me, private_key, &secret, now);
+    let source = SocketAddr::from(([127, 0, 0, 1], 51820));
+    let peer = PeerConfig {
+        node_id: peer,
+        public_key: WgPublicKey::from_bytes([9; 32]),
+        endpoint: Some(source),
+    };
+    if protocol.add_peer(peer, false).is_err() {
+        unreachable!("a peer other than the node itself");
+    }
+    let mut delivered = 0;
+    for datagram in datagrams {
+        protocol.handle_datagram(now, source, datagram);
+        now = now + Duration::from_secs(1);
+        protocol.handle_timeout(now);
+        while protocol.poll_transmit().is_some() {}
+        while protocol.poll_incoming().is_some() {
+            delivered += 1;
+        }
+        while protocol.poll_completion().is_some() {}
+    }
+    delivered
+}
+
 // The numbers that shape the transport. Those from ARCHITECTURE.md ("WireGuard in process") are
 // boringtun's requirements, not preferences.
 
