@@ -217,7 +217,8 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         ["alpha", "beta"]
     );
 
-    eprintln!("measured: balancer memory {}", memory_of(node.pid()));
+    let (rss, peak) = node.memory_kib();
+    eprintln!("measured: balancer memory RSS {rss} kB (peak {peak} kB)");
 
     // A restart resumes from state.json: what the HSDirs hold is not uploaded again. A time
     // period that appeared while the node was down (the private network's periods last 8
@@ -386,17 +387,4 @@ fn first_publish_periods(log: &str) -> Vec<u64> {
                 .unwrap_or_else(|_| panic!("period={value} in: {line}"))
         })
         .collect()
-}
-
-/// Resident set size now and at peak, from /proc.
-fn memory_of(pid: u32) -> String {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .map(|value| value.trim().to_owned())
-            .unwrap_or_else(|| "?".into())
-    };
-    format!("RSS {} (peak {})", field("VmRSS:"), field("VmHWM:"))
 }

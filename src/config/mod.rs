@@ -297,14 +297,21 @@ impl Default for TimingFile {
     }
 }
 
-/// A whole, non-zero number of seconds. Zero would make a loop spin or a timeout fire at once.
+/// A whole, non-zero number of seconds, at most [`MAX_SECONDS`]. Zero would make a loop spin
+/// or a timeout fire at once; an absurd value would overflow a deadline (an instant plus it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Seconds(Duration);
+
+/// The longest interval or timeout accepted: a year, far beyond any useful setting.
+const MAX_SECONDS: u64 = 365 * 24 * 3600;
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match u64::deserialize(deserializer)? {
             0 => Err(serde::de::Error::custom("must be at least 1 second")),
+            secs if secs > MAX_SECONDS => Err(serde::de::Error::custom(format!(
+                "must be at most {MAX_SECONDS} seconds (a year)"
+            ))),
             secs => Ok(Seconds(Duration::from_secs(secs))),
         }
     }
@@ -721,6 +728,40 @@ mod tests {
         assert_eq!(
             err,
             "config.toml line 11: backends[1].address: bad checksum (is a character mistyped?)"
+        );
+    }
+
+    #[test]
+    fn absurd_intervals_are_refused_by_name() {
+        for (table, key) in [
+            ("timing", "health_interval_secs"),
+            ("health.probe", "timeout_secs"),
+        ] {
+            for (value, why) in [
+                ("0", "must be at least 1 second"),
+                ("31536001", "must be at most 31536000 seconds (a year)"),
+                (
+                    "9223372036854775807",
+                    "must be at most 31536000 seconds (a year)",
+                ),
+            ] {
+                let text = format!(
+                    "[node]\nid = \"node-a\"\npriority = 1\n\n[{table}]\n{key} = {value}\n"
+                );
+                let err = parse(&text).unwrap_err().to_string();
+                assert_eq!(err, format!("config.toml line 6: {table}.{key}: {why}"));
+            }
+        }
+        // Beyond TOML's integers, the parser itself refuses, with the line.
+        let huge = "[node]\nid = \"node-a\"\npriority = 1\n\n[timing]\nhealth_interval_secs = 18446744073709551615\n";
+        assert_eq!(
+            parse(huge).unwrap_err().to_string(),
+            "config.toml line 6: number too large to fit in target type"
+        );
+        let year = "[node]\nid = \"node-a\"\npriority = 1\n[timing]\ndescriptor_max_age_secs = 31536000\nhsdir_failure_secs = 31536000\n";
+        assert_eq!(
+            parse(year).unwrap().timing.descriptor_max_age,
+            Duration::from_secs(31_536_000)
         );
     }
 

@@ -267,7 +267,14 @@ struct HealthLoop<'a> {
 impl HealthLoop<'_> {
     async fn run(self, monitor: &mut HealthMonitor) {
         loop {
+            let started = Instant::now();
             let healthy = monitor.run_round(self.tor).await;
+            tracing::info!(
+                "health round: {} backend(s) checked in {:.1} s, {} healthy",
+                monitor.checked_last_round(),
+                started.elapsed().as_secs_f64(),
+                healthy.len()
+            );
             let backends = monitor.report().into_iter().map(backend_status).collect();
             self.board.update(|status| status.backends = backends);
             let _ = self.healthy_tx.send(Some(healthy.clone()));

@@ -202,22 +202,33 @@ impl Placement {
                 }
             }
             LeftOutOf::EveryDescriptor(unlisted) => {
-                for (backend, count) in unlisted {
-                    tracing::info!(
-                        period,
-                        "{count} introduction point(s) of {backend} are in none of the {} distinct descriptors (each lists at most 20, one per relay)",
-                        self.descriptors.len()
-                    );
+                if unlisted.is_empty() {
+                    return;
                 }
-                let listed: BTreeSet<&str> = self.backends.iter().map(String::as_str).collect();
-                for (backend, _) in unlisted
+                // One line for all backends: with many, a line each would flood the log at
+                // every upload.
+                let counts: Vec<String> = unlisted
                     .iter()
-                    .filter(|(b, _)| !listed.contains(b.as_str()))
-                {
+                    .map(|(backend, count)| format!("{backend} {count}"))
+                    .collect();
+                tracing::info!(
+                    period,
+                    "introduction points in none of the {} distinct descriptors (each lists at most 20, one per relay): {}",
+                    self.descriptors.len(),
+                    counts.join(", ")
+                );
+                let absent: Vec<&str> = unlisted
+                    .iter()
+                    .map(|(backend, _)| backend.as_str())
+                    .filter(|backend| !self.backends.contains(*backend))
+                    .collect();
+                if !absent.is_empty() {
                     tracing::warn!(
                         period,
-                        "backend {backend} is in none of the {} distinct descriptors: no client reaches it",
-                        self.descriptors.len()
+                        "{} backend(s) in none of the {} distinct descriptors, so no client reaches them (too few relays for one introduction point each): {}",
+                        absent.len(),
+                        self.descriptors.len(),
+                        absent.join(", ")
                     );
                 }
             }
@@ -643,9 +654,10 @@ impl<S: DescriptorSigner> PublishPlan<S> {
         tracing::info!(
             period = upload.period,
             revision_counter = upload.revision_counter,
-            "published descriptor ({}): {accepted}/{} HSDirs accepted, {}{} introduction points from {} backend(s): {}",
+            "published descriptor ({}): {accepted}/{} HSDirs accepted in {:.1} s, {}{} introduction points from {} backend(s): {}",
             upload.reason,
             results.len(),
+            now.saturating_duration_since(upload.decided_at).as_secs_f64(),
             match upload.descriptors.len() {
                 1 => String::new(),
                 distinct => format!("{distinct} distinct descriptors, "),

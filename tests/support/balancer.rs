@@ -282,6 +282,33 @@ impl Balancer {
         self.process.as_ref().expect("node running").pid()
     }
 
+    /// The daemon's resident memory now and at its peak, in KiB (`/proc/<pid>/status`).
+    pub fn memory_kib(&self) -> (u64, u64) {
+        let status = fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|value| value.trim().trim_end_matches(" kB").parse().ok())
+                .unwrap_or_else(|| panic!("{name} in /proc/{}/status", self.pid()))
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// The CPU time the daemon has used so far, user and system (`/proc/<pid>/stat`, in
+    /// clock ticks of 1/100 s, as Linux reports them on every architecture we run).
+    pub fn cpu_time(&self) -> Duration {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        // The fields after the command name, which is in parentheses and may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after the name.
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        Duration::from_millis(ticks * 10)
+    }
+
     /// SIGHUP: the daemon reads config.toml again.
     pub fn reload(&self) {
         let status = Command::new("kill")
