@@ -112,14 +112,7 @@ fn failover_with_five_nodes(net: &TorNetwork, seed: &[u8; 32], backends: &[&str]
     let ports: Vec<u16> = (0..CLUSTER_NODES).map(|_| free_udp_port()).collect();
     let endpoint = |port: u16| format!("127.0.0.1:{port}");
     let mut first = Balancer::new(&root, "n0");
-    let seed_path = root.join("master-seed.key");
-    fs::create_dir_all(&root).unwrap();
-    fs::write(&seed_path, seed).unwrap();
-    let mut args = vec!["--import-key".to_owned(), seed_path.display().to_string()];
-    for backend in backends {
-        args.push("--backend".into());
-        args.push(format!("{backend}={}", net.backend_onion(backend)));
-    }
+    let args = first.import_args(net, seed, backends);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let printed = first.init_first_node_with(&endpoint(ports[0]), &args);
     let token = printed

@@ -243,6 +243,14 @@ impl Balancer {
         backends: &[&str],
         append: &str,
     ) -> String {
+        let args = self.import_args(net, seed, backends);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.init_local(&args, &format!("{append}\n{}", net.arti_toml()))
+    }
+
+    /// `init` arguments importing the master key from `seed` (written to a seed file beside
+    /// the config directory) and balancing `backends` of `net`.
+    pub fn import_args(&self, net: &TorNetwork, seed: &[u8; 32], backends: &[&str]) -> Vec<String> {
         let seed_path = self.config_dir.with_file_name("master-seed.key");
         fs::create_dir_all(seed_path.parent().unwrap()).unwrap();
         fs::write(&seed_path, seed).unwrap();
@@ -251,8 +259,7 @@ impl Balancer {
             args.push("--backend".into());
             args.push(format!("{backend}={}", net.backend_onion(backend)));
         }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.init_local(&args, &format!("{append}\n{}", net.arti_toml()))
+        args
     }
 
     /// Start a long-running command (`run`, or `join` without --no-start) in the background,
