@@ -181,12 +181,16 @@ impl HealthMonitor {
             .zip(descriptors)
             .map(|(backend, descriptor)| {
                 let descriptor = descriptor?;
-                save_descriptor(&self.descriptor_dir, &backend.config, &descriptor);
+                let observation = Observation::Descriptor {
+                    time_period: descriptor.time_period,
+                    revision_counter: descriptor.revision_counter,
+                };
+                // Most refreshes find the descriptor already saved: write only a newer one.
+                if backend.health.compare_to_seen(&observation) == Some(Ordering::Greater) {
+                    save_descriptor(&self.descriptor_dir, &backend.config, &descriptor);
+                }
                 Some(Check {
-                    observation: Observation::Descriptor {
-                        time_period: descriptor.time_period,
-                        revision_counter: descriptor.revision_counter,
-                    },
+                    observation,
                     reached_hsdirs: true,
                     offers_pow: descriptor.offers_pow,
                     intro_points: Some(descriptor.intro_points),
