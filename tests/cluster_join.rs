@@ -368,6 +368,77 @@ fn an_impostor_with_the_cluster_secret_cannot_make_itself_publisher() {
     assert!(a.stop_cleanly(), "a did not stop cleanly");
 }
 
+/// Four nodes join through the first at the same moment and the first is killed as soon as it
+/// has recorded their joins: none of them was in the others' accepts, and the first can no
+/// longer repeat its member list, so they must have learnt each other from the lists sent as
+/// each join completed (the scale test found them strangers for a minute, each seeing no one
+/// better and claiming the lease).
+#[test]
+fn nodes_joining_at_once_learn_each_other_though_the_first_dies() {
+    let root = tempfile::tempdir().unwrap();
+    let ports: Vec<u16> = (0..5).map(|_| free_udp_port()).collect();
+    let endpoint = |port: u16| format!("127.0.0.1:{port}");
+    let mut a = Balancer::new(root.path(), "a");
+    let (printed, _a_log) = start_first_node(&mut a, &endpoint(ports[0]), &[]);
+    let token = token_from(&printed);
+
+    let mut joiners: Vec<Balancer> = (1..ports.len())
+        .map(|i| Balancer::new(root.path(), &format!("n{i}")))
+        .collect();
+    for (node, &port) in joiners.iter_mut().zip(&ports[1..]) {
+        node.start(&[
+            "join",
+            &token,
+            "--endpoint",
+            &endpoint(port),
+            "--listen",
+            &endpoint(port),
+        ]);
+    }
+    let ids: Vec<serde_json::Value> = joiners
+        .iter()
+        .map(|node| node.wait_status("running after its join", SETTLE, |_| true)["node_id"].clone())
+        .collect();
+    // Killed a second after it recorded every join, its announcements delivered (a join the
+    // admitting node records but dies before announcing stays unknown to the others until it
+    // returns: nothing else can vouch for the newcomer's priority).
+    let deadline = std::time::Instant::now() + SETTLE;
+    while fs::read_to_string(a.log_path())
+        .unwrap_or_default()
+        .matches("joined the cluster with priority")
+        .count()
+        < joiners.len()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a did not record the four joins"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    a.kill_hard();
+
+    // Well within the minute after which the lists are repeated anyway.
+    let learnt = Duration::from_secs(15);
+    for (node, me) in joiners.iter().zip(&ids) {
+        node.wait_status("every other joiner live", learnt, |status| {
+            let live: Vec<&serde_json::Value> = status["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|peer| peer["live"] == true)
+                .map(|peer| &peer["node_id"])
+                .collect();
+            ids.iter()
+                .filter(|id| *id != me)
+                .all(|id| live.contains(&id))
+        });
+    }
+    for node in &mut joiners {
+        assert!(node.stop_cleanly());
+    }
+}
+
 /// The shared configuration and the membership are changed on any member, and every member
 /// follows: `backend add` on a standby reaches the others (one of them stopped during the
 /// change catches up when it returns), a hand edit plus SIGHUP is a new version too, an edit

@@ -146,36 +146,48 @@ fn failover_with_five_nodes(net: &TorNetwork, seed: &[u8; 32], backends: &[&str]
         ]);
         standbys.push(node);
     }
-    for node in &standbys {
-        node.wait_status("a standby following n0", START_TIMEOUT, |status| {
-            status["role"] == "standby"
-                && status["publisher"] == first_id
-                && status["can_publish"] == true
-        });
-    }
+    // They joined at once: their priorities (2 to 5) follow the order of admission.
+    let priorities: Vec<serde_json::Value> = standbys
+        .iter()
+        .map(|node| {
+            node.wait_status("a standby following n0", START_TIMEOUT, |status| {
+                status["role"] == "standby"
+                    && status["publisher"] == first_id
+                    && status["can_publish"] == true
+            })["priority"]
+                .clone()
+        })
+        .collect();
+    let best = priorities
+        .iter()
+        .position(|priority| *priority == 2)
+        .expect("a standby with priority 2");
     let mut logs: Vec<LogWatcher> = standbys
         .iter()
         .map(|node| LogWatcher::from_end(node.log_path()))
         .collect();
     first.kill_hard();
     let killed = Instant::now();
-    // The best standby (n1, priority 2) takes over.
-    let upload = logs[0].wait_for("published descriptor", "", START_TIMEOUT);
+    // The best standby takes over, and no other.
+    let upload = logs[best].wait_for("published descriptor", "", START_TIMEOUT);
     let took = killed.elapsed();
     assert!(
         !upload.contains("): 0/"),
-        "n1's upload was refused: {upload}"
+        "the upload of n{} (priority 2) was refused: {upload}",
+        best + 1
     );
     eprintln!(
-        "measured: {CLUSTER_NODES} nodes, {} backends: publisher killed -> n1's descriptor accepted after {:.1} s (timeout {PUBLISHER_TIMEOUT_SECS} s + grace {TAKEOVER_GRACE_SECS} s): {}",
+        "measured: {CLUSTER_NODES} nodes, {} backends: publisher killed -> the descriptor of n{} (priority 2) accepted after {:.1} s (timeout {PUBLISHER_TIMEOUT_SECS} s + grace {TAKEOVER_GRACE_SECS} s): {}",
         backends.len(),
+        best + 1,
         took.as_secs_f64(),
         after(&upload, "published descriptor ")
     );
-    for log in &mut logs[1..] {
+    for (index, log) in logs.iter().enumerate().filter(|(index, _)| *index != best) {
         assert!(
             !log.text_since(0).contains("this node is now the publisher"),
-            "a second standby took the lease too"
+            "n{} took the lease too",
+            index + 1
         );
     }
     for node in &mut standbys {

@@ -7,7 +7,9 @@
 //!   progress),
 //!   the member list and the shared configuration. Refused when this node has no endpoint to
 //!   tell the newcomer, when the request uses this node's own id or a member's id with another
-//!   WireGuard key, or when a join of that id is already in progress. Once the newcomer acknowledged, every other member is told.
+//!   WireGuard key, or when a join of that id is already in progress. Once the newcomer
+//!   acknowledged, every other member is told, and the newcomer is told the members its
+//!   accept did not list (newcomers admitted at the same time).
 //! - **learning**: a member announced by the node that admitted it may move (a new endpoint after
 //!   a re-join); a member list only adds members not yet known. Nothing ever replaces a known
 //!   member's WireGuard key or priority, and a new member whose priority another member holds
@@ -24,7 +26,7 @@
 //!   any of them) and kept as a record, so a member that missed it is told when its list
 //!   still names the removed one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::messages::PeerInfo;
 use super::transport::JoinCandidate;
@@ -128,6 +130,23 @@ pub struct Admission {
     pub members: Vec<PeerInfo>,
 }
 
+/// A newcomer being admitted: the priority it was offered and the members its accept listed.
+#[derive(Debug, Clone)]
+struct PendingJoin {
+    priority: Priority,
+    listed: BTreeSet<NodeId>,
+}
+
+/// Who must hear of a completed join.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinNews {
+    /// The other members, to be told of the newcomer.
+    pub announce_to: Vec<NodeId>,
+    /// The members the newcomer's accept did not list (their joins completed while it was
+    /// being admitted), to be told to the newcomer: nobody else may know them both.
+    pub missed_by_newcomer: Vec<PeerInfo>,
+}
+
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct Membership {
@@ -138,8 +157,8 @@ pub struct Membership {
     members: BTreeMap<NodeId, PeerInfo>,
     /// Members removed from the cluster, as they were recorded.
     removed: BTreeMap<NodeId, PeerInfo>,
-    /// Newcomers being admitted, with the priority they were offered.
-    pending_joins: BTreeMap<NodeId, Priority>,
+    /// Newcomers being admitted.
+    pending_joins: BTreeMap<NodeId, PendingJoin>,
 }
 
 impl Membership {
@@ -318,18 +337,23 @@ impl Membership {
                 self.members
                     .values()
                     .map(|peer| peer.priority)
-                    .chain(self.pending_joins.values().copied())
+                    .chain(self.pending_joins.values().map(|pending| pending.priority))
                     .chain([self.my_priority]),
             ),
         };
-        self.pending_joins
-            .insert(candidate.node_id.clone(), priority);
         let mut members: Vec<PeerInfo> = self
             .members
             .values()
             .filter(|peer| peer.node_id != candidate.node_id)
             .cloned()
             .collect();
+        self.pending_joins.insert(
+            candidate.node_id.clone(),
+            PendingJoin {
+                priority,
+                listed: members.iter().map(|peer| peer.node_id.clone()).collect(),
+            },
+        );
         members.push(me);
         Ok(Admission {
             newcomer: PeerInfo {
@@ -342,20 +366,30 @@ impl Membership {
         })
     }
 
-    /// The newcomer acknowledged its admission (`acknowledged`), or never did. Returns the
-    /// members to announce it to.
-    pub fn join_done(&mut self, newcomer: &PeerInfo, acknowledged: bool) -> Vec<NodeId> {
-        self.pending_joins.remove(&newcomer.node_id);
+    /// The newcomer acknowledged its admission (`acknowledged`), or never did. Returns who
+    /// must hear of it, and of whom it must hear.
+    pub fn join_done(&mut self, newcomer: &PeerInfo, acknowledged: bool) -> JoinNews {
+        let listed = self
+            .pending_joins
+            .remove(&newcomer.node_id)
+            .map(|pending| pending.listed)
+            .unwrap_or_default();
         if !acknowledged {
-            return Vec::new();
+            return JoinNews::default();
         }
         self.members
             .insert(newcomer.node_id.clone(), newcomer.clone());
-        self.members
-            .keys()
-            .filter(|id| **id != newcomer.node_id)
-            .cloned()
-            .collect()
+        let others = self
+            .members
+            .values()
+            .filter(|peer| peer.node_id != newcomer.node_id);
+        JoinNews {
+            announce_to: others.clone().map(|peer| peer.node_id.clone()).collect(),
+            missed_by_newcomer: others
+                .filter(|peer| !listed.contains(&peer.node_id))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
@@ -522,14 +556,35 @@ mod tests {
     fn an_acknowledged_newcomer_is_announced_to_the_others() {
         let mut m = membership();
         let newcomer = m.admit(&candidate("d")).unwrap().newcomer;
-        let mut told = m.join_done(&newcomer, true);
-        told.sort();
-        assert_eq!(told, [id("b"), id("c")]);
+        let news = m.join_done(&newcomer, true);
+        assert_eq!(news.announce_to, [id("b"), id("c")]);
+        assert!(news.missed_by_newcomer.is_empty(), "its accept listed them");
         assert!(m.members().any(|p| p.node_id == id("d")));
         // One that never acknowledged is forgotten, and may try again.
         let other = m.admit(&candidate("e")).unwrap().newcomer;
-        assert!(m.join_done(&other, false).is_empty());
+        assert_eq!(m.join_done(&other, false), JoinNews::default());
         assert!(m.admit(&candidate("e")).is_ok());
+    }
+
+    #[test]
+    fn newcomers_admitted_together_are_told_of_each_other() {
+        let mut m = membership();
+        let d = m.admit(&candidate("d")).unwrap();
+        let e = m.admit(&candidate("e")).unwrap();
+        let f = m.admit(&candidate("f")).unwrap();
+        assert!(!e.members.iter().any(|p| p.node_id == id("d")));
+        // d completes first: it knew everyone there was.
+        let news = m.join_done(&d.newcomer, true);
+        assert!(news.missed_by_newcomer.is_empty());
+        assert_eq!(news.announce_to, [id("b"), id("c")]);
+        // f next: its accept did not list d.
+        let news = m.join_done(&f.newcomer, true);
+        assert_eq!(news.announce_to, [id("b"), id("c"), id("d")]);
+        assert_eq!(news.missed_by_newcomer, std::slice::from_ref(&d.newcomer));
+        // e last: it missed d and f, and d and f are told of e.
+        let news = m.join_done(&e.newcomer, true);
+        assert_eq!(news.announce_to, [id("b"), id("c"), id("d"), id("f")]);
+        assert_eq!(news.missed_by_newcomer, [d.newcomer, f.newcomer]);
     }
 
     #[test]

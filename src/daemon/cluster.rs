@@ -8,8 +8,14 @@
 //!   [`PublishAbility`] turns them into the election's `LocalHealth` bit.
 //! - **membership**: a verified join request gets the next free priority, the members and the
 //!   shared configuration through the new tunnel; once the newcomer acknowledged, every other
-//!   member hears a `PeerAnnounce`. Each node also repeats its member list now and then, so a
-//!   member that was down during an announcement catches up.
+//!   member hears a `PeerAnnounce`, and the newcomer hears one of each member whose join
+//!   completed while it was being admitted (its accept could not list them). Nodes that join
+//!   at the same time would otherwise not know each other, and a node drops the tunnel of a
+//!   member it does not know: they would learn each other only from the node that admitted
+//!   them, a minute later, or never if it is gone, each seeing no one better and claiming the
+//!   lease. Each node repeats its member list now and then, so a member that was down during
+//!   an announcement catches up, and at once when it learns a member (joins through two
+//!   different members at the same time).
 //! - **removal**: `rustbalance remove` on any member removes a member everywhere (membership
 //!   decides; this loop keeps `removed/`, tells the members and the removed node). A removed
 //!   node that is told stops, and refuses to start again.
@@ -418,10 +424,15 @@ impl ClusterNode {
         }
         match message {
             Message::PeerAnnounce(announce) => {
-                self.learn_peer(announce.peer, Learned::Announced, &from)
-                    .await
+                let learned = self
+                    .learn_peer(announce.peer, Learned::Announced, &from)
+                    .await;
+                if learned {
+                    self.send_peer_list().await;
+                }
             }
             Message::PeerList(list) => {
+                let mut learned = false;
                 for peer in list.peers {
                     if let Some(record) = self.membership.removed(&peer.node_id) {
                         // `from` missed the removal: tell it.
@@ -429,7 +440,10 @@ impl ClusterNode {
                         self.send_removal(&from, &record);
                         continue;
                     }
-                    self.learn_peer(peer, Learned::Listed, &from).await;
+                    learned |= self.learn_peer(peer, Learned::Listed, &from).await;
+                }
+                if learned {
+                    self.send_peer_list().await;
                 }
             }
             Message::SecretUpdate(update)
@@ -462,11 +476,12 @@ impl ClusterNode {
         }
     }
 
-    /// Record a member that `via` told us about, if membership says it is news.
-    async fn learn_peer(&mut self, peer: PeerInfo, how: Learned, via: &NodeId) {
+    /// Record a member that `via` told us about, if membership says it is news. Returns
+    /// whether it was recorded.
+    async fn learn_peer(&mut self, peer: PeerInfo, how: Learned, via: &NodeId) -> bool {
         match self.membership.learn(&peer, how) {
             Learning::News => {}
-            Learning::Known => return,
+            Learning::Known => return false,
             Learning::Refused(refusal) => {
                 self.refuse_once(
                     via,
@@ -476,12 +491,12 @@ impl ClusterNode {
                         peer.node_id
                     ),
                 );
-                return;
+                return false;
             }
         }
         if let Err(err) = self.transport.add_peer(transport_peer(&peer).await).await {
             tracing::warn!("ignored peer {} announced by {via}: {err}", peer.node_id);
-            return;
+            return false;
         }
         if let Err(err) = node_files::save_peer(&self.config_dir, &peer) {
             tracing::warn!("peer {} is in use but not saved: {err}", peer.node_id);
@@ -493,10 +508,12 @@ impl ClusterNode {
             peer.endpoint
         );
         self.membership.adopt(peer);
+        true
     }
 
     /// Tell every member which members this node knows, so one that missed an announcement
-    /// (it was down) learns them. Unacknowledged: it is repeated every minute.
+    /// (it was down, or joined at the same time) learns them. Unacknowledged: it is repeated
+    /// every minute.
     async fn send_peer_list(&mut self) {
         let message = Message::PeerList(PeerList {
             peers: self.membership.gossip(),
@@ -549,7 +566,7 @@ impl ClusterNode {
     /// The newcomer acknowledged (or never did): record it and tell every other member.
     async fn on_join_done(&mut self, done: JoinDone) {
         let JoinDone { newcomer, result } = done;
-        let announce_to = self.membership.join_done(&newcomer, result.is_ok());
+        let news = self.membership.join_done(&newcomer, result.is_ok());
         if let Err(err) = result {
             tracing::warn!("{} did not complete its join: {err}", newcomer.node_id);
             return;
@@ -563,21 +580,27 @@ impl ClusterNode {
             newcomer.priority,
             newcomer.endpoint
         );
-        for member in announce_to {
-            let message = Message::PeerAnnounce(PeerAnnounce {
-                peer: newcomer.clone(),
-                msg_id: MsgId::random(),
-            });
-            let (transport, member) = (self.transport.clone(), member.clone());
-            tokio::spawn(async move {
-                if let Err(err) = transport
-                    .send_reliable(&member, message, ANNOUNCE_WAIT)
-                    .await
-                {
-                    tracing::warn!("could not tell {member} about the new member: {err}");
-                }
-            });
+        for member in news.announce_to {
+            self.announce(&newcomer, member);
         }
+        for missed in news.missed_by_newcomer {
+            self.announce(&missed, newcomer.node_id.clone());
+        }
+    }
+
+    /// Tell `to`, reliably and in a task of its own, that `member` belongs to the cluster.
+    fn announce(&self, member: &PeerInfo, to: NodeId) {
+        let message = Message::PeerAnnounce(PeerAnnounce {
+            peer: member.clone(),
+            msg_id: MsgId::random(),
+        });
+        let transport = self.transport.clone();
+        let about = member.node_id.clone();
+        tokio::spawn(async move {
+            if let Err(err) = transport.send_reliable(&to, message, ANNOUNCE_WAIT).await {
+                tracing::warn!("could not tell {to} about member {about}: {err}");
+            }
+        });
     }
 
     /// A reloaded configuration: new intervals.
