@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod descriptor;
 pub mod health;
 pub mod keys;
+pub mod logging;
 pub mod params;
 pub mod publish;
 pub mod storage;

@@ -1,7 +1,8 @@
 //! The daemon's state file and configuration reload, as real processes on 127.0.0.1 without
 //! Tor: state.json is always whole however the daemon is killed, SIGHUP applies a good
-//! config and refuses a bad one, keeping the running one, and a node set up by hand (a
-//! config.toml and a master key, as for Onionbalance) runs.
+//! config and refuses a bad one, keeping the running one, a node set up by hand (a
+//! config.toml and a master key, as for Onionbalance) runs, and the log stays readable without
+//! a network (and under journald).
 
 mod support;
 
@@ -187,6 +188,49 @@ fn prometheus_metrics_are_served_on_the_configured_loopback_port() {
             .lines()
             .any(|l| l.starts_with("rustbalance_healthy{") && l.ends_with(" 0")),
         "{response}"
+    );
+    assert!(node.stop_cleanly());
+}
+
+/// Without a network Arti retries every second; the log stays readable: 30 s of `run` give at
+/// most 25 lines, none longer than 300 characters. Under journald (stderr is the stream
+/// `JOURNAL_STREAM` names) each line starts with its priority and carries no timestamp.
+#[test]
+fn without_a_network_the_log_stays_short_and_readable() {
+    use std::os::unix::fs::MetadataExt;
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Balancer::new(root.path(), "node");
+    node.init_local(&["--backend", &format!("web1={BACKEND}")], NOWHERE_ARTI);
+    node.start(&["run"]);
+    std::thread::sleep(Duration::from_secs(30));
+    let log = fs::read_to_string(node.log_path()).unwrap();
+    assert!(node.stop_cleanly());
+    let lines: Vec<&str> = log.lines().collect();
+    assert!(lines.len() <= 25, "{} lines in 30 s:\n{log}", lines.len());
+    for line in &lines {
+        assert!(
+            line.chars().count() <= 300,
+            "a line of {} characters: {line}",
+            line.chars().count()
+        );
+    }
+    assert!(
+        log.contains("Z  INFO rustbalance::daemon: starting as master"),
+        "{log}"
+    );
+
+    fs::remove_file(node.log_path()).unwrap();
+    fs::write(node.log_path(), "").unwrap();
+    let stream = fs::metadata(node.log_path()).unwrap();
+    node.set_env(
+        "JOURNAL_STREAM",
+        &format!("{}:{}", stream.dev(), stream.ino()),
+    );
+    node.start(&["run"]);
+    let line = LogWatcher::new(node.log_path()).wait_for("starting as master", "", SETTLE);
+    assert!(
+        line.starts_with("<6> INFO rustbalance::daemon: starting as master"),
+        "{line}"
     );
     assert!(node.stop_cleanly());
 }

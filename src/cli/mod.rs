@@ -4,7 +4,6 @@
 //! unhealthy), 2 bad usage, bad config or a bad token (nothing was changed on disk), 3 `status`
 //! found no daemon to ask, 130 a vanity search stopped by Ctrl-C.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -343,7 +342,7 @@ impl CliError {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    crate::logging::init();
     match execute(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -453,20 +452,6 @@ fn listen_address(
             .parse()
             .map_err(|_| CliError::Argument("bad built-in listen address".into())),
     }
-}
-
-/// Log to stderr (journald picks it up under systemd); RUST_LOG overrides the default (`info`,
-/// boringtun's own lines only at `error`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // boringtun warns about every retried handshake while a peer is down, every few
-        // seconds; the transport reports what matters about peers itself, rate-limited.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,boringtun=error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
 }
 
 #[cfg(test)]

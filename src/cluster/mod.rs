@@ -8,7 +8,6 @@ pub mod ability;
 pub mod config_sync;
 pub mod election;
 pub mod lease;
-pub(crate) mod log_limit;
 pub mod membership;
 pub mod messages;
 pub mod outcome;

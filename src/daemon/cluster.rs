@@ -42,7 +42,6 @@ use crate::clock::Timestamp;
 use crate::cluster::config_sync::{ConfigVersion, SharedConfig};
 use crate::cluster::election::{Action, LeaseMessage, Warning};
 use crate::cluster::lease::{LeaseCore, LeaseInput, LocalEvent};
-use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::membership::{
     Admission, Impostor, JoinRefusal, Learned, Learning, MemberRefusal, Membership, Removal,
 };
@@ -57,6 +56,7 @@ use crate::config::Config;
 use crate::daemon::control::{ControlReply, ControlRequest, OperatorCommand};
 use crate::daemon::shared_config::ConfigKeeper;
 use crate::daemon::status::{PeerStatus, StatusBoard};
+use crate::logging::limit::LogLimiter;
 use crate::storage::node_files;
 
 /// How often a node repeats its member list to every peer.

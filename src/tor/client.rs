@@ -172,10 +172,10 @@ async fn log_bootstrap_progress(mut events: arti_client::status::BootstrapEvents
         if let Some(blockage) = status.blocked() {
             tracing::warn!("Tor bootstrap blocked at {percent}%: {blockage}");
         } else if last_logged_percent.is_none_or(|last| percent >= last + 10) {
-            tracing::info!("Tor bootstrap {percent}%: {status}");
+            tracing::info!("Tor bootstrap: {status}");
             last_logged_percent = Some(percent);
         } else {
-            tracing::debug!("Tor bootstrap {percent}%: {status}");
+            tracing::debug!("Tor bootstrap: {status}");
         }
     }
 }

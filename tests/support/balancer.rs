@@ -126,7 +126,8 @@ impl Balancer {
             .args(args)
             .env("RUSTBALANCE_CREDSTORE", &self.credstore_dir)
             .env_remove("CREDENTIALS_DIRECTORY")
-            .env("RUST_LOG", "info")
+            // The operator's default log (set_env may ask for more).
+            .env_remove("RUST_LOG")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         command

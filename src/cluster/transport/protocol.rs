@@ -49,12 +49,12 @@ use super::{
     RATE_LIMITER_RESET, TIMER_TICK, WARN_INTERVAL, WG_BUFFER_LEN,
 };
 use crate::clock::Timestamp;
-use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{
     Ack, JoinAccept, JoinRequest, Message, MessageError, MsgId, JOIN_REQUEST_TAG,
 };
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Endpoint, NodeId};
+use crate::logging::limit::LogLimiter;
 
 /// The first byte of a WireGuard cookie reply (message type 3).
 const WG_COOKIE_REPLY: u8 = 3;

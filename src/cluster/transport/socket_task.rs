@@ -22,10 +22,10 @@ use super::{
     WARN_INTERVAL, WG_BUFFER_LEN,
 };
 use crate::clock::Timestamp;
-use crate::cluster::log_limit::LogLimiter;
 use crate::cluster::messages::{JoinAccept, MsgId};
 use crate::cluster::secret::ClusterSecret;
 use crate::cluster::{Endpoint, NodeId};
+use crate::logging::limit::LogLimiter;
 
 /// What a [`Transport`](super::Transport) handle asks of the socket task. Each carries the
 /// channel for its answer; a caller that stopped waiting simply never reads it.

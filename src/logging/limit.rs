@@ -1,5 +1,5 @@
 //! At most one warning per source every few seconds (a source: an address for the transport,
-//! a peer for the election's warnings).
+//! a peer for the election's warnings, a place in Arti's code for Arti's warnings).
 //!
 //! Anyone on the internet can send datagrams to the cluster port. Each bad one deserves a
 //! warning (an operator wants to know a node is being probed, or that a peer runs with the
@@ -38,17 +38,24 @@ impl<K: Hash + Eq> LogLimiter<K> {
     /// `Some(n)` if a warning about `source` may be logged now, `n` being how many were held
     /// back since the last one; `None` to stay quiet.
     pub(crate) fn allow(&mut self, source: K, now: Timestamp) -> Option<u64> {
+        self.allow_since(source, now)
+            .map(|(held_back, _)| held_back)
+    }
+
+    /// [`allow`](Self::allow), with the time the previous warning about `source` was logged
+    /// (`now` for the first).
+    pub(crate) fn allow_since(&mut self, source: K, now: Timestamp) -> Option<(u64, Timestamp)> {
         if let Some(state) = self.sources.get_mut(&source) {
             if state.last_logged.is_recent(now, self.interval) {
                 state.suppressed += 1;
                 return None;
             }
-            let suppressed = state.suppressed;
+            let held_back = (state.suppressed, state.last_logged);
             *state = SourceState {
                 last_logged: now,
                 suppressed: 0,
             };
-            return Some(suppressed);
+            return Some(held_back);
         }
         if self.sources.len() >= MAX_SOURCES {
             self.forget_quiet(now);
@@ -63,7 +70,7 @@ impl<K: Hash + Eq> LogLimiter<K> {
                 suppressed: 0,
             },
         );
-        Some(0)
+        Some((0, now))
     }
 
     /// Drops the sources that have been quiet for a whole interval.
