@@ -143,6 +143,40 @@ fn init_creates_a_private_node_and_a_token_for_the_next_one() {
     );
 }
 
+/// An endpoint other machines cannot use is set up anyway (a name may resolve elsewhere), with
+/// a warning that says why: loopback only, a name that does not resolve, a single-label name
+/// (unit tests: `cluster::tests`).
+#[test]
+fn init_warns_of_an_endpoint_other_machines_cannot_reach() {
+    for (endpoint, warning) in [
+        // Loopback where the machine's /etc/hosts names it, else not resolving.
+        ("vm:51820", Some("")),
+        ("nowhere.invalid:51820", Some("does not resolve")),
+        ("127.0.0.1:51820", Some("only to loopback")),
+        ("localhost:51820", Some("only to loopback")),
+        ("203.0.113.7:51820", None),
+    ] {
+        let dirs = Dirs::new("endpoint");
+        let output = dirs.run(&["init", "--endpoint", endpoint, "--no-start"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{endpoint}: {stderr}");
+        match warning {
+            Some(warning) => {
+                assert!(
+                    stderr.contains(&format!("warning: --endpoint {endpoint}: "))
+                        && stderr.contains(warning),
+                    "{endpoint}: {stderr}"
+                );
+                assert_eq!(
+                    stderr.lines().filter(|l| l.starts_with("warning:")).count(),
+                    1
+                );
+            }
+            None => assert!(!stderr.contains("warning:"), "{endpoint}: {stderr}"),
+        }
+    }
+}
+
 #[test]
 fn init_over_an_existing_node_refuses_and_changes_nothing() {
     let dirs = Dirs::new("twice");

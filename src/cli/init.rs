@@ -99,6 +99,9 @@ fn check_first_node(
             config_path.display()
         )));
     }
+    if let Some(endpoint) = &endpoint {
+        super::warn_about_endpoint(endpoint);
+    }
     Ok((endpoint, listen))
 }
 

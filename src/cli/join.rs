@@ -42,6 +42,7 @@ pub(super) fn join(args: JoinArgs, config_dir: &Path, state_dir: &Path) -> Resul
         .parse()
         .map_err(|reason| CliError::Argument(format!("--endpoint: {reason}")))?;
     let listen = super::listen_address(args.listen.as_deref(), Some(&endpoint))?;
+    super::warn_about_endpoint(&endpoint);
     if args.timeout == 0 {
         return Err(CliError::Argument(
             "--timeout must be at least 1 second".into(),

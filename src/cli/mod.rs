@@ -339,6 +339,19 @@ impl CliError {
     }
 }
 
+/// Warn on stderr when other machines may not reach this node at `endpoint` (a single-label
+/// name, a name that does not resolve, or one that resolves only to loopback here).
+fn warn_about_endpoint(endpoint: &crate::cluster::Endpoint) {
+    use std::net::ToSocketAddrs;
+    let resolved = (endpoint.bare_host(), endpoint.port())
+        .to_socket_addrs()
+        .map(|addresses| addresses.map(|address| address.ip()).collect())
+        .map_err(|err| err.to_string());
+    if let Some(concern) = endpoint.concern(resolved) {
+        eprintln!("warning: --endpoint {endpoint}: {concern}");
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -179,19 +179,70 @@ impl FromStr for Endpoint {
     }
 }
 
+/// Why other machines may not reach a node at its endpoint, as far as this machine can tell
+/// (`init` and `join` warn of it; the endpoint is still used, as a name may resolve elsewhere).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointConcern {
+    #[error("{0:?} is a single-label name, which other machines are unlikely to resolve: give this machine's public IP address or a full DNS name")]
+    SingleLabel(String),
+    #[error("{host:?} does not resolve on this machine ({reason}): other machines may not resolve it either")]
+    DoesNotResolve { host: String, reason: String },
+    #[error("{host:?} resolves only to loopback addresses here ({addresses}): other machines cannot reach this node there; give its public IP address or a name that resolves to it")]
+    OnlyLoopback { host: String, addresses: String },
+}
+
 impl Endpoint {
     /// The port peers send to.
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// The first address the host name resolves to (an IP address resolves to itself).
-    pub async fn resolve(&self) -> std::io::Result<std::net::SocketAddr> {
-        let host = self
-            .host
+    /// The host without the brackets of an IPv6 address.
+    pub fn bare_host(&self) -> &str {
+        self.host
             .strip_prefix('[')
             .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(&self.host);
+            .unwrap_or(&self.host)
+    }
+
+    /// What is wrong with this endpoint for peers on other machines, given what its host
+    /// resolved to here (an IP address resolves to itself).
+    pub fn concern(
+        &self,
+        resolved: Result<Vec<std::net::IpAddr>, String>,
+    ) -> Option<EndpointConcern> {
+        let host = self.bare_host();
+        match resolved {
+            Ok(addresses)
+                if !addresses.is_empty()
+                    && addresses
+                        .iter()
+                        .all(|a| a.is_loopback() || a.is_unspecified()) =>
+            {
+                let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+                Some(EndpointConcern::OnlyLoopback {
+                    host: host.to_owned(),
+                    addresses: addresses.join(", "),
+                })
+            }
+            Err(reason) => Some(EndpointConcern::DoesNotResolve {
+                host: host.to_owned(),
+                reason,
+            }),
+            Ok(addresses) if addresses.is_empty() => Some(EndpointConcern::DoesNotResolve {
+                host: host.to_owned(),
+                reason: "no address".to_owned(),
+            }),
+            Ok(_) if host.parse::<std::net::IpAddr>().is_err() && !host.contains('.') => {
+                Some(EndpointConcern::SingleLabel(host.to_owned()))
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// The first address the host name resolves to (an IP address resolves to itself).
+    pub async fn resolve(&self) -> std::io::Result<std::net::SocketAddr> {
+        let host = self.bare_host();
         tokio::net::lookup_host((host, self.port))
             .await?
             .next()
@@ -226,6 +277,47 @@ impl fmt::Display for Endpoint {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn endpoints_other_machines_cannot_reach_are_named() {
+        use std::net::IpAddr;
+        let endpoint = |text: &str| text.parse::<Endpoint>().unwrap();
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        let loopback: IpAddr = "127.0.1.1".parse().unwrap();
+        assert_eq!(
+            endpoint("vm:51820").concern(Ok(vec![public])),
+            Some(EndpointConcern::SingleLabel("vm".into()))
+        );
+        assert!(matches!(
+            endpoint("vm:51820").concern(Ok(vec![loopback])),
+            Some(EndpointConcern::OnlyLoopback { .. })
+        ));
+        assert_eq!(
+            endpoint("vm.example.net:51820").concern(Ok(vec![public])),
+            None
+        );
+        assert_eq!(
+            endpoint("203.0.113.7:51820").concern(Ok(vec![public])),
+            None
+        );
+        assert!(matches!(
+            endpoint("vm.example.net:51820").concern(Ok(vec![loopback, "::1".parse().unwrap()])),
+            Some(EndpointConcern::OnlyLoopback { .. })
+        ));
+        assert!(matches!(
+            endpoint("[::1]:51820").concern(Ok(vec!["::1".parse().unwrap()])),
+            Some(EndpointConcern::OnlyLoopback { .. })
+        ));
+        assert!(matches!(
+            endpoint("gone.example.net:51820").concern(Err("no such host".into())),
+            Some(EndpointConcern::DoesNotResolve { .. })
+        ));
+        assert!(matches!(
+            endpoint("gone.example.net:51820").concern(Ok(vec![])),
+            Some(EndpointConcern::DoesNotResolve { .. })
+        ));
+    }
+
     use super::*;
 
     #[test]
