@@ -203,6 +203,10 @@ fn without_a_network_the_log_stays_short_and_readable() {
     node.init_local(&["--backend", &format!("web1={BACKEND}")], NOWHERE_ARTI);
     node.start(&["run"]);
     std::thread::sleep(Duration::from_secs(30));
+    // What the log says of the bootstrap, status says too.
+    let status = node.status().expect("status");
+    assert_eq!(status["tor"]["bootstrapped"], false, "{status:#}");
+    assert!(status["tor"]["bootstrap_percent"].is_u64(), "{status:#}");
     let log = fs::read_to_string(node.log_path()).unwrap();
     assert!(node.stop_cleanly());
     let lines: Vec<&str> = log.lines().collect();

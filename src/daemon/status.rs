@@ -81,6 +81,9 @@ pub struct HsDirsView {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TorStatus {
     pub bootstrapped: bool,
+    /// How far the current bootstrap has come, as Arti reports it (0-100).
+    #[serde(default)]
+    pub bootstrap_percent: u8,
     /// Valid-after of the live consensus (Unix seconds).
     pub consensus_valid_after: Option<u64>,
     /// The last bootstrap or consensus error, until Tor works again.
@@ -224,7 +227,7 @@ impl NodeStatus {
                 )
             }
             (None, true) => "bootstrapped".to_owned(),
-            (_, false) => "bootstrapping".to_owned(),
+            (_, false) => format!("bootstrapping ({}%)", self.tor.bootstrap_percent),
         };
         let _ = writeln!(out, "tor        {tor}");
         if let Some(error) = &self.tor.last_error {
@@ -623,15 +626,16 @@ mod tests {
         let mut status = healthy_node();
         status.publisher = None;
         status.tor.bootstrapped = false;
+        status.tor.bootstrap_percent = 45;
         status.backends[0].state = "dead".into();
         status
             .alerts
             .push("no healthy backend: not publishing".into());
         let problems = status.problems();
         assert_eq!(problems.len(), 4, "{problems:?}");
-        assert!(status
-            .render()
-            .contains("UNHEALTHY: no publisher in the cluster"));
+        let rendered = status.render();
+        assert!(rendered.contains("UNHEALTHY: no publisher in the cluster"));
+        assert!(rendered.contains("tor        bootstrapping (45%)"), "{rendered}");
         status.backends.clear();
         assert!(status
             .problems()

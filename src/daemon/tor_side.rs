@@ -163,7 +163,11 @@ impl TorSide {
     /// Create and bootstrap a client, retrying while the network cannot be reached.
     async fn bootstrap(&self) -> Result<EmbeddedTor, DaemonError> {
         loop {
-            match EmbeddedTor::bootstrap(&self.arti).await {
+            let board = self.board.clone();
+            let on_progress = move |percent| {
+                board.update(|status| status.tor.bootstrap_percent = percent);
+            };
+            match EmbeddedTor::bootstrap(&self.arti, on_progress).await {
                 Ok(tor) => return Ok(tor),
                 // A bad configuration or runtime does not get better by waiting.
                 Err(err @ (TorError::Create(_) | TorError::Runtime(_))) => return Err(err.into()),

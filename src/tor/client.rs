@@ -77,7 +77,11 @@ impl fmt::Display for ConsensusSummary {
 impl EmbeddedTor {
     /// Create the client from `settings` and bootstrap it, logging progress as it goes.
     /// Must run inside the tokio runtime.
-    pub async fn bootstrap(settings: &ArtiSettings) -> Result<Self, TorError> {
+    /// `on_progress` hears each new whole percentage of the bootstrap (for `status`).
+    pub async fn bootstrap(
+        settings: &ArtiSettings,
+        on_progress: impl Fn(u8) + Send + 'static,
+    ) -> Result<Self, TorError> {
         super::install_crypto_provider();
         let runtime = PreferredRuntime::current().map_err(TorError::Runtime)?;
         let client = TorClient::with_runtime(runtime)
@@ -85,7 +89,10 @@ impl EmbeddedTor {
             .create_unbootstrapped()
             .map_err(|e| TorError::Create(e.to_string()))?;
 
-        let progress = tokio::spawn(log_bootstrap_progress(client.bootstrap_events()));
+        let progress = tokio::spawn(report_bootstrap_progress(
+            client.bootstrap_events(),
+            on_progress,
+        ));
         let outcome = client.bootstrap().await;
         progress.abort();
         let tor = EmbeddedTor { client };
@@ -163,12 +170,17 @@ impl EmbeddedTor {
     }
 }
 
-/// Log each bootstrap step: at info when the whole percentage moves by ten or Arti reports a
-/// blockage (the operator needs to act), at debug otherwise.
-async fn log_bootstrap_progress(mut events: arti_client::status::BootstrapEvents) {
+/// Report each bootstrap step to `on_progress`, and log it: at info when the whole percentage
+/// moves by ten or Arti reports a blockage (the operator needs to act), at debug otherwise.
+async fn report_bootstrap_progress(
+    mut events: arti_client::status::BootstrapEvents,
+    on_progress: impl Fn(u8),
+) {
     let mut last_logged_percent = None;
     while let Some(status) = events.next().await {
-        let percent = (status.as_frac() * 100.0).round() as u32;
+        // as_frac is within 0..=1; the clamp keeps a surprise from wrapping.
+        let percent = (status.as_frac() * 100.0).round().clamp(0.0, 100.0) as u8;
+        on_progress(percent);
         if let Some(blockage) = status.blocked() {
             tracing::warn!("Tor bootstrap blocked at {percent}%: {blockage}");
         } else if last_logged_percent.is_none_or(|last| percent >= last + 10) {

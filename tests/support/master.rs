@@ -106,7 +106,7 @@ impl Observer {
         let arti = ArtiSettings::from_config(&config).expect("the test's [arti] table resolves");
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let tor = runtime
-            .block_on(EmbeddedTor::bootstrap(&arti))
+            .block_on(EmbeddedTor::bootstrap(&arti, |_| {}))
             .expect("observer bootstraps");
         Observer { runtime, tor }
     }
