@@ -386,14 +386,7 @@ fn nodes_joining_at_once_learn_each_other_though_the_first_dies() {
         .map(|i| Balancer::new(root.path(), &format!("n{i}")))
         .collect();
     for (node, &port) in joiners.iter_mut().zip(&ports[1..]) {
-        node.start(&[
-            "join",
-            &token,
-            "--endpoint",
-            &endpoint(port),
-            "--listen",
-            &endpoint(port),
-        ]);
+        node.start_joining(&token, port);
     }
     let ids: Vec<serde_json::Value> = joiners
         .iter()

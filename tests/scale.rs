@@ -136,14 +136,7 @@ fn failover_with_five_nodes(net: &TorNetwork, seed: &[u8; 32], backends: &[&str]
     let mut standbys = Vec::new();
     for (index, &port) in ports.iter().enumerate().skip(1) {
         let mut node = Balancer::new(&root, &format!("n{index}"));
-        node.start(&[
-            "join",
-            &token,
-            "--endpoint",
-            &endpoint(port),
-            "--listen",
-            &endpoint(port),
-        ]);
+        node.start_joining(&token, port);
         standbys.push(node);
     }
     // They joined at once: their priorities (2 to 5) follow the order of admission.

@@ -109,14 +109,7 @@ fn three_nodes_stay_reachable_while_backends_and_publishers_are_killed() {
     // One after the other, so that each is admitted and announced before the next.
     for (index, &port) in ports.iter().enumerate().skip(1) {
         let node = &mut nodes[index];
-        node.start(&[
-            "join",
-            &token,
-            "--endpoint",
-            &endpoint(port),
-            "--listen",
-            &endpoint(port),
-        ]);
+        node.start_joining(&token, port);
         node.wait_status("a standby that can publish", START_TIMEOUT, |status| {
             status["role"] == "standby" && status["can_publish"] == true
         });

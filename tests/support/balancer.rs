@@ -280,6 +280,20 @@ impl Balancer {
         self.process = Some(ProcessGuard::spawn(self.name.clone(), &mut command).unwrap());
     }
 
+    /// Start `join TOKEN` on 127.0.0.1:`port` (its endpoint and listen address): the join,
+    /// then the daemon.
+    pub fn start_joining(&mut self, token: &str, port: u16) {
+        let endpoint = format!("127.0.0.1:{port}");
+        self.start(&[
+            "join",
+            token,
+            "--endpoint",
+            &endpoint,
+            "--listen",
+            &endpoint,
+        ]);
+    }
+
     /// Start the daemon (from the next [`start`](Self::start) on) inside the cgroup whose
     /// `cgroup.procs` is `procs`, so that every socket it opens belongs to that cgroup.
     pub fn set_cgroup(&mut self, procs: PathBuf) {
