@@ -635,7 +635,10 @@ mod tests {
         assert_eq!(problems.len(), 4, "{problems:?}");
         let rendered = status.render();
         assert!(rendered.contains("UNHEALTHY: no publisher in the cluster"));
-        assert!(rendered.contains("tor        bootstrapping (45%)"), "{rendered}");
+        assert!(
+            rendered.contains("tor        bootstrapping (45%)"),
+            "{rendered}"
+        );
         status.backends.clear();
         assert!(status
             .problems()
