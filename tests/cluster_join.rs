@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use rustbalance::cluster::secret::ClusterSecret;
 use rustbalance::cluster::token::JoinToken;
-use support::balancer::{free_udp_port, Balancer, LogWatcher, NOWHERE_ARTI};
+use support::balancer::{free_udp_port, join_args, Balancer, LogWatcher, NOWHERE_ARTI};
 use support::impostor::Impostor;
 
 const BACKEND: &str = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion";
@@ -73,18 +73,9 @@ fn forged_token(real: &str, secret: ClusterSecret, endpoint: Option<String>) -> 
 
 /// `join --no-start` at 127.0.0.1:`port`, waiting at most `timeout` seconds.
 fn join_no_start(node: &Balancer, port: u16, token: &str, timeout: &str) -> std::process::Output {
-    let endpoint = format!("127.0.0.1:{port}");
-    node.run(&[
-        "join",
-        token,
-        "--endpoint",
-        &endpoint,
-        "--listen",
-        &endpoint,
-        "--timeout",
-        timeout,
-        "--no-start",
-    ])
+    let mut args = join_args(token, port);
+    args.extend(["--timeout", timeout, "--no-start"].map(str::to_owned));
+    node.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 /// `init` of the first node at `endpoint` (with `extra` arguments), its config given short

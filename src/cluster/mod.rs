@@ -277,6 +277,7 @@ impl fmt::Display for Endpoint {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn endpoints_other_machines_cannot_reach_are_named() {
@@ -317,8 +318,6 @@ mod tests {
             Some(EndpointConcern::DoesNotResolve { .. })
         ));
     }
-
-    use super::*;
 
     #[test]
     fn node_ids_are_lowercase_names() {

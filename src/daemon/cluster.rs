@@ -377,19 +377,35 @@ impl ClusterNode {
         self.membership
             .members()
             .map(|member| {
-                let (transport, member, message) =
-                    (self.transport.clone(), member.node_id.clone(), message());
-                tokio::spawn(async move {
-                    let kind = message.kind();
-                    if let Err(err) = transport
-                        .send_reliable(&member, message, give_up_after)
-                        .await
-                    {
-                        tracing::debug!("{kind} to {member} not delivered: {err}");
-                    }
-                })
+                let message = message();
+                let kind = message.kind();
+                self.send_in_task(
+                    member.node_id.clone(),
+                    message,
+                    give_up_after,
+                    move |to, err| {
+                        tracing::debug!("{kind} to {to} not delivered: {err}");
+                    },
+                )
             })
             .collect()
+    }
+
+    /// Send `message` reliably to `to` in a task of its own, so that a dead member delays
+    /// nobody; `not_delivered` reports a failure.
+    fn send_in_task(
+        &self,
+        to: NodeId,
+        message: Message,
+        give_up_after: Duration,
+        not_delivered: impl FnOnce(&NodeId, SendError) + Send + 'static,
+    ) -> JoinHandle<()> {
+        let transport = self.transport.clone();
+        tokio::spawn(async move {
+            if let Err(err) = transport.send_reliable(&to, message, give_up_after).await {
+                not_delivered(&to, err);
+            }
+        })
     }
 
     async fn on_message(&mut self, from: NodeId, message: Message) {
@@ -594,12 +610,9 @@ impl ClusterNode {
             peer: member.clone(),
             msg_id: MsgId::random(),
         });
-        let transport = self.transport.clone();
         let about = member.node_id.clone();
-        tokio::spawn(async move {
-            if let Err(err) = transport.send_reliable(&to, message, ANNOUNCE_WAIT).await {
-                tracing::warn!("could not tell {to} about member {about}: {err}");
-            }
+        self.send_in_task(to, message, ANNOUNCE_WAIT, move |to, err| {
+            tracing::warn!("could not tell {to} about member {about}: {err}");
         });
     }
 
@@ -726,11 +739,8 @@ impl ClusterNode {
             member: record.clone(),
             msg_id: MsgId::random(),
         });
-        let (transport, to) = (self.transport.clone(), to.clone());
-        tokio::spawn(async move {
-            if let Err(err) = transport.send_reliable(&to, message, ANNOUNCE_WAIT).await {
-                tracing::debug!("the removal was not delivered to {to}: {err}");
-            }
+        self.send_in_task(to.clone(), message, ANNOUNCE_WAIT, |to, err| {
+            tracing::debug!("the removal was not delivered to {to}: {err}");
         });
     }
 

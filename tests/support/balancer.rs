@@ -36,6 +36,21 @@ pub fn longest_two_publishers(nodes: &[&Balancer], duration: Duration) -> Durati
     longest
 }
 
+/// `join TOKEN` with 127.0.0.1:`port` as the node's endpoint and listen address.
+pub fn join_args(token: &str, port: u16) -> Vec<String> {
+    let endpoint = format!("127.0.0.1:{port}");
+    [
+        "join",
+        token,
+        "--endpoint",
+        &endpoint,
+        "--listen",
+        &endpoint,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
 /// A UDP port on 127.0.0.1 free right now, for a node's cluster tunnel.
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
@@ -280,18 +295,10 @@ impl Balancer {
         self.process = Some(ProcessGuard::spawn(self.name.clone(), &mut command).unwrap());
     }
 
-    /// Start `join TOKEN` on 127.0.0.1:`port` (its endpoint and listen address): the join,
-    /// then the daemon.
+    /// Start `join TOKEN` on 127.0.0.1:`port`: the join, then the daemon.
     pub fn start_joining(&mut self, token: &str, port: u16) {
-        let endpoint = format!("127.0.0.1:{port}");
-        self.start(&[
-            "join",
-            token,
-            "--endpoint",
-            &endpoint,
-            "--listen",
-            &endpoint,
-        ]);
+        let args = join_args(token, port);
+        self.start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     /// Start the daemon (from the next [`start`](Self::start) on) inside the cgroup whose
