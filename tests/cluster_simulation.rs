@@ -1338,7 +1338,8 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
         core.next_health = clock + HEALTH_INTERVAL;
         let at = Timestamp::from_unix_millis(clock);
         let healthy = core.health.apply_round(checks, at);
-        if core.healthy.as_ref() != Some(&healthy) {
+        let verdict = core.health.has_verdict();
+        if verdict && core.healthy.as_ref() != Some(&healthy) {
             core.publish_now = true;
         }
         // The daemon judges the read-back against the same healthy set.
@@ -1363,7 +1364,9 @@ fn health_round_if_due(world: &RefCell<World>, node: usize, clock: Millis) {
                 .collect();
             format!("node {node} read-back: {read_back:?}: {held:?}")
         });
-        core.healthy = Some(healthy);
+        if verdict {
+            core.healthy = Some(healthy);
+        }
         let reached = core.health.reached_last_round();
         if reached > 0 {
             core.stall.progress(at);

@@ -259,10 +259,28 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         "uploaded after all backends died:\n{later}"
     );
     let whole_log = fs::read_to_string(&log_path).unwrap();
+    // On failure, the lines that tell why: every change of a backend's state, each alert and
+    // each resumption, and any rebuild of the Tor client.
+    let story: Vec<&str> = whole_log
+        .lines()
+        .filter(|line| {
+            [
+                "backend alpha:",
+                "backend beta:",
+                "ALERT",
+                "publishing resumes",
+                "rebuilding it",
+                "resuming from",
+            ]
+            .iter()
+            .any(|needle| line.contains(needle))
+        })
+        .collect();
     assert_eq!(
         whole_log.matches("ALERT: no healthy backend").count(),
         1,
-        "the alert is raised once"
+        "the alert is raised once:\n{}",
+        story.join("\n")
     );
     assert!(
         !whole_log.contains("rebuilding it"),

@@ -84,7 +84,7 @@ impl Default for ClusterConfig {
 }
 
 /// `[[backends]]`: one onion service whose introduction points we balance over.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendConfig {
     pub name: BackendName,

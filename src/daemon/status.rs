@@ -55,6 +55,16 @@ pub struct NodeStatus {
     pub authorized_clients: usize,
     /// Conditions an operator must act on, as logged at error level.
     pub alerts: Vec<String>,
+    /// While the first health round since start runs: how far it has come.
+    #[serde(default)]
+    pub first_health_round: Option<RoundProgress>,
+}
+
+/// How many of a health round's checks have finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundProgress {
+    pub done: usize,
+    pub of: usize,
 }
 
 /// The master descriptor on the HSDirs responsible for one time period.
@@ -163,6 +173,7 @@ impl NodeStatus {
             secret_rotation_pending: Vec::new(),
             authorized_clients: 0,
             alerts: Vec::new(),
+            first_health_round: None,
         }
     }
 
@@ -283,6 +294,9 @@ impl NodeStatus {
         }
 
         let _ = writeln!(out, "\nbackends");
+        if let Some(RoundProgress { done, of }) = self.first_health_round {
+            let _ = writeln!(out, "  (first health round: {done}/{of} checked)");
+        }
         if self.backends.is_empty() {
             let _ = writeln!(out, "  (none)");
         }
@@ -619,6 +633,20 @@ mod tests {
                 "{line:?} missing from\n{metrics}"
             );
         }
+    }
+
+    #[test]
+    fn the_first_health_round_shows_its_progress() {
+        let mut status = healthy_node();
+        assert!(!status.render().contains("first health round"));
+        status.first_health_round = Some(RoundProgress { done: 12, of: 50 });
+        let rendered = status.render();
+        assert!(
+            rendered.contains("backends\n  (first health round: 12/50 checked)\n"),
+            "{rendered}"
+        );
+        let json = serde_json::to_string(&status).unwrap();
+        assert_eq!(serde_json::from_str::<NodeStatus>(&json).unwrap(), status);
     }
 
     #[test]

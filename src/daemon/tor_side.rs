@@ -23,7 +23,7 @@ use super::{backend_status, unix_millis, DaemonError};
 use crate::clock::Timestamp;
 use crate::cluster::lease::LocalEvent;
 use crate::config::Config;
-use crate::daemon::status::{HsDirsView, PublishStatus, StatusBoard};
+use crate::daemon::status::{HsDirsView, PublishStatus, RoundProgress, StatusBoard};
 use crate::daemon::systemd;
 use crate::descriptor::signer::intro_point_id;
 use crate::descriptor::signer::MasterSigner;
@@ -67,8 +67,8 @@ impl TorSide {
     pub async fn run(mut self) -> Result<(), DaemonError> {
         let mut was_publishing = false;
         let mut ready_sent = false;
-        // Backend health outlives a rebuilt client (the backends did not change); a reload
-        // starts it over with the new list.
+        // Backend health outlives a rebuilt client and a reload that leaves the backends as
+        // they were; a configuration with other backends (or thresholds) starts it over.
         let mut monitor = HealthMonitor::new(&self.configs.borrow());
         loop {
             let tor = Arc::new(self.bootstrap().await?);
@@ -91,6 +91,12 @@ impl TorSide {
 
             let stalled = loop {
                 let config = self.configs.borrow_and_update().clone();
+                // Also a configuration that arrived while the client bootstrapped: a node
+                // back from a stop learns the cluster's newer shared version within a
+                // heartbeat, before its Tor is ready.
+                if !monitor.watches(&config) {
+                    monitor = HealthMonitor::new(&config);
+                }
                 self.publisher.set_interval(config.timing.publish_interval);
                 self.publisher.set_authorized_clients(
                     config
@@ -136,7 +142,6 @@ impl TorSide {
                 };
                 match end {
                     End::Reload => {
-                        monitor = HealthMonitor::new(&self.configs.borrow());
                         tracing::info!("configuration reloaded: new backends and timing in force");
                     }
                     End::Stalled(reason) => break reason,
@@ -270,9 +275,25 @@ struct HealthLoop<'a> {
 
 impl HealthLoop<'_> {
     async fn run(self, monitor: &mut HealthMonitor) {
+        let mut first_round = true;
         loop {
             let started = Instant::now();
-            let healthy = monitor.run_round(self.tor).await;
+            let on_checked = |done: usize, of: usize| {
+                if !first_round {
+                    return;
+                }
+                self.board
+                    .update(|status| status.first_health_round = Some(RoundProgress { done, of }));
+                // A person at the terminal sees the first round advance, a quarter at a time.
+                if done < of && (done * 4 / of) > ((done - 1) * 4 / of) {
+                    tracing::info!("first health round: {done}/{of} backends checked");
+                }
+            };
+            let healthy = monitor.run_round(self.tor, on_checked).await;
+            if first_round {
+                self.board.update(|status| status.first_health_round = None);
+                first_round = false;
+            }
             tracing::info!(
                 "health round: {} backend(s) checked in {:.1} s, {} healthy",
                 monitor.checked_last_round(),
@@ -281,7 +302,9 @@ impl HealthLoop<'_> {
             );
             let backends = monitor.report().into_iter().map(backend_status).collect();
             self.board.update(|status| status.backends = backends);
-            let _ = self.healthy_tx.send(Some(healthy.clone()));
+            if monitor.has_verdict() {
+                let _ = self.healthy_tx.send(Some(healthy.clone()));
+            }
             let reached = monitor.reached_last_round();
             if reached > 0 {
                 self.progress.store(unix_millis(), Ordering::Relaxed);

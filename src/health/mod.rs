@@ -107,29 +107,45 @@ impl HealthMonitor {
     pub fn new(config: &Config) -> Self {
         HealthMonitor::with_backends(
             &config.backends,
-            HealthPolicy {
-                descriptor_max_age: config.timing.descriptor_max_age,
-                dead_after_failures: config.health.dead_after_failures,
-            },
+            policy_of(config),
             config.health.probe.clone(),
             config.state_dir.join("descriptors"),
         )
     }
 
     /// Check every backend once, age the unchanged ones, and return the Healthy ones'
-    /// introduction points.
-    pub async fn run_round<T: TorNetwork>(&mut self, tor: &T) -> HealthyBackends {
+    /// introduction points. `on_checked(done, of)` hears each finished check (for status and
+    /// the first round's progress lines).
+    pub async fn run_round<T: TorNetwork>(
+        &mut self,
+        tor: &T,
+        on_checked: impl Fn(usize, usize) + Sync,
+    ) -> HealthyBackends {
         let probe = self.probe.as_ref().map(|p| HttpProbe {
             path: &p.path,
             port: p.port,
             expected_status: p.expected_status,
             timeout: p.timeout(),
         });
-        let checks = self.backends.iter().map(|backend| async {
-            if backend.health.state() == BackendState::Excluded {
-                return None;
+        let of = self
+            .backends
+            .iter()
+            .filter(|backend| backend.health.state() != BackendState::Excluded)
+            .count();
+        let done = std::sync::atomic::AtomicUsize::new(0);
+        let on_checked = &on_checked;
+        let checks = self.backends.iter().map(|backend| {
+            let done = &done;
+            let probe = probe.as_ref();
+            async move {
+                if backend.health.state() == BackendState::Excluded {
+                    return None;
+                }
+                let result = check_backend(tor, &backend.config, probe).await;
+                let finished = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                on_checked(finished, of);
+                Some(result)
             }
-            Some(check_backend(tor, &backend.config, probe.as_ref()).await)
         });
         // Concurrently, but a bounded number at a time: each check builds fresh circuits.
         let results: Vec<_> = stream::iter(checks)
@@ -346,6 +362,35 @@ impl<I: Clone> HealthMonitor<I> {
             .collect()
     }
 
+    /// Whether this monitor watches what `config` asks for: the same backends (names,
+    /// addresses, exclusions, in order), thresholds and probe. A configuration that changes
+    /// none of them (new timing, say) keeps every backend's health.
+    pub fn watches(&self, config: &Config) -> bool {
+        self.backends.len() == config.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&config.backends)
+                .all(|(watched, configured)| watched.config == *configured)
+            && self.policy == policy_of(config)
+            && self.probe == config.health.probe
+    }
+
+    /// Whether the healthy set is a verdict the publisher may act on: some backend is
+    /// Healthy, or every backend has been judged. A backend still Unchecked since start (a
+    /// first round this node's Tor could not make, or one failed fetch, which is not yet a
+    /// verdict) says nothing, so an empty set then must not raise the no-healthy-backend alert.
+    pub fn has_verdict(&self) -> bool {
+        let state = |b: &MonitoredBackend<I>| b.health.state();
+        self.backends
+            .iter()
+            .any(|b| state(b) == BackendState::Healthy)
+            || self
+                .backends
+                .iter()
+                .all(|b| state(b) != BackendState::Unchecked)
+    }
+
     fn healthy(&self) -> HealthyBackends<I> {
         Arc::new(
             self.backends
@@ -354,6 +399,14 @@ impl<I: Clone> HealthMonitor<I> {
                 .map(|b| (b.config.name.to_string(), b.intro_points.clone()))
                 .collect(),
         )
+    }
+}
+
+/// The health thresholds `config` sets.
+fn policy_of(config: &Config) -> HealthPolicy {
+    HealthPolicy {
+        descriptor_max_age: config.timing.descriptor_max_age,
+        dead_after_failures: config.health.dead_after_failures,
     }
 }
 
@@ -465,6 +518,63 @@ mod tests {
             reached_hsdirs,
             offers_pow: false,
         }
+    }
+
+    #[test]
+    fn a_monitor_is_rebuilt_only_for_other_backends_or_thresholds() {
+        let config = |extra: &str| {
+            let text = format!(
+                "[node]\nid = \"node-a\"\npriority = 1\n{extra}\n[[backends]]\nname = \"web1\"\naddress = \"2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion\"\n"
+            );
+            Config::parse(
+                &text,
+                std::path::Path::new("config.toml"),
+                std::path::Path::new("/etc/rustbalance"),
+                std::path::Path::new("/var/lib/rustbalance"),
+            )
+            .unwrap()
+        };
+        let monitor = HealthMonitor::new(&config(""));
+        assert!(monitor.watches(&config("")));
+        assert!(
+            monitor.watches(&config("[timing]\nheartbeat_interval_secs = 2")),
+            "timing the monitor does not use keeps it"
+        );
+        assert!(!monitor.watches(&config("[health]\ndead_after_failures = 5")));
+        let mut excluded = config("");
+        excluded.backends[0].exclude = true;
+        assert!(!monitor.watches(&excluded));
+        let mut more = config("");
+        more.backends.push(BackendConfig {
+            name: BackendName::try_from("web2".to_owned()).unwrap(),
+            ..more.backends[0].clone()
+        });
+        assert!(!monitor.watches(&more));
+    }
+
+    #[test]
+    fn no_verdict_until_the_backend_is_judged() {
+        let mut monitor = monitor();
+        assert!(!monitor.has_verdict(), "nothing checked yet");
+        let not_checked = Observation::NotChecked {
+            reason: "this node's Tor has no consensus".into(),
+        };
+        let healthy = monitor.apply_round(vec![Some(check(not_checked, None, false))], at(0));
+        assert!(healthy.is_empty());
+        assert!(!monitor.has_verdict(), "a check not made is no verdict");
+        let failed = || Observation::FetchFailed {
+            reason: "404".into(),
+        };
+        for round in 1..POLICY.dead_after_failures {
+            monitor.apply_round(vec![Some(check(failed(), None, true))], at(round.into()));
+            assert!(
+                !monitor.has_verdict(),
+                "{round} failed fetch(es) are no verdict yet"
+            );
+        }
+        monitor.apply_round(vec![Some(check(failed(), None, true))], at(60));
+        assert!(monitor.has_verdict(), "dead is a verdict");
+        assert!(monitor.healthy().is_empty());
     }
 
     #[test]
