@@ -116,6 +116,10 @@ pub const DESCRIPTOR_LIFETIME_MINUTES: u16 = 180;
 /// certificates (rend-spec-v3 §2.4, cert-spec; C tor: 54 hours, comfortably past the longest
 /// descriptor lifetime).
 pub const CERT_LIFETIME: Duration = Duration::from_secs(54 * 3600);
+/// A consensus whose valid-after is older than this has expired (authorities vote hourly and
+/// a consensus is valid for three hours, dir-spec §1.4): a node still holding one cannot fetch
+/// a newer one. `rustbalance doctor` says so.
+pub const CONSENSUS_TOO_OLD: Duration = Duration::from_secs(3 * 3600);
 /// The FlowCtrl protocol versions a C-tor service (0.4.8 and later) writes in its
 /// descriptor's `flow-control` line when the consensus enables congestion control.
 pub const C_TOR_FLOWCTRL_VERSIONS: &str = "1-2";

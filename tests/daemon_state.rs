@@ -238,3 +238,76 @@ fn without_a_network_the_log_stays_short_and_readable() {
     );
     assert!(node.stop_cleanly());
 }
+
+#[test]
+fn doctor_names_what_is_wrong_with_a_node_in_plain_words() {
+    let root = tempfile::tempdir().unwrap();
+    let mut node = Balancer::new(root.path(), "node");
+    node.init_local(&["--backend", &format!("web1={BACKEND}")], NOWHERE_ARTI);
+    let doctor = |node: &Balancer| {
+        let output = node.run(&["doctor"]);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        (output.status.code(), text)
+    };
+    let expect = |text: &str, lines: &[&str]| {
+        for line in lines {
+            assert!(
+                text.lines().any(|l| l.starts_with(line)),
+                "no line starting {line:?}:\n{text}"
+            );
+        }
+    };
+
+    // Stopped: its files are fine, the daemon is not there to ask.
+    let (code, text) = doctor(&node);
+    assert_eq!(code, Some(1), "{text}");
+    expect(
+        &text,
+        &[
+            "ok    config ",
+            "ok    keys                   the master key opens (master ",
+            "ok    key-encryption key     found at ",
+            "FAIL  daemon                 no rustbalance daemon answers",
+        ],
+    );
+
+    // Running without a network: Tor is the problem, the backend is not checked yet.
+    node.start(&["run"]);
+    LogWatcher::new(node.log_path()).wait_for("cluster transport listening", "", SETTLE);
+    let (code, text) = doctor(&node);
+    assert_eq!(code, Some(1), "{text}");
+    expect(
+        &text,
+        &[
+            "FAIL  tor                    not bootstrapped (",
+            "WARN  hsdirs                 the master descriptor was not read back yet",
+            "WARN  backend web1           not checked yet",
+        ],
+    );
+    assert!(!text.contains("FAIL  daemon"), "{text}");
+    assert!(node.stop_cleanly());
+
+    // Another key-encryption key than the master key was sealed with: said, naming the file.
+    let kek_path = node.credstore_dir().join("rustbalance-master-kek");
+    let kek = fs::read_to_string(&kek_path).unwrap();
+    let other = if kek.starts_with('A') { "B" } else { "A" };
+    fs::write(&kek_path, format!("{other}{}", &kek[1..])).unwrap();
+    let (code, text) = doctor(&node);
+    assert_eq!(code, Some(1), "{text}");
+    expect(&text, &["FAIL  keys "]);
+    assert!(text.contains("master.key"), "{text}");
+    fs::write(&kek_path, kek).unwrap();
+
+    // A broken config.toml: the line names the file and what is wrong.
+    let config_path = node.config_dir().join("config.toml");
+    let good = fs::read_to_string(&config_path).unwrap();
+    fs::write(
+        &config_path,
+        good.replace("[node]", "[node]\npriority = \"high\""),
+    )
+    .unwrap();
+    let (code, text) = doctor(&node);
+    assert_eq!(code, Some(1), "{text}");
+    expect(&text, &["FAIL  config "]);
+    assert!(text.contains("priority"), "{text}");
+}

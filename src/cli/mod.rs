@@ -1,7 +1,7 @@
 //! The command line: parse and check arguments, then hand typed values to the library.
 //!
-//! Exit status: 0 success, 1 the command failed at run time (for `status`: the node is
-//! unhealthy), 2 bad usage, bad config or a bad token (nothing was changed on disk), 3 `status`
+//! Exit status: 0 success, 1 the command failed at run time (for `status` and `doctor`: the
+//! node is unhealthy), 2 bad usage, bad config or a bad token (nothing was changed on disk), 3 `status`
 //! found no daemon to ask, 130 a vanity search stopped by Ctrl-C.
 
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ use crate::storage::node_files::NodeFilesError;
 use crate::tor::ArtiSettings;
 
 mod control;
+mod doctor;
 mod init;
 mod join;
 mod keygen;
@@ -84,6 +85,14 @@ pub enum Command {
     /// Exit status 0 when the node is healthy; 1 when it is not (no publisher in the cluster,
     /// Tor not bootstrapped, no healthy backend, or an alert); 3 when no daemon answers.
     Status(StatusArgs),
+
+    /// Explain in plain words what is wrong with this node, one line per check.
+    ///
+    /// Reads config.toml, the key files (the master key opened with its key-encryption key)
+    /// and the members as `run` reads them, writing nothing, then asks the running daemon
+    /// about Tor's bootstrap, the HSDirs' copies of the master descriptor, each backend and
+    /// each peer. Exit status 0 when nothing failed, 1 otherwise.
+    Doctor,
 
     /// Change the backends of the whole cluster, through the running node.
     ///
@@ -375,6 +384,7 @@ fn execute(cli: Cli) -> Result<(), CliError> {
         Command::Token => init::token(&cli.config_dir, &cli.state_dir),
         Command::Join(args) => join::join(args, &cli.config_dir, &cli.state_dir),
         Command::Status(args) => status(args, &cli.state_dir),
+        Command::Doctor => doctor(&cli.config_dir, &cli.state_dir),
         Command::Keygen(args) => keygen::run(args),
         Command::Backend(command) => control::backend(command, &cli.state_dir),
         Command::Remove { node_id } => control::remove(&node_id, &cli.state_dir),
@@ -414,8 +424,10 @@ fn run_node(config_dir: &std::path::Path, state_dir: &std::path::Path) -> Result
     Ok(())
 }
 
-/// `rustbalance status`: ask the daemon over its socket, print the table (or JSON).
-fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError> {
+/// Ask the running daemon over its status socket: its answer as sent, and as read.
+fn ask_daemon(
+    state_dir: &std::path::Path,
+) -> Result<(String, crate::daemon::status::NodeStatus), CliError> {
     use std::io::Read as _;
     const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
     let path = state_dir.join(crate::daemon::status::SOCKET_FILE);
@@ -429,12 +441,18 @@ fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError>
         .map_err(no_daemon)?;
     let mut text = String::new();
     stream.read_to_string(&mut text).map_err(no_daemon)?;
-    let status: crate::daemon::status::NodeStatus = serde_json::from_str(&text).map_err(|err| {
+    let status = serde_json::from_str(&text).map_err(|err| {
         no_daemon(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("its answer is not a status report ({err}); is the daemon the same version?"),
         ))
     })?;
+    Ok((text, status))
+}
+
+/// `rustbalance status`: ask the daemon over its socket, print the table (or JSON).
+fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError> {
+    let (text, status) = ask_daemon(state_dir)?;
     if args.json {
         println!("{}", text.trim_end());
     } else {
@@ -445,6 +463,45 @@ fn status(args: StatusArgs, state_dir: &std::path::Path) -> Result<(), CliError>
         Ok(())
     } else {
         Err(CliError::Unhealthy(problems.join("; ")))
+    }
+}
+
+/// `rustbalance doctor`: the node's files, then the running daemon's view, as findings.
+fn doctor(config_dir: &std::path::Path, state_dir: &std::path::Path) -> Result<(), CliError> {
+    use doctor::{Finding, Verdict};
+    let mut findings = Vec::new();
+    let config = doctor::diagnose_files(config_dir, state_dir, &mut findings);
+    match ask_daemon(state_dir) {
+        Ok((_, status)) => {
+            let max_clock_skew = config.map_or(params::DEFAULT_MAX_CLOCK_SKEW, |c| {
+                c.timing.max_clock_skew
+            });
+            findings.extend(doctor::diagnose_running(&status, max_clock_skew));
+        }
+        Err(err) => findings.push(Finding::new(
+            Verdict::Fail,
+            "daemon",
+            format!("{err}; start it with `systemctl start rustbalance` (or `rustbalance run`), and `journalctl -u rustbalance` says why it stopped. Tor, the HSDirs, the backends and the peers are checked through the running node"),
+        )),
+    }
+    for finding in &findings {
+        println!("{finding}");
+    }
+    match findings
+        .iter()
+        .filter(|f| f.verdict == Verdict::Fail)
+        .count()
+    {
+        0 => {
+            println!(
+                "
+no problem found"
+            );
+            Ok(())
+        }
+        failed => Err(CliError::Unhealthy(format!(
+            "{failed} problem(s), marked FAIL above"
+        ))),
     }
 }
 

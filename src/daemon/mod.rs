@@ -130,6 +130,54 @@ struct NodeKeys {
     previous_secret: Option<(ClusterSecret, Vec<NodeId>)>,
 }
 
+impl NodeKeys {
+    /// Read the node's files (the master key opened with its key-encryption key); writes
+    /// nothing.
+    fn load(config: &Config) -> Result<NodeKeys, DaemonError> {
+        let mut keys = NodeKeys {
+            master: load_master_identity(config)?,
+            cluster_secret: node_files::load_cluster_secret(&config.config_dir)?,
+            wg_private_key: node_files::load_wg_private_key(&config.config_dir)?,
+            peers: node_files::load_peers(&config.config_dir)?,
+            removed: node_files::load_removed(&config.config_dir)?,
+            previous_secret: node_files::load_previous_secret(&config.config_dir)?,
+        };
+        // A peer file left by a crash during a removal.
+        let removed = &keys.removed;
+        keys.peers
+            .retain(|peer| !removed.iter().any(|r| r.node_id == peer.node_id));
+        Ok(keys)
+    }
+}
+
+/// What [`check_node_files`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFilesSummary {
+    pub master_address: String,
+    /// The other members in `peers/`.
+    pub members: usize,
+    /// A node set up by hand has no cluster files until its first run creates them.
+    pub cluster_files_pending: bool,
+}
+
+/// Read the node's files as [`run`] reads them, writing nothing (`rustbalance doctor`).
+pub fn check_node_files(config: &Config) -> Result<NodeFilesSummary, DaemonError> {
+    node_files::ensure_not_removed(&config.config_dir)?;
+    if node_files::lacks_cluster_files(&config.config_dir)? {
+        return Ok(NodeFilesSummary {
+            master_address: load_master_identity(config)?.address().to_string(),
+            members: 0,
+            cluster_files_pending: true,
+        });
+    }
+    let keys = NodeKeys::load(config)?;
+    Ok(NodeFilesSummary {
+        master_address: keys.master.address().to_string(),
+        members: keys.peers.len(),
+        cluster_files_pending: false,
+    })
+}
+
 /// Run the node in the foreground until SIGTERM or SIGINT.
 pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
     node_files::ensure_not_removed(&config.config_dir)?;
@@ -141,18 +189,7 @@ pub fn run(config: Config, arti: ArtiSettings) -> Result<(), DaemonError> {
             node_files::WG_PRIVATE_KEY_FILE
         );
     }
-    let mut keys = NodeKeys {
-        master: load_master_identity(&config)?,
-        cluster_secret: node_files::load_cluster_secret(&config.config_dir)?,
-        wg_private_key: node_files::load_wg_private_key(&config.config_dir)?,
-        peers: node_files::load_peers(&config.config_dir)?,
-        removed: node_files::load_removed(&config.config_dir)?,
-        previous_secret: node_files::load_previous_secret(&config.config_dir)?,
-    };
-    // A peer file left by a crash during a removal.
-    let removed = &keys.removed;
-    keys.peers
-        .retain(|peer| !removed.iter().any(|r| r.node_id == peer.node_id));
+    let keys = NodeKeys::load(&config)?;
     fsutil::create_private_dir(&config.state_dir).map_err(|source| DaemonError::StateDir {
         path: config.state_dir.clone(),
         source,

@@ -380,18 +380,26 @@ pub fn load_previous_secret(
 /// other, or with peers, was not set up by hand: nothing is created and the missing file is
 /// reported when it is read.
 pub fn create_cluster_files_if_none(config_dir: &Path) -> Result<bool, NodeFilesError> {
-    let secret_path = config_dir.join(CLUSTER_SECRET_FILE);
-    let wg_path = config_dir.join(WG_PRIVATE_KEY_FILE);
-    let exists = |path: &Path| path.symlink_metadata().is_ok();
-    if exists(&secret_path) || exists(&wg_path) || !load_peers(config_dir)?.is_empty() {
+    if !lacks_cluster_files(config_dir)? {
         return Ok(false);
     }
+    let secret_path = config_dir.join(CLUSTER_SECRET_FILE);
+    let wg_path = config_dir.join(WG_PRIVATE_KEY_FILE);
     write_secret(&wg_path, &WgPrivateKey::generate().to_base64())?;
     write_secret(
         &secret_path,
         &Zeroizing::new(STANDARD.encode(ClusterSecret::generate().as_bytes())),
     )?;
     Ok(true)
+}
+
+/// Whether the node was set up by hand and has none of the cluster files yet: no cluster
+/// secret, no WireGuard key, no peers ([`create_cluster_files_if_none`] creates them).
+pub fn lacks_cluster_files(config_dir: &Path) -> Result<bool, NodeFilesError> {
+    let exists = |name: &str| config_dir.join(name).symlink_metadata().is_ok();
+    Ok(!exists(CLUSTER_SECRET_FILE)
+        && !exists(WG_PRIVATE_KEY_FILE)
+        && load_peers(config_dir)?.is_empty())
 }
 
 /// The cluster secret from `<config-dir>/cluster.key`.
