@@ -5,10 +5,13 @@
 #    archive (the linker, ring, the static binary), tor (with tor-gencert) for the private Tor
 #    network, iproute2 and util-linux for the network namespace, iptables to cut one node's TCP
 #    (tests/support/firewall.rs), libfaketime to run one node with its clock ahead
-#    (tests/e2e_cluster.rs), python3-venv; and Onionbalance 0.2.4 from PyPI into a virtualenv
-#    outside the clone (tests/e2e_onionbalance.rs replaces a running Onionbalance).
+#    (tests/e2e_cluster.rs), systemd's tools (systemd-analyze, -sysusers, -tmpfiles: the unit
+#    and the Debian package), python3-venv; and Onionbalance 0.2.4 from PyPI into a virtualenv
+#    outside the clone (tests/e2e_peers.rs replaces a running Onionbalance).
 # 2. Builds everything (this needs crates.io the first time), including the static release
-#    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it).
+#    binary exactly as README.md's build command makes it (tests/static_binary.rs checks it)
+#    and its Debian package with cargo-deb, installed once per machine
+#    (tests/debian_package.rs).
 # 3. Runs every test -- unit, multi-node and end-to-end on the private Tor network -- inside a
 #    fresh network namespace with only loopback up, so nothing can leave 127.0.0.1 (Arti's
 #    defaults would dial the public Tor network). Without the privileges for a namespace, it
@@ -25,6 +28,7 @@ command -v tor-gencert >/dev/null || missing+=(tor)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v iptables >/dev/null || missing+=(iptables)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || missing+=(libfaketime)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -47,6 +51,9 @@ export RB_ONIONBALANCE="$onionbalance_venv/bin/onionbalance"
 
 cargo build --locked --all-targets
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target x86_64-unknown-linux-gnu
+# The Debian package of that binary, as README.md builds it (tests/debian_package.rs).
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
+cargo deb --no-build --locked --target x86_64-unknown-linux-gnu
 
 in_namespace='ip link set lo up && exec cargo test --locked --offline "$@"'
 if [ "$(id -u)" -eq 0 ] && unshare -n true 2>/dev/null; then

@@ -48,8 +48,8 @@ fn the_unit_is_hardened_and_passes_systemd_analyze_verify() {
     std::fs::write(
         &unit_path,
         UNIT.replace(
-            "/usr/local/bin/rustbalance",
-            env!("CARGO_BIN_EXE_rustbalance"),
+            "ExecStart=/usr/bin/rustbalance ",
+            &format!("ExecStart={} ", env!("CARGO_BIN_EXE_rustbalance")),
         ),
     )
     .unwrap();

@@ -15,12 +15,20 @@ use std::time::Duration;
 use crate::params;
 use crate::storage::fsutil;
 
-/// The unit file shipped with the binary, installed as `/etc/systemd/system/rustbalance.service`.
+/// The unit file shipped with the binary (its `ExecStart=` names [`PACKAGED_BINARY`]).
 pub const UNIT_FILE: &str = include_str!("../../systemd/rustbalance.service");
+/// The service's system user, in systemd-sysusers' format (the package ships the same file).
+const SYSUSERS_ENTRY: &str = include_str!("../../systemd/rustbalance.sysusers");
+/// The node's directories and their modes, in systemd-tmpfiles' format (likewise).
+const TMPFILES_ENTRY: &str = include_str!("../../systemd/rustbalance.tmpfiles");
 const UNIT_NAME: &str = "rustbalance.service";
-const UNIT_PATH: &str = "/etc/systemd/system/rustbalance.service";
-/// Where the unit's `ExecStart=` expects the binary.
-const BINARY_PATH: &str = "/usr/local/bin/rustbalance";
+/// Where the Debian package puts the unit and the binary.
+const PACKAGED_UNIT_PATH: &str = "/usr/lib/systemd/system/rustbalance.service";
+const PACKAGED_BINARY: &str = "/usr/bin/rustbalance";
+/// Where `init` puts them without the package: an administrator's own files, which no
+/// package manager owns or overwrites.
+const LOCAL_UNIT_PATH: &str = "/etc/systemd/system/rustbalance.service";
+const LOCAL_BINARY: &str = "/usr/local/bin/rustbalance";
 /// The system user the unit runs as.
 const SERVICE_USER: &str = "rustbalance";
 
@@ -137,59 +145,74 @@ pub enum InstallError {
     Command { command: String, reason: String },
 }
 
-/// Put the binary at [`BINARY_PATH`], create the service user, hand it the node's directories,
-/// install the unit, enable it and start it.
+/// Make sure the unit is installed (the Debian package's, or else the shipped one with this
+/// binary under /usr/local), that the service user and the node's directories exist with
+/// their modes, hand the directories to the user, and enable and start the unit.
 pub fn install_and_start(config_dir: &Path, state_dir: &Path) -> Result<(), InstallError> {
-    let current = std::env::current_exe().map_err(|source| InstallError::Write {
-        path: PathBuf::from(BINARY_PATH),
-        source,
-    })?;
-    if current != Path::new(BINARY_PATH) {
-        let binary = std::fs::read(&current).map_err(|source| InstallError::Write {
-            path: current.clone(),
-            source,
-        })?;
-        fsutil::write_atomic(Path::new(BINARY_PATH), &binary, 0o755).map_err(|source| {
-            InstallError::Write {
-                path: PathBuf::from(BINARY_PATH),
-                source,
-            }
-        })?;
-    }
-    if run(Command::new("id").arg("-u").arg(SERVICE_USER)).is_err() {
-        run(Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir"])
-            .arg(state_dir)
-            .args(["--shell", "/usr/sbin/nologin", SERVICE_USER]))?;
-    }
-    fsutil::create_private_dir(state_dir).map_err(|source| InstallError::Write {
-        path: state_dir.to_owned(),
-        source,
-    })?;
-    let owner = format!("{SERVICE_USER}:{SERVICE_USER}");
-    run(Command::new("chown")
-        .arg("-R")
-        .arg(&owner)
-        .arg(config_dir)
-        .arg(state_dir))?;
-    fsutil::write_atomic(Path::new(UNIT_PATH), UNIT_FILE.as_bytes(), 0o644).map_err(|source| {
-        InstallError::Write {
-            path: PathBuf::from(UNIT_PATH),
-            source,
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| InstallError::Write { path, source }
+    };
+    if !Path::new(PACKAGED_UNIT_PATH).exists() {
+        let current = std::env::current_exe().map_err(write_error(Path::new(LOCAL_BINARY)))?;
+        if current != Path::new(LOCAL_BINARY) {
+            let binary = std::fs::read(&current).map_err(write_error(&current))?;
+            fsutil::write_atomic(Path::new(LOCAL_BINARY), &binary, 0o755)
+                .map_err(write_error(Path::new(LOCAL_BINARY)))?;
         }
-    })?;
-    run(Command::new("systemctl").arg("daemon-reload"))?;
-    run(Command::new("systemctl").args(["enable", "--now", UNIT_NAME]))?;
+        fsutil::write_atomic(Path::new(LOCAL_UNIT_PATH), local_unit().as_bytes(), 0o644)
+            .map_err(write_error(Path::new(LOCAL_UNIT_PATH)))?;
+    }
+    run_with_input(Command::new("systemd-sysusers").arg("-"), SYSUSERS_ENTRY)?;
+    run_with_input(
+        Command::new("systemd-tmpfiles").args(["--create", "-"]),
+        TMPFILES_ENTRY,
+    )?;
+    // What init wrote as root before the user existed.
+    let owner = format!("{SERVICE_USER}:{SERVICE_USER}");
+    run_with_input(
+        Command::new("chown")
+            .arg("-R")
+            .arg(&owner)
+            .arg(config_dir)
+            .arg(state_dir),
+        "",
+    )?;
+    run_with_input(Command::new("systemctl").arg("daemon-reload"), "")?;
+    run_with_input(
+        Command::new("systemctl").args(["enable", "--now", UNIT_NAME]),
+        "",
+    )?;
     Ok(())
 }
 
-/// Run a command to completion; its stderr becomes the error.
-fn run(command: &mut Command) -> Result<(), InstallError> {
+/// The shipped unit for a binary installed by hand at [`LOCAL_BINARY`].
+fn local_unit() -> String {
+    UNIT_FILE.replace(
+        &format!("ExecStart={PACKAGED_BINARY} "),
+        &format!("ExecStart={LOCAL_BINARY} "),
+    )
+}
+
+/// Run a command to completion with `input` on its stdin; its stderr becomes the error.
+fn run_with_input(command: &mut Command, input: &str) -> Result<(), InstallError> {
+    use std::io::Write as _;
+    use std::process::Stdio;
     let described = format!("{command:?}").replace('"', "");
-    let output = command.output().map_err(|err| InstallError::Command {
+    let failed = |err: std::io::Error| InstallError::Command {
         command: described.clone(),
         reason: err.to_string(),
-    })?;
+    };
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(failed)?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(input.as_bytes()).map_err(failed)?;
+    }
+    let output = child.wait_with_output().map_err(failed)?;
     if output.status.success() {
         Ok(())
     } else {
@@ -232,6 +255,44 @@ mod tests {
             plan(host(true, true, false, false)),
             ServicePlan::Foreground(Some(_))
         ));
+    }
+
+    #[test]
+    fn the_unit_installed_by_hand_runs_the_binary_installed_by_hand() {
+        let exec_lines = |unit: &str| -> Vec<String> {
+            unit.lines()
+                .filter(|line| line.starts_with("ExecStart="))
+                .map(str::to_owned)
+                .collect()
+        };
+        let packaged = exec_lines(UNIT_FILE);
+        assert_eq!(packaged.len(), 1);
+        assert!(packaged[0].starts_with("ExecStart=/usr/bin/rustbalance "));
+        let local = exec_lines(&local_unit());
+        assert_eq!(
+            local,
+            [packaged[0].replacen("/usr/bin/", "/usr/local/bin/", 1)]
+        );
+        assert_eq!(
+            UNIT_FILE.lines().count(),
+            local_unit().lines().count(),
+            "only ExecStart= differs"
+        );
+    }
+
+    #[test]
+    fn install_failures_carry_the_command_and_its_stderr() {
+        run_with_input(&mut Command::new("cat"), "fed through stdin").unwrap();
+        let err = run_with_input(
+            Command::new("sh").args(["-c", "cat >/dev/null; echo 'no such user' >&2; exit 3"]),
+            "input",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("sh -c") && text.ends_with("no such user"),
+            "{text}"
+        );
     }
 
     #[test]
