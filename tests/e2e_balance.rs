@@ -97,6 +97,27 @@ fn balances_over_backends_drops_dead_ones_and_stops_when_all_are_dead() {
         "measured: first client fetch through the master address {:.1} s after the balancer started",
         started.elapsed().as_secs_f64()
     );
+    // A person at the terminal saw the start advance, one line per step: the bootstrap, the
+    // first health round, the first upload and how many HSDirs took it.
+    let start_log = fs::read_to_string(&log_path).unwrap();
+    let progress: Vec<usize> = [
+        "Tor bootstrap: ",
+        "Tor bootstrap complete",
+        "first health round: 1/2 backends checked",
+        "health round: 2 backend(s) checked",
+        " HSDirs accepted in ",
+    ]
+    .iter()
+    .map(|step| {
+        start_log
+            .find(step)
+            .unwrap_or_else(|| panic!("no {step:?} in the log:\n{start_log}"))
+    })
+    .collect();
+    assert!(
+        progress.is_sorted(),
+        "the progress lines came out of order:\n{start_log}"
+    );
     // An independent Arti client in this test process, to read back what the HSDirs hold.
     let observer = Observer::start(&config_text, &net.data_dir().join("observer"));
     // What the balancer is responsible for: the descriptor on the HSDirs lists both

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::daemon::status::NodeStatus;
+use crate::health::state::BackendState;
 use crate::keys::kek::KekSource;
 use crate::params;
 use crate::tor::ArtiSettings;
@@ -190,23 +191,28 @@ pub fn diagnose_running(status: &NodeStatus, max_clock_skew: Duration) -> Vec<Fi
     for backend in &status.backends {
         let subject = format!("backend {}", backend.name);
         let error = backend.last_error.as_deref().unwrap_or("no error recorded");
-        findings.push(match backend.state.as_str() {
-            "healthy" => Finding::new(
+        findings.push(match BackendState::from_name(&backend.state) {
+            Some(BackendState::Healthy) => Finding::new(
                 Verdict::Ok,
                 subject,
                 format!("healthy, {} introduction points", backend.intro_points),
             ),
-            "unchecked" => Finding::new(Verdict::Warn, subject, "not checked yet (the first health round is under way)"),
-            "excluded" => Finding::new(Verdict::Ok, subject, "excluded in config.toml: not published"),
-            "stale" => Finding::new(
+            Some(BackendState::Unchecked) => Finding::new(Verdict::Warn, subject, "not checked yet (the first health round is under way)"),
+            Some(BackendState::Excluded) => Finding::new(Verdict::Ok, subject, "excluded in config.toml: not published"),
+            Some(BackendState::Stale) => Finding::new(
                 Verdict::Fail,
                 subject,
                 "its descriptor has not changed for too long: its tor stopped re-publishing (is it running, with network?)",
             ),
-            _ => Finding::new(
+            Some(BackendState::Dead) => Finding::new(
                 Verdict::Fail,
                 subject,
                 format!("dead ({error}): is its tor running, and its torrc set to HiddenServiceOnionbalanceInstance 1?"),
+            ),
+            None => Finding::new(
+                Verdict::Warn,
+                subject,
+                format!("in a state this doctor does not know ({}): is the daemon another version?", backend.state),
             ),
         });
     }

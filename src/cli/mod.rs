@@ -493,10 +493,7 @@ fn doctor(config_dir: &std::path::Path, state_dir: &std::path::Path) -> Result<(
         .count()
     {
         0 => {
-            println!(
-                "
-no problem found"
-            );
+            println!("\nno problem found");
             Ok(())
         }
         failed => Err(CliError::Unhealthy(format!(

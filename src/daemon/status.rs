@@ -55,7 +55,7 @@ pub struct NodeStatus {
     pub authorized_clients: usize,
     /// Conditions an operator must act on, as logged at error level.
     pub alerts: Vec<String>,
-    /// While the first health round since start runs: how far it has come.
+    /// While the first health round since the start (or a reload) runs: how far it has come.
     #[serde(default)]
     pub first_health_round: Option<RoundProgress>,
 }

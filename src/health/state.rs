@@ -35,6 +35,19 @@ pub enum BackendState {
 }
 
 impl BackendState {
+    /// The state [`as_str`](Self::as_str) names (as status reports carry it).
+    pub fn from_name(name: &str) -> Option<BackendState> {
+        [
+            BackendState::Unchecked,
+            BackendState::Healthy,
+            BackendState::Stale,
+            BackendState::Dead,
+            BackendState::Excluded,
+        ]
+        .into_iter()
+        .find(|state| state.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BackendState::Unchecked => "unchecked",
@@ -263,6 +276,20 @@ pub(super) mod tests {
         Observation::FetchFailed {
             reason: "all HSDirs failed".into(),
         }
+    }
+
+    #[test]
+    fn each_state_is_found_by_its_name() {
+        for state in [
+            BackendState::Unchecked,
+            BackendState::Healthy,
+            BackendState::Stale,
+            BackendState::Dead,
+            BackendState::Excluded,
+        ] {
+            assert_eq!(BackendState::from_name(state.as_str()), Some(state));
+        }
+        assert_eq!(BackendState::from_name("Healthy"), None);
     }
 
     #[test]

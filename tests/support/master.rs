@@ -27,6 +27,9 @@ const FETCH_RETRY_AFTER: Duration = Duration::from_secs(40);
 /// How long the master descriptor may disagree with the backends' after a change of time
 /// period: a health round and a publish of the slowest test's timing, with room to spare.
 const LISTING_SETTLES: Duration = Duration::from_secs(60);
+/// How long the publisher may take to upload for a period this client's newer consensus
+/// already names (it uploads within seconds of its own consensus naming it).
+const NEW_PERIOD_SETTLES: Duration = Duration::from_secs(30);
 
 /// Fetch through the master address over fresh circuits until every page in `expected` has
 /// been seen: up to [`REACH_ROUNDS`] rounds of [`FETCHES_PER_ROUND`] fetches, as a new client
@@ -117,24 +120,41 @@ impl Observer {
     /// upload for its period, whichever node made it (it is derived from the time and the
     /// key); counters of different periods count from different starts, so only the same
     /// period's can be compared.
+    ///
+    /// At a period boundary this client's consensus may already name a period the publisher,
+    /// whose consensus is a little older, has not uploaded for yet: the current period's copy
+    /// is asked again for up to [`NEW_PERIOD_SETTLES`] before its absence is a failure.
     pub fn master_revisions(&self, master: &OnionAddress) -> BTreeMap<u64, u64> {
+        let deadline = std::time::Instant::now() + NEW_PERIOD_SETTLES;
         self.runtime.block_on(async {
-            let current = self.tor.current_period().await.expect("current period");
-            let periods = self.tor.publish_periods().await.expect("publish periods");
-            let mut revisions = BTreeMap::new();
-            for period in &periods {
-                let number = period.time_period.interval_num();
-                match fetch_for_period(&self.tor, master, period).await {
-                    Ok(descriptor) => {
-                        revisions.insert(number, descriptor.revision_counter);
+            loop {
+                let current = self.tor.current_period().await.expect("current period");
+                let periods = self.tor.publish_periods().await.expect("publish periods");
+                let mut revisions = BTreeMap::new();
+                let mut current_missing = None;
+                for period in &periods {
+                    let number = period.time_period.interval_num();
+                    match fetch_for_period(&self.tor, master, period).await {
+                        Ok(descriptor) => {
+                            revisions.insert(number, descriptor.revision_counter);
+                        }
+                        Err(err) if period.time_period == current.time_period => {
+                            current_missing = Some(format!(
+                                "fetching {master} for the current period {number}: {err}"
+                            ));
+                        }
+                        Err(err) => eprintln!("master descriptor for period {number}: {err}"),
                     }
-                    Err(err) if period.time_period == current.time_period => {
-                        panic!("fetching {master} for the current period {number}: {err}")
+                }
+                match current_missing {
+                    None => return revisions,
+                    Some(failure) if std::time::Instant::now() >= deadline => panic!("{failure}"),
+                    Some(failure) => {
+                        eprintln!("{failure}; asking again");
+                        tokio::time::sleep(Duration::from_secs(2)).await;
                     }
-                    Err(err) => eprintln!("master descriptor for period {number}: {err}"),
                 }
             }
-            revisions
         })
     }
 
