@@ -222,8 +222,11 @@ impl ConfigKeeper {
                 needs_restart.join(", ")
             );
         }
-        // The health loop starts over with the new list.
-        show_unchecked_backends(&self.board, &applied);
+        // The health loop starts over when the list changed (and keeps what it knows of the
+        // backends when only other settings did: status keeps showing it).
+        if self.configs.borrow().backends != applied.backends {
+            show_unchecked_backends(&self.board, &applied);
+        }
         self.configs.send_replace(Arc::new(applied));
         self.show();
     }
@@ -243,4 +246,59 @@ fn check_size(config: &SharedConfig) -> Result<(), ConfigChangeError> {
         return Err(ConfigChangeError::TooLarge(len));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Priority;
+    use crate::daemon::status::NodeStatus;
+
+    const NODE: &str = "[node]\nid = \"node-a\"\npriority = 1\n";
+    const WEB1: &str = "\n[[backends]]\nname = \"web1\"\naddress = \"2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion\"\n";
+    const WEB2: &str = "\n[[backends]]\nname = \"web2\"\naddress = \"mnopanmvg3zpjvpaswrxdtopezi3powbcszekhpqvix3td32qjfrbyad.onion\"\n";
+
+    #[test]
+    fn a_reload_that_keeps_the_backends_keeps_what_status_shows_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (config_dir, state_dir) = (dir.path().join("etc"), dir.path().join("state"));
+        std::fs::create_dir_all(&config_dir).unwrap();
+        let path = config_dir.join("config.toml");
+        std::fs::write(&path, format!("{NODE}{WEB1}")).unwrap();
+        let config = Config::load(&config_dir, &state_dir).unwrap();
+        let board = StatusBoard::new(NodeStatus::starting(
+            config.node.id.clone(),
+            Priority::try_from(1).unwrap(),
+            "x.onion".into(),
+        ));
+        show_unchecked_backends(&board, &config);
+        let (configs, _receiver) = watch::channel(Arc::new(config));
+        let mut keeper = ConfigKeeper::start(configs, board.clone()).unwrap();
+        // What the health loop reported.
+        board.update(|status| status.backends[0].state = "healthy".into());
+        let states = || -> Vec<String> {
+            board
+                .snapshot()
+                .backends
+                .into_iter()
+                .map(|b| format!("{} {}", b.name, b.state))
+                .collect()
+        };
+
+        std::fs::write(
+            &path,
+            format!("{NODE}{WEB1}\n[timing]\nheartbeat_interval_secs = 2\n"),
+        )
+        .unwrap();
+        keeper.reload().unwrap();
+        assert_eq!(states(), ["web1 healthy"], "new timing, same backends");
+
+        std::fs::write(&path, format!("{NODE}{WEB1}{WEB2}")).unwrap();
+        keeper.reload().unwrap();
+        assert_eq!(
+            states(),
+            ["web1 unchecked", "web2 unchecked"],
+            "another list starts over"
+        );
+    }
 }
