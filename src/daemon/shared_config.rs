@@ -26,6 +26,7 @@ use crate::cluster::messages::{Message, MAX_MESSAGE_BYTES};
 use crate::cluster::NodeId;
 use crate::config::shared::{compose, edit_backends, BackendEdit, EditError};
 use crate::config::{Config, ConfigError};
+use crate::health;
 use crate::storage::config_version::{self, ConfigVersionError, Recorded};
 use crate::storage::fsutil::{write_atomic, PRIVATE_FILE_MODE};
 use crate::tor::ArtiSettings;
@@ -222,9 +223,9 @@ impl ConfigKeeper {
                 needs_restart.join(", ")
             );
         }
-        // The health loop starts over when the list changed (and keeps what it knows of the
-        // backends when only other settings did: status keeps showing it).
-        if self.configs.borrow().backends != applied.backends {
+        // The health loop starts over by the same rule (and keeps what it knows of the
+        // backends when only other settings changed: status keeps showing it).
+        if health::checks_change(&self.configs.borrow(), &applied) {
             show_unchecked_backends(&self.board, &applied);
         }
         self.configs.send_replace(Arc::new(applied));

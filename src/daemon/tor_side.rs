@@ -28,7 +28,7 @@ use crate::daemon::systemd;
 use crate::descriptor::signer::intro_point_id;
 use crate::descriptor::signer::MasterSigner;
 use crate::health::stall::StallDetector;
-use crate::health::{HealthMonitor, HealthyBackends};
+use crate::health::{self, HealthMonitor, HealthyBackends};
 use crate::keys::onion_address::OnionAddress;
 use crate::publish::plan::{judge_read_back, HeldCopy, HsDirCopies, PublishPlan, UploadResult};
 use crate::publish::{publish_due, read_back};
@@ -69,7 +69,8 @@ impl TorSide {
         let mut ready_sent = false;
         // Backend health outlives a rebuilt client and a reload that leaves the backends as
         // they were; a configuration with other backends (or thresholds) starts it over.
-        let mut monitor = HealthMonitor::new(&self.configs.borrow());
+        let mut watched = self.configs.borrow().clone();
+        let mut monitor = HealthMonitor::new(&watched);
         loop {
             let tor = Arc::new(self.bootstrap().await?);
             let consensus = tor.live_consensus().await?;
@@ -94,8 +95,9 @@ impl TorSide {
                 // Also a configuration that arrived while the client bootstrapped: a node
                 // back from a stop learns the cluster's newer shared version within a
                 // heartbeat, before its Tor is ready.
-                if !monitor.watches(&config) {
+                if health::checks_change(&watched, &config) {
                     monitor = HealthMonitor::new(&config);
+                    watched = config.clone();
                 }
                 self.publisher.set_interval(config.timing.publish_interval);
                 self.publisher.set_authorized_clients(

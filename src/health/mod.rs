@@ -362,20 +362,6 @@ impl<I: Clone> HealthMonitor<I> {
             .collect()
     }
 
-    /// Whether this monitor watches what `config` asks for: the same backends (names,
-    /// addresses, exclusions, in order), thresholds and probe. A configuration that changes
-    /// none of them (new timing, say) keeps every backend's health.
-    pub fn watches(&self, config: &Config) -> bool {
-        self.backends.len() == config.backends.len()
-            && self
-                .backends
-                .iter()
-                .zip(&config.backends)
-                .all(|(watched, configured)| watched.config == *configured)
-            && self.policy == policy_of(config)
-            && self.probe == config.health.probe
-    }
-
     /// Whether the healthy set is a verdict the publisher may act on: some backend is
     /// Healthy, or every backend has been judged. A backend still Unchecked since start (a
     /// first round this node's Tor could not make, or one failed fetch, which is not yet a
@@ -400,6 +386,16 @@ impl<I: Clone> HealthMonitor<I> {
                 .collect(),
         )
     }
+}
+
+/// Whether `new` changes what the health checks follow: the backends (names, addresses,
+/// exclusions, in order), the thresholds or the probe. A monitor for `old` starts over only
+/// then (and status shows the backends unchecked); another change (new timing, say) keeps
+/// every backend's health.
+pub fn checks_change(old: &Config, new: &Config) -> bool {
+    old.backends != new.backends
+        || policy_of(old) != policy_of(new)
+        || old.health.probe != new.health.probe
 }
 
 /// The health thresholds `config` sets.
@@ -534,22 +530,25 @@ mod tests {
             )
             .unwrap()
         };
-        let monitor = HealthMonitor::new(&config(""));
-        assert!(monitor.watches(&config("")));
+        let base = config("");
+        assert!(!checks_change(&base, &config("")));
         assert!(
-            monitor.watches(&config("[timing]\nheartbeat_interval_secs = 2")),
+            !checks_change(&base, &config("[timing]\nheartbeat_interval_secs = 2")),
             "timing the monitor does not use keeps it"
         );
-        assert!(!monitor.watches(&config("[health]\ndead_after_failures = 5")));
+        assert!(checks_change(
+            &base,
+            &config("[health]\ndead_after_failures = 5")
+        ));
         let mut excluded = config("");
         excluded.backends[0].exclude = true;
-        assert!(!monitor.watches(&excluded));
+        assert!(checks_change(&base, &excluded));
         let mut more = config("");
         more.backends.push(BackendConfig {
             name: BackendName::try_from("web2".to_owned()).unwrap(),
             ..more.backends[0].clone()
         });
-        assert!(!monitor.watches(&more));
+        assert!(checks_change(&base, &more));
     }
 
     #[test]
