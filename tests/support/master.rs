@@ -8,9 +8,7 @@ use std::time::Duration;
 use rustbalance::config::Config;
 use rustbalance::descriptor::build::MasterIdentity;
 use rustbalance::descriptor::signer::intro_point_id;
-use rustbalance::health::fetch::{
-    fetch_copies, fetch_current, fetch_for_period, VerifiedDescriptor,
-};
+use rustbalance::health::fetch::{fetch_copies, fetch_for_period, VerifiedDescriptor};
 use rustbalance::keys::onion_address::OnionAddress;
 use rustbalance::keys::MasterKey;
 use rustbalance::tor::{ArtiSettings, EmbeddedTor, TorNetwork as _};
@@ -121,17 +119,14 @@ impl Observer {
     /// key); counters of different periods count from different starts, so only the same
     /// period's can be compared.
     ///
-    /// At a period boundary this client's consensus may already name a period the publisher,
-    /// whose consensus is a little older, has not uploaded for yet: the current period's copy
-    /// is asked again for up to [`NEW_PERIOD_SETTLES`] before its absence is a failure.
+    /// At a period boundary the current period's copy may be missing for a moment (see
+    /// [`until_the_period_settles`](Self::until_the_period_settles)).
     pub fn master_revisions(&self, master: &OnionAddress) -> BTreeMap<u64, u64> {
-        let deadline = std::time::Instant::now() + NEW_PERIOD_SETTLES;
-        self.runtime.block_on(async {
-            loop {
+        self.until_the_period_settles(|| {
+            self.runtime.block_on(async {
                 let current = self.tor.current_period().await.expect("current period");
                 let periods = self.tor.publish_periods().await.expect("publish periods");
                 let mut revisions = BTreeMap::new();
-                let mut current_missing = None;
                 for period in &periods {
                     let number = period.time_period.interval_num();
                     match fetch_for_period(&self.tor, master, period).await {
@@ -139,23 +134,36 @@ impl Observer {
                             revisions.insert(number, descriptor.revision_counter);
                         }
                         Err(err) if period.time_period == current.time_period => {
-                            current_missing = Some(format!(
+                            return Err(format!(
                                 "fetching {master} for the current period {number}: {err}"
                             ));
                         }
                         Err(err) => eprintln!("master descriptor for period {number}: {err}"),
                     }
                 }
-                match current_missing {
-                    None => return revisions,
-                    Some(failure) if std::time::Instant::now() >= deadline => panic!("{failure}"),
-                    Some(failure) => {
-                        eprintln!("{failure}; asking again");
-                        tokio::time::sleep(Duration::from_secs(2)).await;
-                    }
+                Ok(revisions)
+            })
+        })
+    }
+
+    /// `attempt`'s value, asked again for up to [`NEW_PERIOD_SETTLES`] while it fails. On a
+    /// private network younger than a shared-random run there is no shared random value, so a
+    /// service can upload for a period only once its own consensus names it (on the public
+    /// network it uploads for the next period half a period early): at a period boundary
+    /// this client's consensus may name a period the publisher, whose consensus is a few
+    /// seconds older, has not uploaded for yet, and every HSDir asked answers 404.
+    fn until_the_period_settles<T>(&self, mut attempt: impl FnMut() -> Result<T, String>) -> T {
+        let deadline = std::time::Instant::now() + NEW_PERIOD_SETTLES;
+        loop {
+            match attempt() {
+                Ok(value) => return value,
+                Err(failure) if std::time::Instant::now() >= deadline => panic!("{failure}"),
+                Err(failure) => {
+                    eprintln!("{failure}; asking again");
+                    std::thread::sleep(Duration::from_secs(2));
                 }
             }
-        })
+        }
     }
 
     /// The time period clients use now.
@@ -307,10 +315,18 @@ impl Observer {
     }
 
     /// `address`'s descriptor for the current period, fetched, verified and decrypted as a
-    /// client does.
+    /// client does (asked again for a moment at a period boundary).
     fn fetch(&self, address: &OnionAddress) -> VerifiedDescriptor {
-        self.runtime
-            .block_on(fetch_current(&self.tor, address))
-            .unwrap_or_else(|err| panic!("fetching {address}: {err}"))
+        self.until_the_period_settles(|| {
+            self.runtime.block_on(async {
+                let period = self.tor.current_period().await.expect("current period");
+                fetch_for_period(&self.tor, address, &period)
+                    .await
+                    .map_err(|err| {
+                        let number = period.time_period.interval_num();
+                        format!("fetching {address} for the current period {number}: {err}")
+                    })
+            })
+        })
     }
 }
