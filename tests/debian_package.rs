@@ -13,16 +13,16 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+#[path = "support/build_output.rs"]
+mod build_output;
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 fn package() -> PathBuf {
-    if let Some(path) = std::env::var_os("RB_DEBIAN_PACKAGE") {
-        return PathBuf::from(path);
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target_dir.join(format!("debian/rustbalance_{VERSION}_amd64.deb"))
+    build_output::built_file(
+        "RB_DEBIAN_PACKAGE",
+        &format!("debian/rustbalance_{VERSION}_amd64.deb"),
+    )
 }
 
 /// Run a command; its output, with a panic naming it when it fails.

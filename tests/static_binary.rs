@@ -8,18 +8,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+#[path = "support/build_output.rs"]
+mod build_output;
+
 /// The target triple the README builds for (an explicit `--target` keeps `+crt-static` away
 /// from build scripts and proc-macros).
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
 fn static_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("RB_STATIC_BINARY") {
-        return PathBuf::from(path);
-    }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target_dir.join(TARGET).join("release/rustbalance")
+    build_output::built_file("RB_STATIC_BINARY", &format!("{TARGET}/release/rustbalance"))
 }
 
 /// What the ELF file says about linking: (has an interpreter, names of needed libraries).

@@ -19,6 +19,8 @@
 //! - [`firewall`]: one process's TCP cut off (cgroup v2 and iptables) while its UDP flows.
 //! - [`impostor`]: a holder of the cluster secret that joins and lies about its priority.
 //! - `node`, `torrc`, `consensus`, `control`, `ports`: the parts `tornet` is built from.
+//! - `build_output.rs` is no module of this one: `static_binary` and `debian_package` include
+//!   it by path to find what `tests/run.sh` built, and need nothing else here.
 #![allow(dead_code)]
 
 // Test binaries only: they need the built binary (examples include this directory too).
